@@ -1,0 +1,336 @@
+"""Message contracts: one pydantic v2 model per topic, the single source of truth.
+
+``schemas/`` holds the JSON Schema generated from these models
+(``lithowatch schemas --out schemas``); a test fails when they drift. Topic names
+carry a version; a breaking change is a new topic version.
+
+Each stage's output extends its input, so a message downstream still carries
+everything upstream knew (hashes, transform, vector) and consumers can explain
+any decision from the record alone.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.errors import ContractError
+
+SCHEMA_VERSION = 1
+
+
+class Topics:
+    """Versioned topic names. The library topic is compacted (key = entry id)."""
+
+    RESULTS = "lithowatch.results.v1"
+    UNIQUE = "lithowatch.unique.v1"
+    DUPLICATES = "lithowatch.duplicates.v1"
+    ALIGNED = "lithowatch.aligned.v1"
+    EMBEDDED = "lithowatch.embedded.v1"
+    SCORES = "lithowatch.scores.v1"
+    ALERTS = "lithowatch.alerts.v1"
+    EXPLANATIONS = "lithowatch.explanations.v1"
+    LIBRARY = "lithowatch.library.v1"
+    DLQ = "lithowatch.dlq.v1"
+
+    @classmethod
+    def all(cls) -> list[str]:
+        return [
+            cls.RESULTS,
+            cls.UNIQUE,
+            cls.DUPLICATES,
+            cls.ALIGNED,
+            cls.EMBEDDED,
+            cls.SCORES,
+            cls.ALERTS,
+            cls.EXPLANATIONS,
+            cls.LIBRARY,
+            cls.DLQ,
+        ]
+
+    @classmethod
+    def compacted(cls) -> set[str]:
+        return {cls.LIBRARY}
+
+
+LabelValue = str | int | float | bool | None
+Labels = dict[str, LabelValue]
+ResultId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:\-]+$")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Contract(BaseModel):
+    """Base of every message: unknown fields are refused, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageRef(Contract):
+    """An image, inline (small PNG/NPY bytes, base64 in JSON) or by URI into a blob store."""
+
+    format: Literal["png", "npy"]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    shape: tuple[int, int]
+    dtype: Literal["uint8", "uint16", "float32"]
+    inline_b64: str | None = None
+    uri: Annotated[str | None, Field(max_length=2048)] = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> ImageRef:
+        if (self.inline_b64 is None) == (self.uri is None):
+            raise ValueError("an ImageRef has exactly one of inline_b64 or uri")
+        if self.shape[0] <= 0 or self.shape[1] <= 0:
+            raise ValueError("shape must be positive")
+        return self
+
+    def inline_bytes(self) -> bytes:
+        if self.inline_b64 is None:
+            raise ContractError("ImageRef is not inline")
+        try:
+            return base64.b64decode(self.inline_b64, validate=True)
+        except ValueError as exc:
+            raise ContractError(f"inline image is not valid base64: {exc}", reason="base64") from exc
+
+
+class Vector(Contract):
+    """An embedding: base64 of little-endian float32, with its dimension."""
+
+    dim: Annotated[int, Field(gt=0, le=65536)]
+    b64: str
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> Vector:
+        flat = np.ascontiguousarray(array, dtype="<f4").reshape(-1)
+        return cls(dim=int(flat.shape[0]), b64=base64.b64encode(flat.tobytes()).decode("ascii"))
+
+    def to_array(self) -> np.ndarray:
+        try:
+            raw = base64.b64decode(self.b64, validate=True)
+        except ValueError as exc:
+            raise ContractError(f"vector is not valid base64: {exc}", reason="base64") from exc
+        if len(raw) != 4 * self.dim:
+            raise ContractError(
+                f"vector holds {len(raw)} bytes, expected {4 * self.dim}", reason="vector_dim"
+            )
+        array = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+        if not np.isfinite(array).all():
+            raise ContractError("vector contains NaN or infinity", reason="vector_nonfinite")
+        return array
+
+
+class SimResult(Contract):
+    """What a farm publishes when a simulation finishes (topic ``results``)."""
+
+    schema_version: Literal[1] = 1
+    result_id: ResultId
+    job_id: str = ""
+    clip_id: str = ""
+    nm_per_px: Annotated[float, Field(gt=0, le=1e4)]
+    mask: ImageRef
+    simulated: ImageRef
+    labels: Labels = Field(default_factory=dict)
+    produced_at: datetime
+
+
+class Hashes(Contract):
+    """Hashes the dedupe stage computed (hex strings)."""
+
+    exact: str
+    perceptual: dict[str, str] = Field(default_factory=dict)
+
+
+class UniqueResult(SimResult):
+    """A result that is not a duplicate of an earlier one (topic ``unique``)."""
+
+    hashes: Hashes
+
+
+DuplicateMethod = Literal["exact", "perceptual", "embedding+hash", "embedding+descriptors"]
+
+
+class DuplicateRecord(Contract):
+    """A result recognised as a re-simulation of an earlier one (topic ``duplicates``)."""
+
+    schema_version: Literal[1] = 1
+    result_id: ResultId
+    duplicate_of: str
+    method: DuplicateMethod
+    distance: float
+    stage: str
+    labels: Labels = Field(default_factory=dict)
+    produced_at: datetime
+    detected_at: datetime = Field(default_factory=utcnow)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Transform(Contract):
+    """A 3x3 homography (row-major) taking print coordinates to mask coordinates."""
+
+    matrix: tuple[float, float, float, float, float, float, float, float, float]
+    method: str
+    quality: float
+    residual_px: float | None = None
+
+    @classmethod
+    def identity(cls, method: str = "identity", quality: float = 1.0) -> Transform:
+        return cls(matrix=(1, 0, 0, 0, 1, 0, 0, 0, 1), method=method, quality=quality)
+
+    def as_array(self) -> np.ndarray:
+        return np.asarray(self.matrix, dtype=np.float64).reshape(3, 3)
+
+
+class AlignedResult(UniqueResult):
+    """The print registered onto the mask frame (topic ``aligned``)."""
+
+    aligned_simulated: ImageRef
+    transform: Transform
+    alignment_flagged: bool = False
+    alignment_reason: str = ""
+
+
+class EmbeddedResult(AlignedResult):
+    """An aligned result with its L2-normalised embedding (topic ``embedded``)."""
+
+    embedding: Vector
+    model_version: str
+
+
+class Neighbour(Contract):
+    id: str
+    similarity: float
+    labels: Labels = Field(default_factory=dict)
+    mask: ImageRef | None = None
+    simulated: ImageRef | None = None
+    provisional: bool = False
+    alert_id: str | None = None
+
+
+Decision = Literal["known", "novel", "provisional"]
+
+
+class ScoreRecord(Contract):
+    """The novelty verdict for every result (topic ``scores``)."""
+
+    schema_version: Literal[1] = 1
+    result_id: ResultId
+    novelty_score: float
+    threshold: float
+    decision: Decision
+    cluster: int | None = None
+    neighbours: list[Neighbour] = Field(default_factory=list)
+    provisional_of: str | None = None
+    model_version: str
+    labels: Labels = Field(default_factory=dict)
+    produced_at: datetime
+    scored_at: datetime = Field(default_factory=utcnow)
+
+
+class AlertRecord(Contract):
+    """A novel result, with what it was compared against (topic ``alerts``)."""
+
+    schema_version: Literal[1] = 1
+    alert_id: str
+    result_id: ResultId
+    novelty_score: float
+    threshold: float
+    cluster: int | None = None
+    neighbours: list[Neighbour]
+    mask: ImageRef
+    simulated: ImageRef
+    model_version: str
+    labels: Labels = Field(default_factory=dict)
+    produced_at: datetime
+    raised_at: datetime = Field(default_factory=utcnow)
+
+
+class ExplanationRecord(Contract):
+    """A rendered side-by-side panel for an alert (topic ``explanations``)."""
+
+    schema_version: Literal[1] = 1
+    alert_id: str
+    result_id: ResultId
+    panel: ImageRef
+    neighbour_ids: list[str]
+    summary: str
+    produced_at: datetime
+    rendered_at: datetime = Field(default_factory=utcnow)
+
+
+class LibraryEntry(Contract):
+    """One reference result (compacted topic ``library``, key = ``entry_id``).
+
+    ``op="delete"`` is the tombstone a reader applies; Tansu does not compact, so
+    readers always take the last record per key as the truth.
+    """
+
+    schema_version: Literal[1] = 1
+    entry_id: str
+    op: Literal["upsert", "delete"] = "upsert"
+    status: Literal["reference", "provisional"] = "reference"
+    vector: Vector | None = None
+    model_version: str
+    labels: Labels = Field(default_factory=dict)
+    mask: ImageRef | None = None
+    simulated: ImageRef | None = None
+    alert_id: str | None = None
+    hashes: Hashes | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _vector_for_upserts(self) -> LibraryEntry:
+        if self.op == "upsert" and self.vector is None:
+            raise ValueError("an upsert library entry needs a vector")
+        return self
+
+
+class DLQRecord(Contract):
+    """A message a stage could not process, with the reason and the original bytes."""
+
+    schema_version: Literal[1] = 1
+    stage: str
+    reason: str
+    error: str
+    topic: str
+    partition: int
+    offset: int
+    key_b64: str | None = None
+    value_b64: str | None = None
+    value_uri: str | None = None
+    value_bytes: int = 0
+    result_id: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+TOPIC_MODELS: dict[str, type[Contract]] = {
+    Topics.RESULTS: SimResult,
+    Topics.UNIQUE: UniqueResult,
+    Topics.DUPLICATES: DuplicateRecord,
+    Topics.ALIGNED: AlignedResult,
+    Topics.EMBEDDED: EmbeddedResult,
+    Topics.SCORES: ScoreRecord,
+    Topics.ALERTS: AlertRecord,
+    Topics.EXPLANATIONS: ExplanationRecord,
+    Topics.LIBRARY: LibraryEntry,
+    Topics.DLQ: DLQRecord,
+}
+
+
+def model_for_topic(topic: str) -> type[Contract]:
+    try:
+        return TOPIC_MODELS[topic]
+    except KeyError as exc:
+        known = ", ".join(sorted(TOPIC_MODELS))
+        raise ContractError(f"unknown topic {topic!r}; known: {known}") from exc
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every topic, keyed by topic name."""
+    return {topic: model.model_json_schema() for topic, model in TOPIC_MODELS.items()}

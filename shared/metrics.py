@@ -1,0 +1,117 @@
+"""Prometheus metrics shared by every service, and the metrics/health HTTP server.
+
+Metric names follow Prometheus' naming guide; labels are low-cardinality only
+(``stage``, ``outcome``, ``reason``, ``method``, ``decision``, ``topic``, ``partition``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+STAGE_LATENCY = Histogram(
+    "lithowatch_stage_latency_seconds",
+    "Processing time per message in a stage",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+END_TO_END_LATENCY = Histogram(
+    "lithowatch_end_to_end_latency_seconds",
+    "Time from the farm's produced_at to this stage's output",
+    ["stage"],
+    buckets=E2E_BUCKETS,
+)
+MESSAGES = Counter("lithowatch_messages_total", "Messages handled, by outcome", ["stage", "outcome"])
+BATCH_SIZE = Histogram(
+    "lithowatch_batch_size", "Messages per processed batch", ["stage"], buckets=BATCH_BUCKETS
+)
+DLQ = Counter("lithowatch_dlq_total", "Messages sent to the dead-letter queue", ["stage", "reason"])
+CONSUMER_LAG = Gauge(
+    "lithowatch_consumer_lag", "Messages behind the log end", ["stage", "topic", "partition"]
+)
+STAGE_UP = Gauge("lithowatch_stage_up", "1 while the stage is consuming", ["stage"])
+DUPLICATES = Counter("lithowatch_duplicates_total", "Duplicates found, by method", ["method"])
+NOVELTY_DECISIONS = Counter("lithowatch_novelty_decisions_total", "Novelty decisions", ["decision"])
+ALERTS = Counter("lithowatch_alerts_total", "Novelty alerts raised")
+INDEX_SIZE = Gauge("lithowatch_index_size", "Vectors in the novelty index")
+LIBRARY_PROVISIONAL = Gauge("lithowatch_library_provisional", "Provisional library entries")
+EMBED_RATE = Gauge("lithowatch_embed_images_per_second", "Embedder throughput over the last batches")
+EMBED_BUSY = Gauge("lithowatch_embed_busy_ratio", "Fraction of wall time the encoder is running")
+EMBED_DEVICE = Gauge("lithowatch_embed_device_info", "Device the encoder runs on", ["device"])
+CONFIRMATIONS = Counter(
+    "lithowatch_confirmations_total",
+    "Hybrid duplicate confirmations, by path and outcome",
+    ["path", "outcome"],
+)
+FARM_RESULTS = Counter("lithowatch_farm_results_total", "Results published by the farm emulator")
+
+Route = Callable[[], tuple[int, str, bytes]]
+
+
+class MetricsServer:
+    """Serves ``/metrics``, ``/healthz`` and optional extra read-only routes."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        healthy: Callable[[], bool],
+        routes: dict[str, Route] | None = None,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._healthy = healthy
+        self._routes = dict(routes or {})
+        self._registry = registry
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = urlparse(self.path).path
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(server._registry))
+                elif path == "/healthz":
+                    ok = server._healthy()
+                    self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"not ready\n")
+                elif path in server._routes:
+                    try:
+                        status, content_type, body = server._routes[path]()
+                    except Exception as exc:  # a broken page must not kill the service
+                        status, content_type, body = 500, "text/plain", f"error: {exc}\n".encode()
+                    self._send(status, content_type, body)
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True)
+
+    def add_route(self, path: str, route: Route) -> None:
+        self._routes[path] = route
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

@@ -1,0 +1,460 @@
+"""The one stage runtime every service uses.
+
+Loop: poll a batch (by size and wait time) -> decode -> ``stage.process_batch`` ->
+produce outputs keyed by ``result_id`` -> flush -> commit the consumed offsets.
+Offsets are committed only after every output is acknowledged (at least once).
+
+Error policy, by phase, in one place:
+- decode: invalid JSON, schema violations, unknown fields, over-size messages ->
+  a DLQ record with the reason and the original bytes; the batch goes on;
+- process: :class:`~shared.errors.InputError` for an item -> DLQ; any other
+  exception for the batch -> the items are retried one by one so the culprit is
+  found, and an item that fails alone goes to the DLQ as ``processing_error``;
+  :class:`~shared.errors.TransientError` -> bounded retries with backoff, then the
+  partitions are paused and the same batch is retried later (never dropped);
+- produce: a send or flush failure is transient: nothing is committed, the batch
+  is produced again (consumers are idempotent on ``result_id``).
+
+SIGTERM/SIGINT finish the current batch, commit and exit.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from pydantic import ValidationError
+
+from shared import metrics
+from shared.blobstore import LocalBlobStore
+from shared.contracts import Contract, DLQRecord, Topics
+from shared.errors import InputError, TransientError
+from shared.imaging import sha256_hex
+from shared.settings import StageSettings, metrics_port_for
+
+log = logging.getLogger("lithowatch.runtime")
+
+DLQ_INLINE_LIMIT_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class Output:
+    """One message a stage wants produced."""
+
+    topic: str
+    value: Contract
+    key: str
+
+
+ItemResult = Sequence[Output] | InputError
+
+
+class Stage(Protocol):
+    """What a service core offers the runtime. Stages never touch offsets."""
+
+    name: str
+    input_topic: str
+    input_model: type[Contract]
+
+    def process_batch(self, items: Sequence[Any]) -> Sequence[ItemResult]:
+        """One entry per input, in order: its outputs, or the InputError that rejects it."""
+        ...
+
+
+def _reason_for_validation(exc: ValidationError) -> str:
+    kinds = {str(err.get("type")) for err in exc.errors()}
+    if "json_invalid" in kinds or "json_type" in kinds:
+        return "invalid_json"
+    if "extra_forbidden" in kinds:
+        return "unknown_field"
+    if "missing" in kinds:
+        return "missing_field"
+    return "schema"
+
+
+def _short_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
+        parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+@dataclass
+class _Polled:
+    record: Any  # kafka ConsumerRecord
+    received_monotonic: float
+
+
+class StageRunner:
+    """Runs one stage against Kafka until stopped."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        settings: StageSettings,
+        consumer: KafkaConsumer | None = None,
+        producer: KafkaProducer | None = None,
+        routes: dict[str, metrics.Route] | None = None,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
+        from shared.kafka_io import make_consumer, make_producer
+
+        self.stage = stage
+        self.settings = settings
+        self.name = stage.name
+        self.group_id = f"lithowatch-{stage.name}{settings.group_suffix}"
+        self.consumer = consumer or make_consumer(
+            settings,
+            self.group_id,
+            [stage.input_topic],
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+        )
+        self.producer = producer or make_producer(settings, client_id=f"lithowatch-{stage.name}")
+        self.routes = routes or {}
+        self.tick = tick
+        self._stop = threading.Event()
+        self._paused = False
+        self._next_offsets: dict[TopicPartition, int] = {}
+        self._last_lag_update = 0.0
+        self._blobs: LocalBlobStore | None = None
+        self._server: metrics.MetricsServer | None = None
+        self.processed = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def healthy(self) -> bool:
+        return not self._stop.is_set() and not self._paused
+
+    def start_metrics(self) -> int:
+        port = metrics_port_for(self.settings, self.name)
+        self._server = metrics.MetricsServer(
+            self.settings.metrics_host, port, self.healthy, self.routes
+        ).start()
+        return self._server.port
+
+    def run(self, install_signals: bool = True, serve_metrics: bool = True) -> int:
+        if install_signals:
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        if serve_metrics:
+            port = self.start_metrics()
+            log.info("%s: metrics on %s:%d", self.name, self.settings.metrics_host, port)
+        metrics.STAGE_UP.labels(self.name).set(1)
+        try:
+            while not self._stop.is_set():
+                if self.tick is not None:
+                    self.tick()
+                batch = self._poll_batch()
+                if batch:
+                    self._handle(batch)
+                self._update_lag()
+        finally:
+            metrics.STAGE_UP.labels(self.name).set(0)
+            self._close()
+        return 0
+
+    def _close(self) -> None:
+        try:
+            self.producer.flush(timeout=10)
+        except KafkaError as exc:
+            log.warning("%s: final flush failed: %s", self.name, exc)
+        self.producer.close(timeout=5)
+        self.consumer.close(autocommit=False)
+        if self._server is not None:
+            self._server.stop()
+        close = getattr(self.stage, "close", None)
+        if callable(close):
+            close()
+
+    # ---- polling ---------------------------------------------------------------------------
+    def _poll_batch(self) -> list[_Polled]:
+        limit = self.settings.batch_max_messages
+        deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000.0
+        batch: list[_Polled] = []
+        timeout_ms = max(self.settings.batch_max_wait_ms, 100)
+        while len(batch) < limit and not self._stop.is_set():
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=limit - len(batch))
+            now = time.monotonic()
+            for records in polled.values():
+                batch.extend(_Polled(r, now) for r in records)
+            remaining_ms = int((deadline - now) * 1000)
+            if not batch:
+                return batch
+            if remaining_ms <= 0:
+                break
+            timeout_ms = remaining_ms
+        return batch
+
+    def _update_lag(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_lag_update < 1.0:
+            return
+        self._last_lag_update = now
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = self._next_offsets.get(tp)
+            if position is None:
+                continue
+            metrics.CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(
+                max(0, highwater - position)
+            )
+
+    # ---- one batch -------------------------------------------------------------------------
+    def _handle(self, batch: list[_Polled]) -> None:
+        started = time.monotonic()
+        dlq: list[Output] = []
+        decoded: list[tuple[_Polled, Any]] = []
+        for polled in batch:
+            value = self._decode(polled)
+            if isinstance(value, Output):
+                dlq.append(value)
+            else:
+                decoded.append((polled, value))
+        attempt = 0
+        while True:
+            try:
+                outputs = self._process(decoded)
+                self._produce([*dlq, *outputs[1]], outputs[0])
+                break
+            except TransientError as exc:
+                attempt += 1
+                metrics.MESSAGES.labels(self.name, "retried").inc(len(batch))
+                if attempt <= self.settings.retry_attempts:
+                    delay = min(
+                        self.settings.retry_backoff_seconds * 2 ** (attempt - 1),
+                        self.settings.retry_backoff_max_seconds,
+                    )
+                    log.warning(
+                        "%s: transient failure (attempt %d): %s; retry in %.1f s",
+                        self.name,
+                        attempt,
+                        exc,
+                        delay,
+                    )
+                    self._sleep_polling(delay)
+                    if self._stop.is_set():
+                        self._rewind(batch)
+                        return
+                    continue
+                log.error(
+                    "%s: still failing after %d attempts (%s); pausing and retrying the batch",
+                    self.name,
+                    attempt - 1,
+                    exc,
+                )
+                self._rewind(batch)
+                self._sleep_polling(self.settings.retry_backoff_max_seconds, pause=True)
+                return
+        self._commit(batch)
+        elapsed = time.monotonic() - started
+        per_message = elapsed / max(1, len(batch))
+        for polled in batch:
+            metrics.STAGE_LATENCY.labels(self.name).observe(
+                per_message + (started - polled.received_monotonic)
+            )
+        metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+        self.processed += len(batch)
+
+    def _decode(self, polled: _Polled) -> Any:
+        record = polled.record
+        value: bytes | None = record.value
+        if value is None:
+            return self._dlq_output(record, "empty_message", "message has no value")
+        if len(value) > self.settings.kafka_max_message_bytes:
+            return self._dlq_output(
+                record,
+                "too_large",
+                f"message of {len(value)} bytes is over {self.settings.kafka_max_message_bytes}",
+            )
+        try:
+            return self.stage.input_model.model_validate_json(value)
+        except ValidationError as exc:
+            return self._dlq_output(record, _reason_for_validation(exc), _short_validation(exc))
+        except ValueError as exc:  # e.g. invalid UTF-8
+            return self._dlq_output(record, "invalid_json", str(exc))
+
+    def _process(self, decoded: list[tuple[_Polled, Any]]) -> tuple[list[_Polled], list[Output]]:
+        """Return (inputs that produced outputs, outputs incl. DLQ records)."""
+        if not decoded:
+            return [], []
+        items = [value for _, value in decoded]
+        try:
+            results = list(self.stage.process_batch(items))
+            if len(results) != len(items):
+                raise RuntimeError(f"stage returned {len(results)} results for {len(items)} inputs")
+        except TransientError:
+            raise
+        except Exception as batch_exc:
+            log.warning(
+                "%s: batch failed (%s: %s); retrying items one by one",
+                self.name,
+                type(batch_exc).__name__,
+                batch_exc,
+            )
+            results = [self._process_one(value) for value in items]
+        outputs: list[Output] = []
+        done: list[_Polled] = []
+        for (polled, _), result in zip(decoded, results, strict=True):
+            if isinstance(result, InputError):
+                outputs.append(self._dlq_output(polled.record, result.reason, str(result)))
+            else:
+                outputs.extend(result)
+                done.append(polled)
+        return done, outputs
+
+    def _process_one(self, value: Any) -> ItemResult:
+        try:
+            return self.stage.process_batch([value])[0]
+        except (TransientError, InputError):
+            raise
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            return InputError(f"{detail}", reason="processing_error")
+
+    def _produce(self, outputs: list[Output], done: list[_Polled]) -> None:
+        input_headers: dict[str, list[tuple[str, bytes]]] = {}
+        for polled in done:
+            rid = self._header(polled.record, "result_id") or (polled.record.key or b"").decode(
+                errors="replace"
+            )
+            input_headers[rid] = list(polled.record.headers or [])
+        stamp = datetime.now(UTC).isoformat().encode()
+        futures = []
+        try:
+            for out in outputs:
+                inherited = [
+                    (k, v)
+                    for k, v in input_headers.get(out.key, [])
+                    if not k.startswith("lw-ts-" + self.name)
+                ]
+                headers = [*inherited, ("lw-ts-" + self.name, stamp)]
+                if not any(k == "result_id" for k, _ in headers):
+                    headers.append(("result_id", out.key.encode()))
+                futures.append(
+                    self.producer.send(
+                        out.topic,
+                        key=out.key.encode(),
+                        value=out.value.model_dump_json().encode(),
+                        headers=headers,
+                    )
+                )
+            self.producer.flush(timeout=30)
+            for future in futures:
+                future.get(timeout=30)
+        except KafkaError as exc:
+            from shared.errors import DependencyUnavailable
+
+            raise DependencyUnavailable(f"produce failed: {exc}") from exc
+        now = datetime.now(UTC)
+        dlq_count = 0
+        for out in outputs:
+            if out.topic == Topics.DLQ:
+                dlq_count += 1
+                reason = getattr(out.value, "reason", "unknown")
+                metrics.DLQ.labels(self.name, reason).inc()
+                continue
+            produced_at = getattr(out.value, "produced_at", None)
+            if isinstance(produced_at, datetime):
+                metrics.END_TO_END_LATENCY.labels(self.name).observe(
+                    max(0.0, (now - produced_at).total_seconds())
+                )
+        metrics.MESSAGES.labels(self.name, "dlq").inc(dlq_count)
+        metrics.MESSAGES.labels(self.name, "ok").inc(len(done))
+
+    @staticmethod
+    def _header(record: Any, name: str) -> str | None:
+        for key, value in record.headers or []:
+            if key == name:
+                return bytes(value).decode(errors="replace")
+        return None
+
+    def _dlq_output(self, record: Any, reason: str, error: str) -> Output:
+        value: bytes = record.value or b""
+        value_b64: str | None = None
+        value_uri: str | None = None
+        if len(value) <= DLQ_INLINE_LIMIT_BYTES:
+            value_b64 = base64.b64encode(value).decode("ascii")
+        else:
+            if self._blobs is None:
+                self._blobs = LocalBlobStore(self.settings.blob_root, max_bytes=1 << 31)
+            value_uri = self._blobs.put(value, sha256_hex(value), "bin")
+        key: bytes | None = record.key
+        result_id = self._header(record, "result_id") or (key.decode(errors="replace") if key else None)
+        headers = {k: bytes(v).decode(errors="replace") for k, v in (record.headers or [])}
+        dlq = DLQRecord(
+            stage=self.name,
+            reason=reason,
+            error=error[:2000],
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key_b64=base64.b64encode(key).decode("ascii") if key else None,
+            value_b64=value_b64,
+            value_uri=value_uri,
+            value_bytes=len(value),
+            result_id=result_id,
+            headers=headers,
+        )
+        log.warning(
+            "%s: DLQ %s@%d/%d: %s: %s",
+            self.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            error[:200],
+        )
+        return Output(Topics.DLQ, dlq, result_id or f"{record.topic}-{record.partition}-{record.offset}")
+
+    # ---- offsets ---------------------------------------------------------------------------
+    def _commit(self, batch: list[_Polled]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for polled in batch:
+            tp = TopicPartition(polled.record.topic, polled.record.partition)
+            offsets[tp] = max(offsets.get(tp, -1), polled.record.offset + 1)
+        self._next_offsets.update(offsets)
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        except KafkaError as exc:
+            # A rebalance took the partitions: the new owner re-reads from the last commit.
+            log.warning("%s: commit failed (%s); the batch will be redelivered", self.name, exc)
+
+    def _rewind(self, batch: list[_Polled]) -> None:
+        first: dict[TopicPartition, int] = {}
+        for polled in batch:
+            tp = TopicPartition(polled.record.topic, polled.record.partition)
+            first[tp] = min(first.get(tp, polled.record.offset), polled.record.offset)
+        assigned = self.consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+
+    def _sleep_polling(self, seconds: float, pause: bool = False) -> None:
+        """Wait without leaving the group: paused partitions are polled for heartbeats."""
+        assigned = list(self.consumer.assignment())
+        self.consumer.pause(*assigned)
+        self._paused = pause
+        deadline = time.monotonic() + seconds
+        try:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                self.consumer.poll(timeout_ms=int(min(0.5, max(0.01, deadline - time.monotonic())) * 1000))
+        finally:
+            self.consumer.resume(*[tp for tp in assigned if tp in self.consumer.assignment()])
+            self._paused = False

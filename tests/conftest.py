@@ -1,0 +1,36 @@
+"""Fixtures: a real broker and Redis, started by the product's own launcher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.launcher import EmbeddedStack
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[EmbeddedStack]:
+    """A fresh broker (topics created) and Redis for one test; always stopped."""
+    embedded = EmbeddedStack(workdir=tmp_path / "stack", partitions=4)
+    embedded.start()
+    try:
+        yield embedded
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def session_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    embedded = EmbeddedStack(workdir=tmp_path_factory.mktemp("session-stack"), partitions=4)
+    embedded.start()
+    try:
+        yield embedded
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(session_stack: EmbeddedStack) -> str:
+    return session_stack.redis

@@ -1,0 +1,48 @@
+"""A pass-through stage run as its own process by the runtime tests.
+
+It decodes both images of each result (bad images go to the DLQ) and copies the
+result to the test output topic.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from shared.contracts import SimResult, Topics
+from shared.errors import InputError
+from shared.imageref import ImageLoader
+from shared.runtime import ItemResult, Output, StageRunner
+from shared.settings import StageSettings, load_settings
+
+OUTPUT_TOPIC = "lithowatch.test-passthrough.v1"
+
+
+class PassThrough:
+    name = "passthrough"
+    input_topic = Topics.RESULTS
+    input_model = SimResult
+
+    def __init__(self) -> None:
+        self.load = ImageLoader()
+
+    def process_batch(self, items: Sequence[SimResult]) -> list[ItemResult]:
+        results: list[ItemResult] = []
+        for item in items:
+            try:
+                self.load(item.mask)
+                self.load(item.simulated)
+            except InputError as exc:
+                results.append(exc)
+                continue
+            results.append([Output(OUTPUT_TOPIC, item, item.result_id)])
+        return results
+
+
+def main() -> int:
+    settings = load_settings(StageSettings)
+    return StageRunner(PassThrough(), settings).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
