@@ -24,7 +24,11 @@ SERVICE_MODULES: dict[str, str] = {
     "explain": "services.explain.main",
 }
 #: Modules contributing subcommands through ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("shared.ops_cli",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "shared.ops_cli",
+    "services.simfarm.main",
+    "shared.litho.dataset_cli",
+)
 
 
 def available_services() -> list[str]:

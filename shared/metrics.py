@@ -54,7 +54,9 @@ CONFIRMATIONS = Counter(
 )
 FARM_RESULTS = Counter("lithowatch_farm_results_total", "Results published by the farm emulator")
 
-Route = Callable[[], tuple[int, str, bytes]]
+Route = Callable[[str], tuple[int, str, bytes]]
+"""A read-only page: called with the request path, returns (status, content type, body).
+A route registered under a key ending in ``/`` serves every path below it."""
 
 
 class MetricsServer:
@@ -81,9 +83,9 @@ class MetricsServer:
                 elif path == "/healthz":
                     ok = server._healthy()
                     self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"not ready\n")
-                elif path in server._routes:
+                elif (route := server._find(path)) is not None:
                     try:
-                        status, content_type, body = server._routes[path]()
+                        status, content_type, body = route(path)
                     except Exception as exc:  # a broken page must not kill the service
                         status, content_type, body = 500, "text/plain", f"error: {exc}\n".encode()
                     self._send(status, content_type, body)
@@ -104,6 +106,14 @@ class MetricsServer:
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True)
+
+    def _find(self, path: str) -> Route | None:
+        if path in self._routes:
+            return self._routes[path]
+        for prefix, route in self._routes.items():
+            if prefix.endswith("/") and path.startswith(prefix):
+                return route
+        return None
 
     def add_route(self, path: str, route: Route) -> None:
         self._routes[path] = route

@@ -63,9 +63,14 @@ ItemResult = Sequence[Output] | InputError
 class Stage(Protocol):
     """What a service core offers the runtime. Stages never touch offsets."""
 
-    name: str
-    input_topic: str
-    input_model: type[Contract]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def input_topic(self) -> str: ...
+
+    @property
+    def input_model(self) -> type[Contract]: ...
 
     def process_batch(self, items: Sequence[Any]) -> Sequence[ItemResult]:
         """One entry per input, in order: its outputs, or the InputError that rejects it."""

@@ -91,3 +91,35 @@ def collect(
     finally:
         consumer.close()
     return records
+
+
+def embedded_result(
+    result_id: str,
+    vector: np.ndarray,
+    model_version: str = "test-model",
+    labels: dict[str, Any] | None = None,
+) -> Any:
+    """An EmbeddedResult around ``vector`` (normalised here), with small images."""
+    from shared.contracts import EmbeddedResult, Hashes, Transform, Vector
+
+    base = make_result(result_id, labels=labels)
+    unit = np.asarray(vector, dtype=np.float32) / float(np.linalg.norm(vector))
+    return EmbeddedResult(
+        **base.model_dump(exclude={"schema_version"}),
+        hashes=Hashes(exact="0" * 64),
+        aligned_simulated=base.simulated,
+        transform=Transform.identity(),
+        embedding=Vector.from_array(unit),
+        model_version=model_version,
+    )
+
+
+def library_entry(
+    entry_id: str, vector: np.ndarray, model_version: str = "test-model", labels: dict[str, Any] | None = None
+) -> Any:
+    from shared.contracts import LibraryEntry, Vector
+
+    unit = np.asarray(vector, dtype=np.float32) / float(np.linalg.norm(vector))
+    return LibraryEntry(
+        entry_id=entry_id, vector=Vector.from_array(unit), model_version=model_version, labels=labels or {}
+    )
