@@ -7,9 +7,11 @@ is printed as one line (no traceback) with exit code 2.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import importlib.util
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -27,7 +29,10 @@ SERVICE_MODULES: dict[str, str] = {
 COMMAND_MODULES: tuple[str, ...] = (
     "shared.ops_cli",
     "services.simfarm.main",
+    "services.novelty.library_cli",
     "shared.litho.dataset_cli",
+    "shared.demo.run",
+    "shared.calibration.cli",
 )
 
 
@@ -75,12 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every stack
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -143,7 +143,8 @@ class StageRunner:
         self._stop.set()
 
     def healthy(self) -> bool:
-        return not self._stop.is_set() and not self._paused
+        """Ready when consuming: joined with partitions assigned, not stopping, not paused."""
+        return not self._stop.is_set() and not self._paused and bool(self.consumer.assignment())
 
     def start_metrics(self) -> int:
         port = metrics_port_for(self.settings, self.name)
@@ -179,12 +180,33 @@ class StageRunner:
         except KafkaError as exc:
             log.warning("%s: final flush failed: %s", self.name, exc)
         self.producer.close(timeout=5)
+        self._finish_join()
         self.consumer.close(autocommit=False)
         if self._server is not None:
             self._server.stop()
         close = getattr(self.stage, "close", None)
         if callable(close):
             close()
+
+    def _finish_join(self, timeout_seconds: float = 15.0) -> None:
+        """Complete a group join in progress before leaving.
+
+        A member that leaves in the middle of a join can leave the group stuck on
+        some brokers (seen with Tansu: the next member waited minutes); a member
+        that finishes joining and then leaves hands its partitions over at once.
+        Records fetched meanwhile are not processed and not committed.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        assigned = self.consumer.assignment()
+        if assigned:
+            return
+        try:
+            while not self.consumer.assignment() and time.monotonic() < deadline:
+                self.consumer.poll(timeout_ms=200, max_records=1)
+                for tp in self.consumer.assignment():
+                    self.consumer.pause(tp)
+        except KafkaError as exc:
+            log.warning("%s: could not finish joining before leaving: %s", self.name, exc)
 
     # ---- polling ---------------------------------------------------------------------------
     def _poll_batch(self) -> list[_Polled]:

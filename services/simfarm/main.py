@@ -6,6 +6,7 @@ import argparse
 import itertools
 import logging
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -91,7 +92,8 @@ def publish(
         nonlocal stopping
         stopping = True
 
-    previous = signal.signal(signal.SIGINT, _stop)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _stop) if in_main else None
     sent = 0
     begin = time.monotonic()
     bar = tqdm(total=count or None, unit="result", disable=not progress, desc="simfarm")
@@ -122,7 +124,8 @@ def publish(
         raise DependencyUnavailable(f"publishing failed: {exc}") from exc
     finally:
         bar.close()
-        signal.signal(signal.SIGINT, previous)
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
         producer.close(timeout=5)
     return sent
 

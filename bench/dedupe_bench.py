@@ -1,0 +1,373 @@
+"""Dedupe benchmark: duplicate recall, false merges and throughput, against plain pHash.
+
+Data (from ``shared.litho.FarmGenerator``, cached under ``--cache-dir``):
+``--layouts`` distinct layouts, each simulated once at the nominal window and
+once more as a re-simulated duplicate (window shifted by an integer in
+``[-max_shift, max_shift]`` px on each axis, dose ``1 ± U(0, 0.03)``, PNG
+re-encoded: 16-bit or another compression level). ``--defects`` further
+layouts are simulated nominally and again shifted *with* a mask defect: those
+must stay unique (dedupe must never hide a defect). The stream is shuffled.
+
+Figures (one run, nothing asserted):
+
+- accuracy of the dedupe core (``InMemoryDedupeStore``) and of plain
+  ``imagehash.phash`` of the print and of the mask at Hamming <= 10 (first
+  earlier result within the radius wins): duplicate recall, false merges
+  (a result merged into another layout), defective variants merged;
+- distributions of the spectral hash distance (duplicates, distinct layouts of
+  the same family, of other families) that the radius was chosen from;
+- throughput of the core with a real Redis (its own ``redis-server`` on a free
+  port, stopped at the end), results/s per process, with a hashing-only
+  figure beside it.
+
+Example::
+
+    python bench/dedupe_bench.py --layouts 2000 --defects 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.dedupe.core import DedupeCore, DedupeSettings, Outcome
+from services.dedupe.store import DedupeStore, InMemoryDedupeStore, RedisDedupeStore
+from shared.contracts import DuplicateRecord, ImageRef, SimResult, UniqueResult
+from shared.errors import InputError
+from shared.hashing import hamming_distance, spectral_hash
+from shared.imaging import decode_image, sha256_hex
+from shared.launcher import free_port, wait_for_port
+from shared.litho import FarmGenerator, Variant, applicable_defects
+
+CACHE_VERSION = 1
+Verdicts = dict[str, str | None]  # result_id -> the result it duplicates (None: unique)
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchItem:
+    """One simulated result: encoded images and the truth the figures are computed from."""
+
+    result_id: str
+    group: str
+    family: str
+    role: str  # "original" | "duplicate" | "defect"
+    mask_png: bytes
+    print_png: bytes
+    mask_bits: int
+    print_bits: int
+
+
+def _png(image: np.ndarray, bits: int, compression: int) -> bytes:
+    if bits == 16:
+        pixels = np.clip(np.rint(image * 65535.0), 0, 65535).astype(np.uint16)
+    else:
+        pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    ok, buffer = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return bytes(buffer.tobytes())
+
+
+def generate_items(n_layouts: int, n_defects: int, max_shift_px: int, seed: int) -> Iterator[BenchItem]:
+    """Originals, their re-simulated duplicates, and defective re-simulations (in that order)."""
+    farm = FarmGenerator(seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for index in range(n_layouts + n_defects):
+        layout = farm.new_layout()
+        group = f"{farm.group_id(layout)}-{index}"
+        original = farm.render(layout, group, Variant())
+        yield BenchItem(f"{group}-o", group, layout.family, "original",
+                        _png(original.mask, 8, 3), _png(original.simulated, 8, 3), 8, 8)
+        shift = tuple(int(v) for v in rng.integers(-max_shift_px, max_shift_px + 1, size=2))
+        dose = round(1.0 + float(rng.uniform(-0.03, 0.03)), 4)
+        variant = Variant(shift_px=(shift[0], shift[1]), dose=dose)
+        bits, compression = (16, 3) if rng.random() < 0.5 else (8, 9)
+        if index < n_layouts:
+            dup = farm.render(layout, group, variant)
+            role = "duplicate"
+        else:
+            options = applicable_defects(layout, farm.window_nm(variant.shift_px), farm.rng)
+            if not options:
+                continue
+            dup = farm.render(layout, group, variant, defect=str(rng.choice(options)))
+            role = "defect"
+        yield BenchItem(f"{group}-{role[0]}", group, layout.family, role,
+                        _png(dup.mask, bits, compression), _png(dup.simulated, bits, compression), bits, bits)
+
+
+def load_or_generate(cache_dir: Path, n_layouts: int, n_defects: int, max_shift_px: int,
+                     seed: int) -> list[BenchItem]:
+    """The item set, read from a cache file when one exists (raw PNG bytes, no pickle)."""
+    name = f"dedupe_bench_v{CACHE_VERSION}_{n_layouts}_{n_defects}_{max_shift_px}_{seed}"
+    meta_path, blob_path = cache_dir / f"{name}.jsonl", cache_dir / f"{name}.bin"
+    if meta_path.exists() and blob_path.exists():
+        blob = blob_path.read_bytes()
+        items = []
+        for line in meta_path.read_text().splitlines():
+            row = json.loads(line)
+            a, b, c = row.pop("offsets")
+            items.append(BenchItem(mask_png=blob[a:b], print_png=blob[b:c], **row))
+        return items
+    from tqdm import tqdm
+
+    items = list(tqdm(generate_items(n_layouts, n_defects, max_shift_px, seed),
+                      total=2 * (n_layouts + n_defects), desc="simulating", unit="result"))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    offset = 0
+    with blob_path.open("wb") as blob_file, meta_path.open("w") as meta_file:
+        for item in items:
+            a, b = offset, offset + len(item.mask_png)
+            c = b + len(item.print_png)
+            blob_file.write(item.mask_png + item.print_png)
+            offset = c
+            row = {k: v for k, v in item.__dict__.items() if k not in ("mask_png", "print_png")}
+            meta_file.write(json.dumps({**row, "offsets": [a, b, c]}) + "\n")
+    return items
+
+
+def _ref(png: bytes, bits: int) -> ImageRef:
+    shape = decode_image(png).shape
+    return ImageRef(format="png", sha256=sha256_hex(png), shape=(shape[0], shape[1]),
+                    dtype="uint16" if bits == 16 else "uint8",
+                    inline_b64=base64.b64encode(png).decode("ascii"))
+
+
+def to_results(items: list[BenchItem]) -> list[SimResult]:
+    now = datetime.now(UTC)
+    return [SimResult(result_id=it.result_id, job_id="bench", clip_id=it.group, nm_per_px=4.0,
+                      mask=_ref(it.mask_png, it.mask_bits), simulated=_ref(it.print_png, it.print_bits),
+                      labels={"family": it.family, "group": it.group, "role": it.role}, produced_at=now)
+            for it in items]
+
+
+# -- accuracy ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Accuracy:
+    name: str
+    recall: float
+    duplicates: int
+    false_merges: int
+    defects_merged: int
+    defects: int
+    flagged: int
+
+
+def score(name: str, stream: list[BenchItem], duplicate_of: Verdicts) -> Accuracy:
+    """Recall over (original, duplicate) pairs: the later of the two must point at the earlier."""
+    by_id = {it.result_id: it for it in stream}
+    position = {it.result_id: i for i, it in enumerate(stream)}
+    members: dict[str, list[BenchItem]] = {}
+    for it in stream:
+        members.setdefault(it.group, []).append(it)
+    hits = pairs = defects_merged = defects = 0
+    for group_items in members.values():
+        if len(group_items) != 2:
+            continue
+        first, later = sorted(group_items, key=lambda it: position[it.result_id])
+        if any(it.role == "defect" for it in group_items):
+            defects += 1
+            defects_merged += duplicate_of.get(later.result_id) is not None
+        else:
+            pairs += 1
+            hits += duplicate_of.get(later.result_id) == first.result_id
+    false_merges = sum(1 for rid, of in duplicate_of.items()
+                       if of is not None and by_id[of].group != by_id[rid].group)
+    flagged = sum(1 for of in duplicate_of.values() if of is not None)
+    return Accuracy(name, hits / max(pairs, 1), pairs, false_merges, defects_merged, defects, flagged)
+
+
+def run_core(core: DedupeCore, results: list[SimResult], batch_size: int) -> tuple[Verdicts, float]:
+    duplicate_of: Verdicts = {}
+    start = time.perf_counter()
+    for i in range(0, len(results), batch_size):
+        outcomes: list[Outcome] = core.process_batch(results[i:i + batch_size])
+        for result, outcome in zip(results[i:i + batch_size], outcomes, strict=True):
+            if isinstance(outcome, InputError):
+                raise RuntimeError(f"{result.result_id}: {outcome}")
+            duplicate_of[result.result_id] = (outcome.duplicate_of if isinstance(outcome, DuplicateRecord)
+                                              else None)
+            assert isinstance(outcome, DuplicateRecord | UniqueResult)
+    return duplicate_of, time.perf_counter() - start
+
+
+def phash_bits(png: bytes) -> int:
+    import imagehash
+    from PIL import Image
+
+    image = Image.fromarray(np.clip(np.rint(decode_image(png) * 255.0), 0, 255).astype(np.uint8))
+    return int(str(imagehash.phash(image)), 16)
+
+
+def run_phash_baseline(stream: list[BenchItem], which: str, radius: int) -> tuple[Verdicts, float]:
+    """Plain pHash: a result is a duplicate of the nearest earlier unique within ``radius`` bits."""
+    start = time.perf_counter()
+    kept_ids: list[str] = []
+    kept = np.zeros(0, dtype=np.uint64)
+    duplicate_of: Verdicts = {}
+    for it in stream:
+        value = np.uint64(phash_bits(it.print_png if which == "print" else it.mask_png))
+        distances = np.array([int(v).bit_count() for v in np.bitwise_xor(kept, value)], dtype=np.int64)
+        if distances.size and distances.min() <= radius:
+            duplicate_of[it.result_id] = kept_ids[int(distances.argmin())]
+        else:
+            duplicate_of[it.result_id] = None
+            kept_ids.append(it.result_id)
+            kept = np.append(kept, value)
+    return duplicate_of, time.perf_counter() - start
+
+
+# -- distributions -----------------------------------------------------------------------------
+
+
+def distance_distributions(items: list[BenchItem], radius: int) -> list[str]:
+    originals = {it.group: it for it in items if it.role == "original"}
+    pairs = [(originals[it.group], it) for it in items if it.role == "duplicate"]
+    hashes = {it.result_id: spectral_hash(decode_image(it.mask_png)).value for it in items}
+    dup = np.array([hamming_distance(hashes[a.result_id], hashes[b.result_id]) for a, b in pairs])
+    firsts = [a for a, _ in pairs]
+    families = np.array([a.family for a in firsts])
+    packed = np.array([np.frombuffer(hashes[a.result_id].to_bytes(32, "big"), dtype=np.uint8)
+                       for a in firsts])
+    unpacked = np.unpackbits(packed, axis=1).astype(np.int16)
+    same_family: list[np.ndarray] = []
+    other_family: list[np.ndarray] = []
+    for i in range(len(firsts) - 1):
+        d = np.abs(unpacked[i + 1:] - unpacked[i]).sum(axis=1)
+        same = families[i + 1:] == families[i]
+        same_family.append(d[same])
+        other_family.append(d[~same])
+    sf, of = np.concatenate(same_family), np.concatenate(other_family)
+
+    def q(values: np.ndarray) -> str:
+        p = np.percentile(values, [0, 0.1, 1, 50, 99, 99.9, 100])
+        return " ".join(f"{v:5.0f}" for v in p)
+
+    return [
+        "spectral-v1 (256 bits) Hamming distances       min  p0.1    p1   p50   p99 p99.9   max",
+        f"  re-simulated duplicates (n={len(dup)}):     {q(dup)}",
+        f"  distinct, same family (n={len(sf)}):   {q(sf)}",
+        f"  distinct, other family (n={len(of)}):  {q(of)}",
+        f"  within radius {radius}: duplicates {np.mean(dup <= radius):.4f}; distinct pairs "
+        f"same family {int((sf <= radius).sum())}, other {int((of <= radius).sum())}",
+    ]
+
+
+# -- redis -------------------------------------------------------------------------------------
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a free port (no persistence)."""
+
+    def __init__(self, binary: str = "/usr/bin/redis-server") -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port("127.0.0.1", self.port, 10.0, self.proc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layouts", type=int, default=2000)
+    parser.add_argument("--defects", type=int, default=150)
+    parser.add_argument("--max-shift", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--phash-radius", type=int, default=10)
+    parser.add_argument("--cache-dir", type=Path,
+                        default=Path(tempfile.gettempdir()) / "lithowatch_dedupe_cache")
+    parser.add_argument("--redis-server", default="/usr/bin/redis-server")
+    args = parser.parse_args()
+
+    items = load_or_generate(args.cache_dir, args.layouts, args.defects, args.max_shift, args.seed)
+    stream = list(items)
+    random.Random(args.seed).shuffle(stream)
+    results = to_results(stream)
+    settings = DedupeSettings()
+    roles = [it.role for it in stream]
+    print(f"{len(stream)} results: {roles.count('original')} distinct layouts, {roles.count('duplicate')} "
+          f"re-simulated duplicates (shift <= {args.max_shift} px per axis, dose +-3 %, re-encoded), "
+          f"{roles.count('defect')} re-simulations with a mask defect")
+
+    dup_of, core_seconds = run_core(DedupeCore(InMemoryDedupeStore(), settings), results, args.batch_size)
+    rows = [score("dedupe core (spectral + pixel check)", stream, dup_of)]
+    times = {rows[0].name: core_seconds}
+    for which in ("print", "mask"):
+        name = f"imagehash.phash of the {which}, <= {args.phash_radius}"
+        dup_of, seconds = run_phash_baseline(stream, which, args.phash_radius)
+        rows.append(score(name, stream, dup_of))
+        times[name] = seconds
+    print()
+    print(f"{'method':44s} {'dup recall':>10s} {'false merges':>12s} {'defects merged':>15s} "
+          f"{'results/s':>10s}")
+    for row in rows:
+        print(f"{row.name:44s} {row.recall:10.4f} {row.false_merges:12d} "
+              f"{row.defects_merged:>8d} / {row.defects:<4d} {len(stream) / times[row.name]:10.1f}")
+    print("(results/s above: in-memory store, single process)")
+    print()
+    for line in distance_distributions(items, settings.hamming_radius):
+        print(line)
+
+    print()
+    hash_start = time.perf_counter()
+    core_for_hashing = DedupeCore(InMemoryDedupeStore(), settings)
+    for result in results:
+        core_for_hashing.prepare(result)
+    hash_rate = len(results) / (time.perf_counter() - hash_start)
+    server = RedisServer(args.redis_server)
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=server.port)
+        store: DedupeStore = RedisDedupeStore(client, prefix="dedupe", ttl_seconds=3600)
+        dup_of, redis_seconds = run_core(DedupeCore(store, settings), results, args.batch_size)
+        redis_row = score("dedupe core, real Redis", stream, dup_of)
+        # A second pass is all redeliveries: every verdict must come back unchanged.
+        replay_of, replay_seconds = run_core(DedupeCore(store, settings), results, args.batch_size)
+        replay_same = sum(replay_of[k] == dup_of[k] for k in dup_of)
+        used = client.info("memory").get("used_memory", 0)
+        keys = client.dbsize()
+    finally:
+        server.stop()
+    print(f"throughput, one process, batch {args.batch_size} "
+          "(other work was running on this 2-core machine):")
+    print(f"  decode + hash only (no store):             {hash_rate:8.1f} results/s")
+    print(f"  core with real Redis:                      {len(results) / redis_seconds:8.1f} results/s "
+          f"(recall {redis_row.recall:.4f}, false merges {redis_row.false_merges})")
+    print(f"  redelivery of the whole stream:            {len(results) / replay_seconds:8.1f} results/s "
+          f"({replay_same}/{len(dup_of)} verdicts unchanged)")
+    print(f"  Redis: {keys} keys, {used / 2**20:.1f} MiB used ({used / max(keys, 1):.0f} B/key)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""The dedupe stage's pure core: is this result a re-simulation of one seen before?
+
+For each result: decode mask and print, compute the exact digest and the
+shift-robust spectral hash of the mask (:mod:`shared.hashing`), then ask the
+store. The store returns candidates (same pixels, or a hash within
+``hamming_radius`` sharing a probed band); a perceptual candidate becomes a
+duplicate only after :func:`verify_shifted_match` confirms it on pixels:
+
+- the candidate's mask is searched for the result's central mask (template
+  matching, shifts up to ``verify_max_shift_px``) and, over the whole overlap of
+  the two windows, at most ``mask_mismatch_max_px`` pixels may differ by more
+  than ``mask_tolerance_levels`` (8-bit levels): the same layout seen through
+  a window moved by whole pixels has identical mask pixels there, while two
+  distinct layouts (even gratings of nearly the same pitch), or a layout with a
+  mask defect, differ;
+- the binarised prints, at that shift, may differ only in slivers at most
+  ``2 * print_tolerance_px`` wide (edge placement from a few percent of dose
+  or a little blur): at most ``print_mismatch_max_px`` pixels may survive a
+  morphological opening of that size. This catches a print that changed with
+  an identical mask (a focus or dose excursion that bridges or pinches); mask
+  defects are already caught by the mask comparison.
+
+So the hash only needs recall; false merges are ruled out by the pixels. A
+window moved by a fraction of a pixel changes the anti-aliased mask edges and
+is not recognised (it stays unique: the safe side).
+
+Per item the result is a :class:`UniqueResult`, a :class:`DuplicateRecord`, or
+the :class:`InputError` that rejects it (the runtime sends those to the DLQ).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.dedupe.store import Candidate, DedupeItem, DedupeStore, Verdict
+from shared.contracts import DuplicateRecord, Hashes, ImageRef, SimResult, UniqueResult
+from shared.errors import ConfigError, ImageError, InputError
+from shared.hashing import band_probes, exact_digest, spectral_hash, split_bands
+from shared.imageref import ImageLoader
+from shared.imaging import to_uint8
+
+STAGE = "dedupe"
+PAYLOAD_MAGIC = b"LWD1"
+TIE_SLACK = 1.0  # template SSD (in [0, 1] units) within which two shifts count as tied
+MAX_TIED_SHIFTS = 96
+ImageLoadFn = Callable[[ImageRef], np.ndarray]
+Outcome = UniqueResult | DuplicateRecord | InputError
+
+
+class DedupeSettings(BaseModel):
+    """Tunables of the dedupe core (radius and banding chosen from measured distributions)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hash_kind: Literal["spectral-v1"] = "spectral-v1"
+    hash_bits: Literal[128, 256] = 256
+    n_bands: int = Field(16, ge=1, le=64)  # exact band matches guarantee lookups up to n_bands - 1 bits
+    probe_flips_per_band: int = Field(2, ge=0, le=8)  # extra lookups per band, least reliable bits flipped
+    hamming_radius: int = Field(64, ge=0)  # candidates farther than this are not verified
+    max_candidates: int = Field(6, ge=1, le=64)  # nearest candidates verified per result
+    verify_max_shift_px: int = Field(32, ge=0, le=96)  # relative window shift the pixel check searches
+    mask_tolerance_levels: int = Field(2, ge=0, le=255)  # 8-bit levels two mask pixels may differ by
+    mask_mismatch_max_px: int = Field(4, ge=0)
+    print_tolerance_px: int = Field(2, ge=0, le=8)
+    print_mismatch_max_px: int = Field(4, ge=0)
+    ttl_seconds: int = Field(7 * 86400, gt=0)  # how long a result is remembered
+
+    def namespace(self) -> str:
+        return f"{self.hash_kind}.{self.hash_bits}.{self.n_bands}"
+
+
+# -- verification payload: the 8-bit mask and the binarised print, zlib-compressed -------------
+
+
+def encode_payload(mask_u8: np.ndarray, print_binary: np.ndarray) -> bytes:
+    h, w = mask_u8.shape
+    mask_z = zlib.compress(np.ascontiguousarray(mask_u8, dtype=np.uint8).tobytes(), 1)
+    print_z = zlib.compress(np.packbits(print_binary.astype(bool)).tobytes(), 1)
+    return PAYLOAD_MAGIC + struct.pack(">III", h, w, len(mask_z)) + mask_z + print_z
+
+
+def decode_payload(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(8-bit mask, boolean print) from :func:`encode_payload` bytes."""
+    if not payload.startswith(PAYLOAD_MAGIC) or len(payload) < 16:
+        raise ImageError("not a dedupe payload", reason="dedupe_payload")
+    h, w, mask_len = struct.unpack(">III", payload[4:16])
+    try:
+        mask = np.frombuffer(zlib.decompress(payload[16:16 + mask_len]), dtype=np.uint8)
+        bits = np.frombuffer(zlib.decompress(payload[16 + mask_len:]), dtype=np.uint8)
+    except zlib.error as exc:
+        raise ImageError(f"corrupt dedupe payload: {exc}", reason="dedupe_payload") from exc
+    if mask.size != h * w or bits.size * 8 < h * w:
+        raise ImageError("dedupe payload size does not match its shape", reason="dedupe_payload")
+    return mask.reshape(h, w), np.unpackbits(bits)[: h * w].reshape(h, w).astype(bool)
+
+
+# -- pixel verification --------------------------------------------------------------------------
+
+
+def _overlap(shape: tuple[int, int], dx: int, dy: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Index windows of ``a`` and ``b`` that see the same layout when ``b[y, x] == a[y + dy, x + dx]``."""
+    h, w = shape
+    in_a = (slice(max(0, dy), h + min(0, dy)), slice(max(0, dx), w + min(0, dx)))
+    in_b = (slice(max(0, -dy), h + min(0, -dy)), slice(max(0, -dx), w + min(0, -dx)))
+    return in_a, in_b
+
+
+def verify_shifted_match(mask_a: np.ndarray, print_a: np.ndarray, mask_b: np.ndarray, print_b: np.ndarray,
+                         settings: DedupeSettings) -> dict[str, Any] | None:
+    """Whether result ``b`` is result ``a`` seen through a shifted window (details) or not (None).
+
+    Masks are 8-bit, prints boolean, all of one shape. The returned shift
+    ``(dx, dy)`` maps ``b`` onto ``a``: ``b[y, x] == a[y + dy, x + dx]``. Periodic
+    or line-like layouts match the central template at many shifts equally well;
+    each of those (smallest shifts first, at most ``MAX_TIED_SHIFTS``) is judged
+    over the whole overlap, where the layout's non-periodic parts show (in the
+    print too: a line end just outside the window pulls the print back inside).
+    """
+    if mask_a.shape != mask_b.shape or print_a.shape != mask_a.shape or print_b.shape != mask_b.shape:
+        return None
+    h, w = mask_a.shape
+    margin = min(settings.verify_max_shift_px, (min(h, w) - 8) // 2)
+    if margin < 0:
+        return None
+    a = mask_a.astype(np.float32) / 255.0
+    template = mask_b[margin:h - margin, margin:w - margin].astype(np.float32) / 255.0
+    scores = cv2.matchTemplate(a, template, cv2.TM_SQDIFF)
+    ys, xs = np.nonzero(scores <= float(scores.min()) + TIE_SLACK)
+    shifts = sorted(zip((xs - margin).tolist(), (ys - margin).tolist(), strict=True),
+                    key=lambda s: (max(abs(s[0]), abs(s[1])), abs(s[0]) + abs(s[1])))
+    for dx, dy in shifts[:MAX_TIED_SHIFTS]:
+        in_a, in_b = _overlap((h, w), dx, dy)
+        diff = np.abs(mask_a[in_a].astype(np.int16) - mask_b[in_b].astype(np.int16))
+        mask_mismatch = int(np.count_nonzero(diff > settings.mask_tolerance_levels))
+        if mask_mismatch > settings.mask_mismatch_max_px:
+            continue
+        print_mismatch = _print_mismatch(print_a[in_a], print_b[in_b], settings.print_tolerance_px)
+        if print_mismatch <= settings.print_mismatch_max_px:
+            return {"shift_px": [int(dx), int(dy)], "mask_mismatch_px": mask_mismatch,
+                    "print_mismatch_px": print_mismatch}
+    return None
+
+
+def _print_mismatch(print_a: np.ndarray, print_b: np.ndarray, tolerance_px: int) -> int:
+    """Pixels where two binarised prints differ, after dropping slivers up to ``tolerance_px`` wide."""
+    diff = (print_a != print_b).astype(np.uint8)
+    if tolerance_px > 0 and diff.any():
+        size = 2 * tolerance_px + 1
+        diff = cv2.morphologyEx(diff, cv2.MORPH_OPEN, np.ones((size, size), np.uint8))
+    return int(np.count_nonzero(diff))
+
+
+# -- the core ------------------------------------------------------------------------------------
+
+
+class _Prepared:
+    __slots__ = ("hashes", "item", "mask_u8", "print_binary", "result")
+
+    def __init__(self, result: SimResult, item: DedupeItem, hashes: Hashes, mask_u8: np.ndarray,
+                 print_binary: np.ndarray) -> None:
+        self.result = result
+        self.item = item
+        self.hashes = hashes
+        self.mask_u8 = mask_u8
+        self.print_binary = print_binary
+
+
+class DedupeCore:
+    """Exact and near-duplicate detection over batches of :class:`SimResult`."""
+
+    def __init__(self, store: DedupeStore, settings: DedupeSettings | None = None,
+                 load_image: ImageLoadFn | None = None) -> None:
+        self.store = store
+        self.settings = settings or DedupeSettings()
+        if self.settings.hash_bits % self.settings.n_bands:
+            raise ConfigError(f"{self.settings.hash_bits} hash bits do not split into "
+                              f"{self.settings.n_bands} bands")
+        self.load_image: ImageLoadFn = load_image or ImageLoader()
+
+    def prepare(self, result: SimResult) -> _Prepared:
+        """Decode and hash one result (raises InputError for undecodable or mismatched images)."""
+        mask = self.load_image(result.mask)
+        printed = self.load_image(result.simulated)
+        if mask.shape != printed.shape:
+            raise ImageError(f"mask {mask.shape} and print {printed.shape} differ in shape",
+                             reason="image_shape")
+        s = self.settings
+        digest = exact_digest(mask, printed)
+        perceptual = spectral_hash(mask, s.hash_bits)
+        mask_u8 = to_uint8(mask)
+        print_binary = printed > 0.5
+        item = DedupeItem(
+            result_id=result.result_id,
+            exact_digest=digest,
+            perceptual=perceptual.value,
+            perceptual_bits=perceptual.bits,
+            namespace=s.namespace(),
+            bands=tuple(split_bands(perceptual.value, perceptual.bits, s.n_bands)),
+            probes=tuple(band_probes(perceptual, s.n_bands, s.probe_flips_per_band)),
+            payload=encode_payload(mask_u8, print_binary),
+        )
+        hashes = Hashes(exact=digest, perceptual={perceptual.kind: perceptual.hex()})
+        return _Prepared(result, item, hashes, mask_u8, print_binary)
+
+    def process_batch(self, results: Sequence[SimResult]) -> list[Outcome]:
+        """One outcome per result, in order. Store failures propagate (DependencyUnavailable)."""
+        prepared: list[_Prepared | InputError] = []
+        for result in results:
+            try:
+                prepared.append(self.prepare(result))
+            except InputError as exc:
+                prepared.append(exc)
+        ready = [p for p in prepared if isinstance(p, _Prepared)]
+        queries = {id(p.item): p for p in ready}
+        cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        def verify(item: DedupeItem, candidate: Candidate) -> dict[str, Any] | None:
+            query = queries[id(item)]
+            arrays = cache.get(candidate.result_id)
+            if arrays is None:
+                try:
+                    arrays = decode_payload(candidate.payload)
+                except ImageError:
+                    return None
+                cache[candidate.result_id] = arrays
+            details = verify_shifted_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
+                                           self.settings)
+            if details is not None:
+                details = {"hash_kind": self.settings.hash_kind, "hamming_bits": candidate.distance_bits,
+                           **details}
+            return details
+
+        verdicts = self.store.check_and_insert_batch(
+            [p.item for p in ready], verify,
+            hamming_radius=self.settings.hamming_radius, max_candidates=self.settings.max_candidates,
+        ) if ready else []
+        by_item = {id(p.item): v for p, v in zip(ready, verdicts, strict=True)}
+        outcomes: list[Outcome] = []
+        for p in prepared:
+            if isinstance(p, InputError):
+                outcomes.append(p)
+            else:
+                outcomes.append(self._outcome(p, by_item[id(p.item)]))
+        return outcomes
+
+    def _outcome(self, p: _Prepared, verdict: Verdict) -> UniqueResult | DuplicateRecord:
+        result = p.result
+        if verdict.status == "unique" or verdict.duplicate_of is None:
+            return UniqueResult(**dict(result), hashes=p.hashes)
+        distance = 0.0 if verdict.status == "exact" else verdict.distance_bits / self.settings.hash_bits
+        details = {**verdict.details, "exact_digest": p.hashes.exact}
+        if verdict.replayed:
+            details["replayed"] = True
+        return DuplicateRecord(
+            result_id=result.result_id, duplicate_of=verdict.duplicate_of, method=verdict.status,
+            distance=distance, stage=STAGE, labels=dict(result.labels), produced_at=result.produced_at,
+            details=details,
+        )

@@ -1,0 +1,52 @@
+"""Entry point of the dedupe service: Redis store, core and the runtime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from pydantic import Field
+
+from services.dedupe.core import DedupeCore, DedupeSettings
+from services.dedupe.stage import DedupeStage
+from services.dedupe.store import RedisDedupeStore
+from shared.blobstore import LocalBlobStore
+from shared.errors import ConfigError
+from shared.imageref import ImageLoader
+from shared.runtime import StageRunner
+from shared.settings import CommonSettings, StageSettings, load_settings
+
+
+class DedupeServiceSettings(StageSettings):
+    dedupe_ttl_seconds: int = Field(7 * 86400, gt=0)
+    dedupe_hamming_radius: int = Field(64, ge=0)
+    dedupe_key_prefix: str = "lithowatch:dedupe"
+
+
+def redis_client(settings: CommonSettings) -> Any:
+    """A bytes-returning Redis client with the password / TLS settings passed through."""
+    options: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 10,
+    }
+    if settings.redis_password is not None:
+        options["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_ssl_ca_certs is not None:
+        options["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
+    try:
+        return redis.Redis.from_url(settings.redis_url.get_secret_value(), **options)
+    except ValueError as exc:
+        raise ConfigError(f"LITHOWATCH_REDIS_URL is not a valid Redis URL: {exc}") from exc
+
+
+def main(settings_file: str | None = None) -> int:
+    settings = load_settings(DedupeServiceSettings, settings_file)
+    core_settings = DedupeSettings(
+        ttl_seconds=settings.dedupe_ttl_seconds, hamming_radius=settings.dedupe_hamming_radius
+    )
+    store = RedisDedupeStore(redis_client(settings), settings.dedupe_key_prefix, settings.dedupe_ttl_seconds)
+    loader = ImageLoader(LocalBlobStore(settings.blob_root), settings.max_image_pixels)
+    core = DedupeCore(store, core_settings, load_image=loader)
+    return StageRunner(DedupeStage(core), settings).run()

@@ -1,0 +1,34 @@
+"""The dedupe stage as the runtime sees it: unique results onward, duplicates aside."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.dedupe.core import DedupeCore
+from shared import metrics
+from shared.contracts import DuplicateRecord, SimResult, Topics
+from shared.errors import InputError
+from shared.runtime import ItemResult, Output
+
+
+class DedupeStage:
+    name = "dedupe"
+    input_topic = Topics.RESULTS
+    input_model = SimResult
+
+    def __init__(self, core: DedupeCore) -> None:
+        self.core = core
+
+    def process_batch(self, items: Sequence[SimResult]) -> list[ItemResult]:
+        results: list[ItemResult] = []
+        for outcome in self.core.process_batch(items):
+            if isinstance(outcome, InputError):
+                results.append(outcome)
+            elif isinstance(outcome, DuplicateRecord):
+                metrics.DUPLICATES.labels(outcome.method).inc()
+                metrics.MESSAGES.labels(self.name, "duplicate").inc()
+                results.append([Output(Topics.DUPLICATES, outcome, outcome.result_id)])
+            else:
+                metrics.MESSAGES.labels(self.name, "unique").inc()
+                results.append([Output(Topics.UNIQUE, outcome, outcome.result_id)])
+        return results

@@ -1,0 +1,127 @@
+"""Entry point of the novelty service: library feed, thresholds (hot-reloaded) and the runtime."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from services.novelty.core import NoveltyConfig, NoveltyCore
+from services.novelty.library_feed import LibraryFeed
+from shared.calibration.policy import ThresholdPolicy
+from shared.calibration.thresholds_file import ThresholdsFile
+from shared.contracts import LibraryEntry
+from shared.errors import ConfigError
+from shared.index import IndexSettings
+from shared.runtime import StageRunner
+from shared.settings import StageSettings, load_settings
+
+log = logging.getLogger("lithowatch.novelty")
+
+
+class NoveltySettings(StageSettings):
+    thresholds_path: Path | None = None
+    default_threshold: float = Field(0.1, ge=0.0, le=2.0)
+    model_version: str | None = None
+    snapshot_dir: Path | None = None
+    snapshot_interval_seconds: float = Field(300.0, gt=0)
+    novelty_k: int = Field(5, ge=1, le=100)
+    novelty_provisional: bool = True
+    index_kind: str = "auto"
+    hybrid_confirm: bool = False
+    near_identity_similarity: float = Field(0.97, ge=0.0, le=1.0)
+
+
+class ThresholdsWatcher:
+    """Reloads the thresholds file when it changes; keeps the last good one on errors."""
+
+    def __init__(self, path: Path | None, default_threshold: float, model_version: str | None) -> None:
+        self.path = path
+        self._mtime = 0.0
+        self._checked = 0.0
+        fallback = ThresholdsFile(
+            model_version=model_version or "unknown",
+            global_threshold=default_threshold,
+            method="default",
+            method_reason="no thresholds file configured",
+        )
+        self.policy = ThresholdPolicy(fallback)
+        if path is not None:
+            if not path.is_file():
+                raise ConfigError(f"thresholds file {path} does not exist (run lithowatch calibrate)")
+            self.reload()
+
+    def reload(self) -> None:
+        assert self.path is not None
+        mtime = self.path.stat().st_mtime
+        self.policy = ThresholdPolicy.from_file(self.path)
+        self._mtime = mtime
+        log.info(
+            "thresholds loaded from %s: global %.4f, %d clusters",
+            self.path,
+            self.policy.global_threshold,
+            len(self.policy.file.clusters or []),
+        )
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.path is None or now - self._checked < 2.0:
+            return
+        self._checked = now
+        try:
+            if self.path.stat().st_mtime != self._mtime:
+                self.reload()
+        except (OSError, ConfigError) as exc:
+            log.error("thresholds file %s not reloaded, keeping the previous one: %s", self.path, exc)
+
+    def __call__(self) -> ThresholdPolicy:
+        return self.policy
+
+
+def main(settings_file: str | None = None) -> int:
+    settings = load_settings(NoveltySettings, settings_file)
+    watcher = ThresholdsWatcher(settings.thresholds_path, settings.default_threshold, settings.model_version)
+    model_version = settings.model_version or (
+        watcher.policy.model_version if settings.thresholds_path is not None else None
+    )
+    try:
+        index_settings = IndexSettings(kind=settings.index_kind)
+    except ValueError as exc:
+        raise ConfigError(f"LITHOWATCH_INDEX_KIND: {exc}") from exc
+    core: NoveltyCore | None = None
+
+    def forget_pending(entry: LibraryEntry) -> None:
+        if core is not None:
+            core.pending.forget(entry.entry_id)
+
+    feed = LibraryFeed(
+        settings,
+        model_version,
+        settings.snapshot_dir,
+        index_settings,
+        settings.snapshot_interval_seconds,
+        on_applied=forget_pending,
+    )
+    feed.start()
+    confirm = None
+    if settings.hybrid_confirm:
+        from services.novelty.confirm import HybridConfirmer
+
+        confirm = HybridConfirmer.from_settings(settings, lambda: feed.state)
+    core = NoveltyCore(
+        lambda: feed.state,
+        watcher,
+        NoveltyConfig(k=settings.novelty_k, provisional=settings.novelty_provisional),
+        confirm=confirm,
+    )
+
+    def tick() -> None:
+        feed.poll(timeout_ms=0)
+        watcher.check()
+
+    try:
+        return StageRunner(core, settings, tick=tick).run()
+    finally:
+        feed.close()

@@ -1,0 +1,119 @@
+"""``lithowatch calibrate`` and ``lithowatch eval {retrieval,novelty,clusters,transfer}``.
+
+Thin wiring: read the data set, embed it (or read saved embeddings), call the
+pure functions of :mod:`shared.calibration.recipe` and :mod:`shared.evaluation.commands`,
+print the JSON summary, write it (``--json``) and the HTML report (``--report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.calibration.data import dataset_labels, embed
+from shared.calibration.thresholds_file import save_thresholds
+from shared.dataset import read_dataset
+from shared.errors import ConfigError
+
+
+def add_embedding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="data set folder with manifest.jsonl")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="encoder checkpoint directory")
+    source.add_argument("--embeddings", help="saved (N, D) .npy embeddings in manifest order")
+    p.add_argument("--model-version", default=None, help="model version of --embeddings")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the JSON summary to this file")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def split_values(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise ConfigError("--holdout-values is empty")
+    return values
+
+
+def emit(summary: dict[str, Any], json_out: str | None) -> None:
+    """Print the summary as JSON on stdout and write it to ``json_out`` when given."""
+    text = json.dumps(summary, indent=2, default=str)
+    print(text)
+    if json_out:
+        path = Path(json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n", encoding="utf-8")
+
+
+def progress(message: str) -> None:
+    print(f"[calibrate] {message}", file=sys.stderr, flush=True)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="choose the novelty threshold from a labelled data set and write a thresholds file",
+        description="Split the data set into library, known queries and held-out novel results "
+        "(--holdout-label/--holdout-values, or a random share of groups), score every query by "
+        "novelty_score = 1 - max cosine similarity to the library, pick the threshold on a "
+        "calibration split and report it on a test split.",
+    )
+    add_embedding_args(p)
+    p.add_argument("--out", required=True, help="thresholds file to write (JSON)")
+    p.add_argument("--report", default=None, help="folder for index.html and the plots")
+    p.add_argument("--group-label", default="group", help="label naming the pattern (default: group)")
+    p.add_argument("--holdout-label", default=None, help="label whose values mark the novel results")
+    p.add_argument("--holdout-values", default=None, help="comma-separated values of --holdout-label")
+    p.add_argument("--query-fraction", type=float, default=0.3, help="share of each known group as queries")
+    p.add_argument("--novel-group-fraction", type=float, default=0.15,
+                   help="share of groups held out as novel when no --holdout-label is given")
+    p.add_argument("--precision-target", type=float, default=None,
+                   help="pick the most lenient threshold reaching this precision")
+    p.add_argument("--per-cluster", choices=("auto", "on", "off"), default="auto",
+                   help="per-cluster thresholds: auto keeps them only when they beat the global one")
+    p.add_argument("--clusters", type=int, default=None, help="number of clusters (default: by silhouette)")
+    p.set_defaults(func=run_calibrate)
+
+    from shared.evaluation.cli import register_eval
+
+    register_eval(subparsers)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from shared.calibration.recipe import run_calibration
+    from shared.calibration.report import write_calibration_report
+
+    if args.precision_target is not None and not 0.0 < args.precision_target <= 1.0:
+        raise ConfigError(f"--precision-target must be in (0, 1], got {args.precision_target}")
+    dataset = read_dataset(args.dataset)
+    embeddings, model_version = embed(
+        dataset, model=args.model, embeddings_file=args.embeddings, model_version=args.model_version,
+        batch_size=args.batch_size, device=args.device,
+    )
+    run = run_calibration(
+        embeddings,
+        dataset_labels(dataset),
+        model_version=model_version,
+        group_label=args.group_label,
+        holdout_label=args.holdout_label,
+        holdout_values=split_values(args.holdout_values),
+        query_fraction=args.query_fraction,
+        novel_group_fraction=args.novel_group_fraction,
+        precision_target=args.precision_target,
+        per_cluster=args.per_cluster,
+        n_clusters=args.clusters,
+        seed=args.seed,
+        progress=progress,
+    )
+    written = save_thresholds(args.out, run.thresholds)
+    summary = {**run.summary, "thresholds_file": str(written), "dataset": str(dataset.root)}
+    if args.report:
+        progress("writing the report")
+        summary["report"] = str(write_calibration_report(args.report, run))
+    emit(summary, args.json_out)
+    return 0

@@ -1,0 +1,1 @@
+"""``lithowatch demo``: the whole system on one machine, from nothing, in minutes."""

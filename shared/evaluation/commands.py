@@ -1,0 +1,256 @@
+"""The logic of ``lithowatch eval ...``: functions over embeddings, labels and baseline features.
+
+Each returns the JSON summary and, given a report folder, writes its plots and
+``index.html`` there. Nothing here loads a model or reads a data set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.calibration.pairs import LabelValue
+from shared.calibration.plots import new_figure, plot_pr, plot_roc, plot_score_histograms, save_figure
+from shared.calibration.policy import ThresholdPolicy
+from shared.calibration.report import Section, Table, write_html_report
+from shared.calibration.split import split_for_calibration
+from shared.calibration.thresholds_file import ThresholdsFile
+from shared.errors import ConfigError
+from shared.evaluation.maps import MapMethod, embedding_maps, silhouette
+from shared.evaluation.novelty import feature_novelty_scores, novelty_metrics
+from shared.evaluation.retrieval import KS_DEFAULT, Metric, retrieval_metrics
+from shared.evaluation.transfer import Task, compare_transfer
+
+FeatureSets = Mapping[str, tuple[np.ndarray, Metric]]
+PLOT_KINDS = ("hist", "roc", "pr")
+
+
+def _column(labels: Sequence[Mapping[str, LabelValue]], name: str) -> list[LabelValue]:
+    return [row.get(name) for row in labels]
+
+
+def plot_bars(table: Mapping[str, Mapping[str, float]], path: Path, title: str) -> Path:
+    """Grouped bars: one group per metric, one bar per feature set."""
+    names = list(table)
+    metrics = list(next(iter(table.values())))
+    fig, ax = new_figure((7.0, 4.0))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        xs = np.arange(len(metrics)) + i * width
+        ax.bar(xs, [table[name][m] for m in metrics], width=width, label=name)
+    ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, metrics)
+    ax.set_title(title)
+    ax.legend(fontsize=8, frameon=False)
+    return save_figure(fig, path)
+
+
+def eval_retrieval(
+    feature_sets: FeatureSets,
+    labels: Sequence[Mapping[str, LabelValue]],
+    *,
+    label: str = "group",
+    ks: Sequence[int] = KS_DEFAULT,
+    report_dir: Path | None = None,
+) -> dict[str, Any]:
+    """P@k and mAP@R by ``label`` for every feature set (the encoder first, then baselines)."""
+    column = _column(labels, label)
+    results = {
+        name: retrieval_metrics(feats, column, label_name=label, metric=metric, ks=ks)
+        for name, (feats, metric) in feature_sets.items()
+    }
+    summary: dict[str, Any] = {
+        "command": "eval retrieval",
+        "label": label,
+        "n_items": len(labels),
+        "results": {name: r.as_dict() for name, r in results.items()},
+    }
+    if report_dir is not None:
+        rows = [
+            {"features": name, **{f"P@{k}": r.precision_at[k] for k in ks}, "mAP@R": r.map_at_r,
+             "R-precision": r.r_precision, "queries": r.n_queries, "skipped": r.n_skipped, "mean R": r.mean_r}
+            for name, r in results.items()
+        ]
+        bars = {name: {**{f"P@{k}": r.precision_at[k] for k in ks}, "mAP@R": r.map_at_r}
+                for name, r in results.items()}
+        plot_bars(bars, report_dir / "retrieval.png", f"retrieval by {label}")
+        section = Section(
+            f"Retrieval by {label}",
+            paragraphs=["Each item queries all others (itself excluded) by cosine (Hamming for pHash)."],
+            tables=[Table("retrieval", rows)],
+            images=[("retrieval.png", "P@k and mAP@R per feature set")],
+        )
+        write_html_report(report_dir, "lithowatch eval retrieval", [section], summary)
+    return summary
+
+
+def eval_novelty(
+    feature_sets: FeatureSets,
+    labels: Sequence[Mapping[str, LabelValue]],
+    *,
+    thresholds: ThresholdsFile | None = None,
+    group_label: str = "group",
+    holdout_label: str | None = None,
+    holdout_values: Sequence[str] | None = None,
+    seed: int = 0,
+    report_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Known vs held-out novel queries against the library of the calibration split recipe.
+
+    The first feature set is the encoder: the thresholds file (global or per
+    cluster) applies to it. Other feature sets (baselines) get AUROC and their
+    own F1-max threshold, which flatters them. Judge a thresholds file on a data
+    set it was not calibrated on: with the same data and seed the calibration
+    half of the queries is scored again.
+    """
+    split = split_for_calibration(
+        labels, group_label=group_label, holdout_label=holdout_label, holdout_values=holdout_values, seed=seed
+    )
+    known_idx = np.concatenate([split.known_cal, split.known_test])
+    novel_idx = np.concatenate([split.novel_cal, split.novel_test])
+    results: dict[str, Any] = {}
+    first = True
+    for name, (feats, metric) in feature_sets.items():
+        matrix = np.asarray(feats)
+        known = feature_novelty_scores(matrix[known_idx], matrix[split.library], metric)
+        novel = feature_novelty_scores(matrix[novel_idx], matrix[split.library], metric)
+        entry: dict[str, Any]
+        if first and thresholds is not None:
+            policy = ThresholdPolicy(thresholds)
+            thr_known, _ = policy.thresholds_for(matrix[known_idx])
+            thr_novel, _ = policy.thresholds_for(matrix[novel_idx])
+            base = novelty_metrics(known, novel, thresholds.global_threshold).as_dict()
+            tp = int((novel >= thr_novel).sum())
+            fp = int((known >= thr_known).sum())
+            entry = {**base, "policy": "per-cluster" if policy.has_clusters else "global",
+                     "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / novel.size,
+                     "f1": 2 * tp / (tp + fp + novel.size), "fpr": fp / known.size}
+        else:
+            entry = {**novelty_metrics(known, novel).as_dict(), "policy": "f1_max on these scores"}
+        results[name] = entry
+        if report_dir is not None:
+            mark = float(entry["threshold"])
+            plot_score_histograms(novel, known, {"threshold": mark}, report_dir / f"novelty_hist_{name}.png",
+                                  chosen="threshold", xlabel=f"novelty score ({name}, {metric})")
+            plot_roc(novel, known, report_dir / f"novelty_roc_{name}.png", mark=mark, title=f"ROC ({name})")
+            plot_pr(novel, known, report_dir / f"novelty_pr_{name}.png", mark=mark, title=f"PR ({name})")
+        first = False
+    summary: dict[str, Any] = {"command": "eval novelty", "split": split.describe(), "results": results}
+    if thresholds is not None:
+        summary["thresholds_model_version"] = thresholds.model_version
+    if report_dir is not None:
+        keys = ("policy", "auroc", "average_precision", "threshold", "precision", "recall", "f1", "fpr",
+                "best_f1", "n_known", "n_novel")
+        table_rows = [{"features": n, **{k: r.get(k) for k in keys}} for n, r in results.items()]
+        section = Section(
+            "Novelty: known queries vs held-out novel results",
+            paragraphs=[f"Split: {split.novel_rule}; library of {split.library.size} items."],
+            tables=[Table("novelty", table_rows)],
+            images=[(f"novelty_{kind}_{n}.png", f"{kind} ({n})") for n in results for kind in PLOT_KINDS],
+        )
+        write_html_report(report_dir, "lithowatch eval novelty", [section], summary)
+    return summary
+
+
+def eval_clusters(
+    embeddings: np.ndarray,
+    labels: Sequence[Mapping[str, LabelValue]],
+    *,
+    label: str = "family",
+    baselines: Mapping[str, np.ndarray] | None = None,
+    methods: Sequence[MapMethod] = ("umap", "tsne"),
+    max_points: int = 3000,
+    seed: int = 0,
+    report_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Silhouette by ``label`` in embedding space (and of baselines), and 2-D maps."""
+    column = _column(labels, label)
+    score, maps = embedding_maps(
+        embeddings, column, report_dir, label_name=label, methods=methods, max_points=max_points, seed=seed
+    )
+    baseline_scores = {name: silhouette(feats, column, "cosine") for name, feats in (baselines or {}).items()}
+    summary: dict[str, Any] = {
+        "command": "eval clusters",
+        "label": label,
+        "n_mapped": int(maps[0].indices.size) if maps else 0,
+        "silhouette_embedding_cosine": score,
+        "silhouette_baselines_cosine": baseline_scores,
+        "maps": {
+            m.method: {"silhouette_2d": m.silhouette_2d, "png": m.png.name if m.png else None} for m in maps
+        },
+    }
+    if report_dir is not None:
+        rows = [{"features": "encoder", "silhouette (cosine)": score}]
+        rows += [{"features": n, "silhouette (cosine)": s} for n, s in baseline_scores.items()]
+        rows += [{"features": f"{m.method} map (2-D)", "silhouette (cosine)": m.silhouette_2d} for m in maps]
+        section = Section(
+            f"Clusters by {label}",
+            paragraphs=["Silhouette in the embedding space is the number to compare; maps only illustrate."],
+            tables=[Table("silhouette", rows)],
+            images=[(m.png.name, f"{m.method} by {label}") for m in maps if m.png is not None],
+        )
+        write_html_report(report_dir, "lithowatch eval clusters", [section], summary)
+    return summary
+
+
+def eval_transfer(
+    feature_sets: Mapping[str, np.ndarray],
+    labels: Sequence[Mapping[str, LabelValue]],
+    *,
+    severity_label: str = "severity",
+    defect_label: str = "defect",
+    group_label: str | None = "group",
+    severity_of_defective_only: bool = True,
+    n_splits: int = 5,
+    seed: int = 0,
+    report_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Ridge R^2 on the severity label and logistic accuracy on the defect label, per feature set.
+
+    By default severity is regressed over defective items only (defect label set
+    and not ``"none"``): over all items the many zeros of clean results would make
+    "is there a defect" the whole of the task.
+    """
+    groups = _column(labels, group_label) if group_label else None
+    defects = _column(labels, defect_label)
+    tasks: dict[str, dict[str, Any]] = {}
+    jobs: tuple[tuple[str, Task], ...] = ((severity_label, "regression"), (defect_label, "classification"))
+    for target, task in jobs:
+        column = _column(labels, target)
+        if task == "regression" and severity_of_defective_only:
+            column = [v if d not in (None, "none") else None for v, d in zip(column, defects, strict=True)]
+        if all(v is None for v in column):
+            tasks[target] = {"skipped": f"no item carries the label {target!r}"}
+            continue
+        try:
+            results = compare_transfer(
+                feature_sets, column, task, groups=groups, n_splits=n_splits, seed=seed
+            )
+        except ConfigError as exc:
+            tasks[target] = {"skipped": str(exc)}
+            continue
+        tasks[target] = {name: r.as_dict() for name, r in results.items()}
+    summary: dict[str, Any] = {
+        "command": "eval transfer",
+        "n_items": len(labels),
+        "severity_scope": "defective items only" if severity_of_defective_only else "all items",
+        "tasks": tasks,
+    }
+    if report_dir is not None:
+        tables = []
+        for target, per_features in tasks.items():
+            if "skipped" in per_features:
+                continue
+            tables.append(Table(target, [{"features": n, **r} for n, r in per_features.items()]))
+        section = Section(
+            "Transfer to labels the encoder never saw",
+            paragraphs=[
+                "Light models on frozen features, cross-validated; chance = predicting the mean "
+                "(R^2 0) or the majority class."
+            ],
+            tables=tables,
+        )
+        write_html_report(report_dir, "lithowatch eval transfer", [section], summary)
+    return summary

@@ -1,0 +1,34 @@
+"""The lithowatch encoder: (mask, aligned print) -> L2-normalised vector.
+
+Public surface::
+
+    build_untrained(arch, channels, input_size, seed) -> Encoder   # the baseline
+    load_encoder(path, device="auto") -> Encoder                   # verified checkpoint
+    save_encoder(encoder, path, metadata) -> CheckpointMetadata
+    embed_dataset(dataset, ckpt_path, batch_size, device, progress) -> (N, dim) float32
+    resolve_device("auto" | "cpu" | "cuda") -> torch.device
+    Encoder.preprocess / .embed / .reconstruction_error (autoencoder only)
+
+A checkpoint is a directory: ``model.safetensors`` + ``metadata.json`` (see
+:mod:`shared.model.checkpoint`). Training lives in :mod:`shared.model.train`.
+"""
+
+from __future__ import annotations
+
+from shared.model.checkpoint import CheckpointMetadata, load_encoder, read_metadata, save_encoder
+from shared.model.embed import embed_dataset
+from shared.model.encoder import Encoder, EncoderSpec, build_untrained, resolve_device
+from shared.model.evaluate import precision_at_k
+
+__all__ = [
+    "CheckpointMetadata",
+    "Encoder",
+    "EncoderSpec",
+    "build_untrained",
+    "embed_dataset",
+    "load_encoder",
+    "precision_at_k",
+    "read_metadata",
+    "resolve_device",
+    "save_encoder",
+]

@@ -1,0 +1,220 @@
+"""The encoder the pipeline runs: a network plus everything needed to feed it.
+
+:class:`Encoder` owns the preprocessing (resize, channel composition,
+normalisation), the device placement and the batching. Its ``model_version``
+(``<arch>-<objective>-<hash of weights>``) travels with every vector, so a
+consumer never compares vectors of two different models.
+
+CUDA path: bf16 autocast, channels_last, pinned host memory, a warm-up pass.
+CPU path: float32, channels_last, ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.errors import ConfigError, ContractError
+from shared.model.nets import ARCHS, ConvAutoEncoder, build_net, net_dim
+from shared.model.preprocess import (
+    check_input_size,
+    compose_channels,
+    default_normalisation,
+    normalise,
+    parse_channels,
+    resize_pairs,
+)
+
+if TYPE_CHECKING:
+    from shared.model.checkpoint import CheckpointMetadata
+
+OBJECTIVES: tuple[str, ...] = ("untrained", "supervised", "contrastive", "autoencoder")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; asking for absent CUDA is a ConfigError."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available on this machine")
+        return torch.device(name)
+    raise ConfigError(f"device must be auto, cpu or cuda[:N], not {name!r}")
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over tensor names, dtypes, shapes and bytes, in name order (file-format independent)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def make_model_version(arch: str, objective: str, state: dict[str, torch.Tensor]) -> str:
+    return f"{arch}-{objective}-{weights_digest(state)[:12]}"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything besides the weights that defines what a vector means."""
+
+    arch: str
+    channels: tuple[str, ...]
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    projection_dim: int = 0
+    objective: str = "untrained"
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHS)}")
+        parse_channels(self.channels)
+        check_input_size(self.input_size)
+        if len(self.mean) != len(self.channels) or len(self.std) != len(self.channels):
+            raise ConfigError("normalisation needs one mean and one std per channel")
+        if any(not s > 0 for s in self.std):
+            raise ConfigError("normalisation std must be positive")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if self.arch == "autoencoder" and self.input_size % 16:
+            raise ConfigError(f"the autoencoder needs an input size divisible by 16, got {self.input_size}")
+
+    @property
+    def channels_str(self) -> str:
+        return ",".join(self.channels)
+
+
+class Encoder:
+    """A ready-to-run encoder: ``embed(masks, prints)`` -> ``(N, dim)`` unit vectors."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        spec: EncoderSpec,
+        device: str | torch.device = "auto",
+        batch_size: int = 64,
+        model_version: str | None = None,
+    ) -> None:
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.net = net.eval().to(self.device).to(memory_format=torch.channels_last)
+        state = {k: v for k, v in self.net.state_dict().items()}
+        self.model_version = model_version or make_model_version(spec.arch, spec.objective, state)
+        self.dim = net_dim(net)
+        self.metadata: CheckpointMetadata | None = None  # set when loaded from a checkpoint
+        if self.device.type == "cuda":
+            self._warm_up()
+
+    # -- the surface other modules rely on -------------------------------------------------
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    @property
+    def channels(self) -> str:
+        return self.spec.channels_str
+
+    @property
+    def arch(self) -> str:
+        return self.spec.arch
+
+    @property
+    def is_autoencoder(self) -> bool:
+        return isinstance(self.net, ConvAutoEncoder)
+
+    def preprocess(self, masks: Sequence[np.ndarray], prints: Sequence[np.ndarray]) -> torch.Tensor:
+        """Check, resize, stack and normalise -> ``(N, C, S, S)`` float32 on the host.
+
+        Raises :class:`shared.errors.ImageError` naming the first bad item.
+        """
+        m, p = resize_pairs(masks, prints, self.spec.input_size)
+        x = compose_channels(torch.from_numpy(m), torch.from_numpy(p), self.spec.channels)
+        x = normalise(x, self.spec.mean, self.spec.std).contiguous(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        return x
+
+    def embed(self, masks: Sequence[np.ndarray], prints: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, dim)`` float32, L2-normalised, in batches of ``batch_size``."""
+        if len(masks) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [
+            self.embed_tensor(
+                self.preprocess(masks[i : i + self.batch_size], prints[i : i + self.batch_size])
+            )
+            for i in range(0, len(masks), self.batch_size)
+        ]
+        return np.concatenate(parts, axis=0)
+
+    def embed_tensor(self, x: torch.Tensor) -> np.ndarray:
+        """Run the network on an already preprocessed batch."""
+        with torch.inference_mode(), self._autocast():
+            z = self.net(x.to(self.device, non_blocking=True, memory_format=torch.channels_last))
+        z = torch.nn.functional.normalize(z.float(), dim=1)
+        out = z.cpu().numpy().astype(np.float32, copy=False)
+        if out.shape != (x.shape[0], self.dim) or not np.isfinite(out).all():
+            raise ContractError(
+                f"encoder produced invalid vectors of shape {out.shape}", reason="vector_invalid"
+            )
+        return out
+
+    def reconstruction_error(self, masks: Sequence[np.ndarray], prints: Sequence[np.ndarray]) -> np.ndarray:
+        """Per-item mean squared reconstruction error (normalised input space), autoencoders only."""
+        if not isinstance(self.net, ConvAutoEncoder):
+            raise ConfigError(
+                f"reconstruction error needs an autoencoder checkpoint, this is {self.spec.arch}"
+            )
+        errors: list[np.ndarray] = []
+        for i in range(0, len(masks), self.batch_size):
+            x = self.preprocess(masks[i : i + self.batch_size], prints[i : i + self.batch_size]).to(
+                self.device
+            )
+            with torch.inference_mode(), self._autocast():
+                recon = self.net.reconstruct(x)
+            err = (recon.float() - x.float()).pow(2).mean(dim=(1, 2, 3))
+            errors.append(err.cpu().numpy().astype(np.float32))
+        return np.concatenate(errors) if errors else np.zeros((0,), dtype=np.float32)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _autocast(self) -> torch.autocast:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _warm_up(self) -> None:
+        """First CUDA calls pay for cuDNN autotuning and allocation; do it before serving."""
+        size = self.spec.input_size
+        x = torch.zeros((min(self.batch_size, 8), len(self.spec.channels), size, size))
+        self.embed_tensor(x.contiguous(memory_format=torch.channels_last))
+        torch.cuda.synchronize(self.device)
+
+
+def build_untrained(
+    arch: str = "resnet18",
+    channels: str = "mask,print",
+    input_size: int = 64,
+    seed: int = 0,
+    projection_dim: int = 0,
+    device: str = "auto",
+) -> Encoder:
+    """The baseline: a freshly initialised network (deterministic in ``seed``)."""
+    names = parse_channels(channels)
+    mean, std = default_normalisation(names)
+    spec = EncoderSpec(arch, names, check_input_size(input_size), mean, std, projection_dim, "untrained")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_net(arch, len(names), input_size, projection_dim)
+    return Encoder(net, spec, device=device)

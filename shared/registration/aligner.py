@@ -1,0 +1,185 @@
+"""Register a simulated print to its mask: correlation, ECC refinement, keypoint fallback.
+
+1. The print is compared with an approximate print of the mask (see ``images``), both
+   low-passed, so what did not print does not pull the answer.
+2. Translation: normalised cross-correlation over shifts up to ``max_shift_px`` with a
+   subpixel peak.
+3. ECC refinement from that peak (similarity by default), fitting the approximate
+   print's threshold and PSF shape too. Small rotation and scale are kept only when they
+   explain a real share of the misfit; otherwise a pure shift is refitted, since there
+   they mostly fit the approximate print's errors.
+4. Keypoints (ORB or AKAZE + RANSAC) only when the correlation result is weak.
+5. Quality gate: the correlation of the warped print with the reference must reach
+   ``quality_floor``; the registration is also refused when the peak is ambiguous
+   (periodic or line-only patterns) or at the edge of the search range.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from shared.errors import ContractError
+from shared.imaging import validate_image
+from shared.registration.correlation import PeakResult, ncc_translation
+from shared.registration.images import (
+    AerialModel,
+    ApproximatePrint,
+    FixedReference,
+    checked_pair,
+    gaussian,
+    gaussian_basis,
+    interior,
+    is_blank,
+)
+from shared.registration.keypoints import keypoint_homography
+from shared.registration.model import AlignSettings, Registration, not_ok, translation_matrix
+from shared.registration.refine import (
+    Reference,
+    Refined,
+    correlation_after_warp,
+    ecc_affine,
+    ecc_similarity,
+    plausible,
+    similarity_params,
+)
+
+MAX_REFINE_DRIFT_PX = 4.0  # refinement may move the image centre this far from the peak
+SHIFT_ONLY_MAX_CORNER_PX = 2.0  # rotation/scale moving corners farther is never a fitting artefact
+
+
+def warp_to_mask(simulated: np.ndarray, matrix: np.ndarray, border: float = 0.0) -> np.ndarray:
+    """``simulated`` resampled into the mask frame; pixels it does not cover get ``border``."""
+    h, w = simulated.shape
+    return np.asarray(
+        cv2.warpPerspective(simulated, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=border),
+        dtype=np.float32,
+    )
+
+
+class Aligner:
+    """Registers prints to masks under one set of :class:`AlignSettings`.
+
+    ``aerial_model`` maps a mask to an image that increases with exposure, from which
+    the approximate print is thresholded. By default it is a Gaussian of
+    ``optics_sigma_px`` whose shape the refinement adjusts per result (two more Gaussian
+    terms); where the farm's optics are known, its aerial image (e.g.
+    ``LithoSimulator.aerial``) can be given instead.
+    """
+
+    def __init__(self, settings: AlignSettings | None = None,
+                 aerial_model: AerialModel | None = None) -> None:
+        self.settings = settings or AlignSettings()
+        self.aerial_model = aerial_model
+
+    def register(self, mask: np.ndarray, simulated: np.ndarray) -> Registration:
+        """The print->mask homography of one result, gated on quality.
+
+        Raises :class:`shared.errors.ImageError` for images that are not 2-D float
+        [0, 1] arrays of one shape; blank or tiny images give ``ok=False``.
+        """
+        s = self.settings
+        mask_f, sim_f = checked_pair(mask, simulated)
+        if min(mask_f.shape) < s.min_size_px:
+            return not_ok(f"image smaller than {s.min_size_px} px")
+        if is_blank(mask_f):
+            return not_ok("blank mask")
+        if is_blank(sim_f):
+            return not_ok("blank print")
+
+        reference = self._reference(mask_f, sim_f)
+        sim_smooth = gaussian(sim_f, s.blur_sigma_px)
+        inside = interior(mask_f.shape, s.border_px(min(mask_f.shape)))
+        peak = ncc_translation(reference.render()[0], sim_smooth, s.max_shift_px, s.ambiguity_radius_px)
+        matrix = translation_matrix(peak.dx_px, peak.dy_px)
+        method = "ncc"
+        quality = correlation_after_warp(reference.render()[0], sim_smooth, matrix, inside)
+
+        if s.use_ecc and not peak.at_limit:
+            refined = self._refine(reference, sim_smooth, matrix, inside)
+            if refined is not None and refined.correlation >= quality - 0.005:
+                matrix, method, quality = refined.matrix, "ncc+ecc", refined.correlation
+
+        residual_px: float | None = None
+        if (quality < s.quality_floor or peak.at_limit) and s.fallback != "none":
+            fit = keypoint_homography(reference.render()[0], sim_smooth, s.fallback)
+            if fit is not None and plausible(fit.matrix, s.max_rotation_deg, s.max_scale_change):
+                fit_quality = correlation_after_warp(reference.render()[0], sim_smooth, fit.matrix, inside)
+                if fit_quality > quality:
+                    matrix, method, quality = fit.matrix, s.fallback, fit_quality
+                    residual_px = fit.residual_px
+                    peak = PeakResult(0.0, 0.0, fit_quality, -1.0, at_limit=False)
+
+        reason = self._refusal(quality, peak)
+        return Registration(matrix=matrix, method=method, quality=max(0.0, min(1.0, quality)),
+                            residual_px=residual_px, ok=not reason, reason=reason)
+
+    def _reference(self, mask: np.ndarray, simulated: np.ndarray) -> Reference:
+        """What the print is registered against: its approximate print, or the mask itself."""
+        s = self.settings
+        if not s.approx_print:
+            return FixedReference(mask, s.blur_sigma_px)
+        if self.aerial_model is None:
+            basis = gaussian_basis(mask, s.optics_sigma_px, s.fit_psf_shape)
+        else:
+            aerial = np.asarray(self.aerial_model(mask), dtype=np.float32)
+            if aerial.shape != mask.shape or not np.all(np.isfinite(aerial)):
+                raise ContractError(f"aerial model gave {aerial.shape} (finite: {np.isfinite(aerial).all()}) "
+                                    f"for a {mask.shape} mask")
+            basis = [aerial]
+        if float(basis[0].std()) < 1e-6:
+            return FixedReference(mask, s.blur_sigma_px)
+        printed_fraction = float(np.count_nonzero(simulated > 0.5)) / simulated.size
+        return ApproximatePrint(basis, printed_fraction, s.blur_sigma_px)
+
+    def _refine(self, reference: Reference, sim_smooth: np.ndarray, start: np.ndarray,
+                inside: np.ndarray) -> Refined | None:
+        """ECC from the correlation peak, with model selection for rotation and scale."""
+        s = self.settings
+        shape = (sim_smooth.shape[0], sim_smooth.shape[1])
+        if s.ecc_motion == "affine":
+            refined = ecc_affine(reference.render()[0], sim_smooth, start, inside, s.ecc_max_iterations)
+        else:
+            similarity = s.ecc_motion == "similarity"
+            refined = ecc_similarity(reference, sim_smooth, start, inside, similarity,
+                                     s.ecc_max_iterations, s.ecc_tolerance_px)
+            if refined is not None and similarity and self._small_rotation_scale(refined.matrix, shape):
+                # The reference stays as the similarity fit left it, or its PSF shape would
+                # absorb the misfit that rotation and scale explain.
+                shift_only = ecc_similarity(reference, sim_smooth, refined.matrix, inside, False,
+                                            s.ecc_max_iterations, s.ecc_tolerance_px, fit_reference=False)
+                if shift_only is not None:
+                    misfit = max(1.0 - shift_only.correlation, 1e-9)
+                    gain = (refined.correlation - shift_only.correlation) / misfit
+                    if gain < s.similarity_min_gain:
+                        refined = shift_only
+        if refined is None or not plausible(refined.matrix, s.max_rotation_deg, s.max_scale_change):
+            return None
+        drift = similarity_params(refined.matrix, shape)[:2] - similarity_params(start, shape)[:2]
+        if float(np.hypot(*drift)) > MAX_REFINE_DRIFT_PX:
+            return None
+        return refined
+
+    @staticmethod
+    def _small_rotation_scale(matrix: np.ndarray, shape: tuple[int, int]) -> bool:
+        """Whether rotation and scale move the corners so little that a pure shift may do."""
+        a, b = similarity_params(matrix, shape)[2:]
+        corner_px = 0.5 * float(np.hypot(*shape)) * float(np.hypot(a, b))
+        return corner_px < SHIFT_ONLY_MAX_CORNER_PX
+
+    def _refusal(self, quality: float, peak: PeakResult) -> str:
+        s = self.settings
+        if quality < s.quality_floor:
+            return f"quality {quality:.3f} below floor {s.quality_floor:.3f}"
+        if peak.peak > 0.0 and peak.second_peak >= s.ambiguity_ratio * peak.peak:
+            return (f"ambiguous correlation peak ({peak.second_peak:.3f} vs {peak.peak:.3f}): "
+                    "periodic or line-only pattern")
+        if peak.at_limit:
+            return f"shift at the search limit of {s.max_shift_px} px"
+        return ""
+
+    def warp(self, simulated: np.ndarray, reg: Registration) -> np.ndarray:
+        """The print resampled into the mask frame (float32 [0, 1], uncovered pixels = 0)."""
+        sim_f = validate_image(simulated)
+        return np.clip(warp_to_mask(sim_f, np.asarray(reg.matrix, dtype=np.float64)), 0.0, 1.0)

@@ -1,0 +1,90 @@
+"""Keypoint registration: ORB or AKAZE features, ratio test, RANSAC homography.
+
+On prints of real layouts keypoints are unreliable (corners round off, small features
+vanish), so the aligner uses them only when correlation finds no clear peak; the
+textbook pipeline on the raw mask is kept as a baseline to measure against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from shared.errors import ConfigError
+from shared.registration.images import checked_pair, is_blank
+from shared.registration.model import Registration, not_ok
+
+RATIO_TEST = 0.75
+RANSAC_REPROJECTION_PX = 3.0
+MIN_MATCHES = 8
+
+
+@dataclass(frozen=True)
+class KeypointFit:
+    """A print->mask homography from keypoints, with its support."""
+
+    matrix: np.ndarray
+    inliers: int
+    matches: int
+    residual_px: float
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8))
+
+
+def _detector(kind: str) -> cv2.Feature2D:
+    # Looked up by name: OpenCV 5 moved AKAZE to the contrib module xfeatures2d, and the
+    # stubs of either version lack one of the spellings.
+    if kind == "orb":
+        orb: cv2.Feature2D = cv2.ORB.create(nfeatures=1000)
+        return orb
+    if kind == "akaze":
+        create = getattr(cv2, "AKAZE_create", None) or getattr(cv2.xfeatures2d, "AKAZE_create", None)
+        if create is None:
+            raise ConfigError("this OpenCV build has no AKAZE; use the orb fallback")
+        akaze: cv2.Feature2D = create()
+        return akaze
+    raise ValueError(f"unknown keypoint detector {kind!r}")
+
+
+def keypoint_homography(reference: np.ndarray, moving: np.ndarray, kind: str) -> KeypointFit | None:
+    """Homography taking ``moving`` pixel coordinates to ``reference`` ones, or ``None``."""
+    detector = _detector(kind)
+    kp_ref, des_ref = detector.detectAndCompute(_to_uint8(reference), None)
+    kp_mov, des_mov = detector.detectAndCompute(_to_uint8(moving), None)
+    if des_ref is None or des_mov is None or len(kp_ref) < 2 or len(kp_mov) < 2:
+        return None
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    good = []
+    for pair in matcher.knnMatch(des_mov, des_ref, k=2):
+        if len(pair) == 2 and pair[0].distance < RATIO_TEST * pair[1].distance:
+            good.append(pair[0])
+    if len(good) < MIN_MATCHES:
+        return None
+    src = np.array([kp_mov[m.queryIdx].pt for m in good], dtype=np.float32).reshape(-1, 1, 2)
+    dst = np.array([kp_ref[m.trainIdx].pt for m in good], dtype=np.float32).reshape(-1, 1, 2)
+    matrix, inlier_mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_REPROJECTION_PX)
+    if matrix is None or inlier_mask is None or not np.all(np.isfinite(matrix)):
+        return None
+    inliers = inlier_mask.ravel().astype(bool)
+    if int(inliers.sum()) < MIN_MATCHES // 2:
+        return None
+    projected = cv2.perspectiveTransform(src[inliers], matrix)
+    residual = float(np.sqrt(np.mean(np.sum((projected - dst[inliers]) ** 2, axis=-1))))
+    return KeypointFit(np.asarray(matrix, np.float64), int(inliers.sum()), len(good), residual)
+
+
+def orb_ransac_baseline(mask: np.ndarray, simulated: np.ndarray) -> Registration:
+    """Textbook ORB + ratio test + RANSAC homography from the print to the raw mask."""
+    mask_f, sim_f = checked_pair(mask, simulated)
+    if is_blank(mask_f) or is_blank(sim_f):
+        return not_ok("blank image", method="orb")
+    fit = keypoint_homography(mask_f, sim_f, "orb")
+    if fit is None:
+        return not_ok("too few consistent keypoint matches", method="orb")
+    quality = fit.inliers / max(fit.matches, 1)
+    return Registration(matrix=fit.matrix, method="orb", quality=quality, residual_px=fit.residual_px,
+                        ok=True, reason="")

@@ -1,0 +1,110 @@
+"""The result and settings types of print-to-mask registration."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.contracts import Transform
+
+Fallback = Literal["orb", "akaze", "none"]
+EccMotion = Literal["similarity", "affine", "translation"]
+
+
+class AlignSettings(BaseModel):
+    """How the alignment stage registers a print to its mask.
+
+    Lengths are in pixels of the images being registered. ``optics_sigma_px`` is the
+    Gaussian standing in for the optical point spread when the approximate print is
+    simulated from the mask (about 0.2 * wavelength / NA: ~7 px at 4 nm/px for 193 nm
+    immersion); ``fit_psf_shape`` lets the refinement reshape it per result (weights of
+    two more Gaussians, at half and twice the sigma). ``blur_sigma_px`` is the low-pass
+    applied to both images before they are compared. ``ecc_motion`` is the model the ECC
+    refinement fits after the correlation peak: ``similarity`` (shift, rotation, uniform
+    scale; when they move the corners by under 2 px, rotation and scale are kept only if
+    they explain at least ``similarity_min_gain`` of the misfit a pure shift leaves),
+    ``affine`` (OpenCV's ``findTransformECC``) or ``translation``. A result is refused
+    (``ok=False``) below ``quality_floor``, when the correlation ``ambiguity_radius_px``
+    or more from the peak reaches ``ambiguity_ratio`` of it, or at the search limit.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quality_floor: float = Field(0.9, ge=0.0, le=1.0)
+    approx_print: bool = True
+    optics_sigma_px: float = Field(7.0, gt=0.0, le=64.0)
+    fit_psf_shape: bool = True
+    blur_sigma_px: float = Field(4.0, ge=0.5, le=64.0)
+    max_shift_px: int = Field(32, ge=0, le=4096)
+    use_ecc: bool = True
+    ecc_motion: EccMotion = "similarity"
+    ecc_max_iterations: int = Field(30, ge=1, le=1000)
+    ecc_tolerance_px: float = Field(0.01, gt=0.0)
+    similarity_min_gain: float = Field(0.2, ge=0.0, le=1.0)
+    max_rotation_deg: float = Field(10.0, gt=0.0, le=90.0)
+    max_scale_change: float = Field(0.1, gt=0.0, lt=1.0)
+    ambiguity_ratio: float = Field(0.97, gt=0.0, le=1.0)
+    ambiguity_radius_px: float = Field(16.0, gt=0.0)
+    fallback: Fallback = "akaze"
+    min_size_px: int = Field(16, ge=8)
+
+    def border_px(self, size_px: int) -> int:
+        """Width of the mask-frame border left out of comparisons: where the approximate
+        print lacks the neighbours outside the clip. At most a quarter of the image."""
+        optics = 2.0 * self.optics_sigma_px if self.approx_print else 0.0
+        return min(math.ceil(optics + 2.0 * self.blur_sigma_px) + 1, size_px // 4)
+
+
+@dataclass(frozen=True, eq=False)
+class Registration:
+    """A registration of a print onto its mask.
+
+    ``matrix`` is a 3x3 float64 homography taking print pixel coordinates (x, y) to
+    mask pixel coordinates. ``quality`` is the normalised correlation (clipped to
+    [0, 1]) of the approximate print with the print resampled into the mask frame.
+    ``residual_px`` is the RMS reprojection error of keypoint inliers when keypoints
+    decided the result, ``None`` otherwise.
+    """
+
+    matrix: np.ndarray
+    method: str
+    quality: float
+    residual_px: float | None
+    ok: bool
+    reason: str
+
+    def as_transform(self) -> Transform:
+        """The wire form used in ``AlignedResult.transform``."""
+        m = [float(v) for v in np.asarray(self.matrix, dtype=np.float64).reshape(9)]
+        return Transform(
+            matrix=(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]),
+            method=self.method,
+            quality=float(self.quality),
+            residual_px=self.residual_px,
+        )
+
+
+def not_ok(reason: str, method: str = "none", matrix: np.ndarray | None = None,
+           quality: float = 0.0) -> Registration:
+    """A failed registration: identity unless a best-effort matrix is given."""
+    mat = np.eye(3, dtype=np.float64) if matrix is None else np.asarray(matrix, dtype=np.float64)
+    return Registration(matrix=mat, method=method, quality=quality, residual_px=None, ok=False, reason=reason)
+
+
+def translation_matrix(dx: float, dy: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]], dtype=np.float64)
+
+
+def corner_errors_px(estimated: np.ndarray, truth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Displacement of the four image corners between two homographies (px, length 4)."""
+    h, w = shape
+    corners = np.array([[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [0.0, h - 1.0, 1.0], [w - 1.0, h - 1.0, 1.0]]).T
+    a = estimated @ corners
+    b = truth @ corners
+    a = a[:2] / a[2]
+    b = b[:2] / b[2]
+    return np.asarray(np.hypot(*(a - b)), dtype=np.float64)

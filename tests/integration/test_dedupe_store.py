@@ -1,0 +1,169 @@
+"""RedisDedupeStore against a real redis-server (started here on a free port)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+import redis
+
+from services.dedupe.core import DedupeCore, DedupeSettings
+from services.dedupe.store import Candidate, DedupeItem, RedisDedupeStore
+from shared.contracts import DuplicateRecord, SimResult, UniqueResult
+from shared.errors import ConfigError, DependencyUnavailable
+from shared.hashing import split_bands
+from shared.imageref import make_image_ref
+from shared.launcher import free_port, wait_for_port
+from shared.litho import generate_layout, rasterize
+
+pytestmark = pytest.mark.integration
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+TTL_SECONDS = 600
+
+
+@pytest.fixture(scope="module")
+def _redis_url() -> Iterator[str]:
+    """A throwaway redis-server (no persistence) for this module; always stopped."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, 10.0, proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def client(_redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(_redis_url)
+    c.flushdb()
+    yield c
+    c.close()
+
+
+def window(seed: int, family: str, shift_px: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    layout = generate_layout(family, np.random.default_rng(seed))
+    mask = rasterize(layout, (512.0 + 4.0 * shift_px[0], 512.0 + 4.0 * shift_px[1]), 256, 4.0)
+    return mask, (mask > 0.5).astype(np.float32)
+
+
+def result(result_id: str, images: tuple[np.ndarray, np.ndarray]) -> SimResult:
+    return SimResult(result_id=result_id, nm_per_px=4.0, mask=make_image_ref(images[0]),
+                     simulated=make_image_ref(images[1]), produced_at=datetime.now(UTC))
+
+
+def make_core(client: redis.Redis, prefix: str = "dedupe") -> DedupeCore:
+    return DedupeCore(RedisDedupeStore(client, prefix=prefix, ttl_seconds=TTL_SECONDS), DedupeSettings())
+
+
+def kinds(outcomes: list[object]) -> list[str | None]:
+    return [o.duplicate_of if isinstance(o, DuplicateRecord) else None for o in outcomes]
+
+
+def test_exact_near_and_distinct_in_one_batch(client: redis.Redis) -> None:
+    core = make_core(client)
+    a = window(1, "routing")
+    batch = [result("a", a), result("a-copy", a), result("a-moved", window(1, "routing", (12, -9))),
+             result("b", window(2, "routing"))]
+    outcomes = core.process_batch(batch)
+    assert kinds(outcomes) == [None, "a", "a", None]
+    assert isinstance(outcomes[1], DuplicateRecord) and outcomes[1].method == "exact"
+    assert isinstance(outcomes[2], DuplicateRecord) and outcomes[2].method == "perceptual"
+    assert outcomes[2].details["shift_px"] == [12, -9]
+
+
+def test_keys_carry_the_prefix_and_expire(client: redis.Redis) -> None:
+    make_core(client, prefix="svc").process_batch([result("k1", window(3, "sram")),
+                                                   result("k2", window(3, "sram", (4, 4)))])
+    keys = [k.decode() for k in client.scan_iter("*")]
+    assert keys and all(k.startswith("svc:") for k in keys)
+    assert all(0 < client.ttl(k) <= TTL_SECONDS for k in keys)
+    kinds_seen = {k.split(":")[1] for k in keys}
+    assert kinds_seen == {"x", "v", "e", "b"}
+    for key in keys:  # at most one hash tag, and only around one result id or digest
+        assert key.count("{") == key.count("}") <= 1
+
+
+def test_redelivery_is_idempotent_across_replicas(client: redis.Redis) -> None:
+    first, second = make_core(client), make_core(client)
+    original, moved = result("o", window(4, "contacts")), result("m", window(4, "contacts", (-7, 15)))
+    assert kinds(first.process_batch([original, moved])) == [None, "o"]
+    replay = second.process_batch([moved, original])
+    assert kinds(replay) == ["o", None]
+    assert isinstance(replay[0], DuplicateRecord) and replay[0].details.get("replayed") is True
+
+
+def test_racing_replicas_agree_on_exact_duplicates(_redis_url: str, client: redis.Redis) -> None:
+    """Two replicas submit the same pixels at the same instant: SET NX lets exactly one win."""
+    cores = [make_core(redis.Redis.from_url(_redis_url)) for _ in range(2)]
+    rounds = [window(seed, "shapes") for seed in range(50, 58)]
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    def replica(k: int) -> None:
+        for i, images in enumerate(rounds):
+            barrier.wait()
+            (outcomes[f"{i}-{k}"],) = cores[k].process_batch([result(f"r{i}-{k}", images)])
+
+    threads = [threading.Thread(target=replica, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for i in range(len(rounds)):
+        pair = [outcomes[f"{i}-0"], outcomes[f"{i}-1"]]
+        uniques = [o for o in pair if isinstance(o, UniqueResult)]
+        dups = [o for o in pair if isinstance(o, DuplicateRecord)]
+        assert len(uniques) == 1 and len(dups) == 1
+        assert dups[0].method == "exact" and dups[0].duplicate_of == uniques[0].result_id
+        assert client.get("dedupe:x:{" + uniques[0].hashes.exact + "}") == uniques[0].result_id.encode()
+
+
+def test_redis_down_is_a_dependency_error() -> None:
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
+    core = make_core(dead)
+    with pytest.raises(DependencyUnavailable):
+        core.process_batch([result("x", window(6, "grating"))])
+
+
+def test_decoded_responses_are_refused(_redis_url: str) -> None:
+    with pytest.raises(ConfigError):
+        RedisDedupeStore(redis.Redis.from_url(_redis_url, decode_responses=True), prefix="dedupe")
+    with pytest.raises(ConfigError):
+        RedisDedupeStore(redis.Redis.from_url(_redis_url), prefix="bad{prefix}")
+
+
+def test_members_older_than_the_ttl_are_removed_when_met(client: redis.Redis) -> None:
+    now = [1_000_000.0]
+    store = RedisDedupeStore(client, prefix="stale", ttl_seconds=60, clock=lambda: now[0])
+    value = int.from_bytes(np.random.default_rng(0).bytes(32), "big")
+
+    def item(rid: str, v: int) -> DedupeItem:
+        bands = tuple(split_bands(v, 256, 16))
+        return DedupeItem(rid, f"digest-{rid}", v, 256, "t", bands, tuple(enumerate(bands)), rid.encode())
+
+    def never(i: DedupeItem, c: Candidate) -> dict[str, object] | None:
+        return None
+
+    store.check_and_insert_batch([item("a", value)], never, hamming_radius=8, max_candidates=4)
+    now[0] += 40.0
+    store.check_and_insert_batch([item("b", value ^ 1)], never, hamming_radius=8, max_candidates=4)
+    now[0] += 40.0  # "a" is older than the TTL; the band sets live on (Redis' own clock barely moved)
+    key = "stale:b:t:0:" + format(split_bands(value, 256, 16)[0], "x")
+    assert any(m.startswith(b"a|") for m in client.smembers(key))
+    store.check_and_insert_batch([item("c", value ^ 3)], never, hamming_radius=8, max_candidates=4)
+    members = client.smembers(key)
+    assert not any(m.startswith(b"a|") for m in members) and any(m.startswith(b"b|") for m in members)

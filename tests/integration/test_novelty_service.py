@@ -1,0 +1,142 @@
+"""The novelty service on the real broker: scores, alerts, alert storms, replicas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.calibration.thresholds_file import ThresholdsFile, save_thresholds
+from shared.contracts import AlertRecord, DLQRecord, LibraryEntry, ScoreRecord, Topics
+from shared.index import LibraryState
+from shared.launcher import EmbeddedStack
+from shared.supervisor import Pipeline
+from shared.testing import collect, embedded_result, library_entry, produce
+
+pytestmark = pytest.mark.integration
+DIM = 16
+
+
+def centre(i: int) -> np.ndarray:
+    vector = np.zeros(DIM, np.float32)
+    vector[i] = 1.0
+    return vector
+
+
+def near(i: int, rng: np.random.Generator, spread: float = 0.05) -> np.ndarray:
+    return centre(i) + spread * rng.standard_normal(DIM).astype(np.float32)
+
+
+def start_novelty(stack: EmbeddedStack, tmp_path: Path, replica: int = 0, **extra: str) -> Pipeline:
+    thresholds = tmp_path / "thresholds.json"
+    if not thresholds.exists():
+        save_thresholds(
+            thresholds,
+            ThresholdsFile(
+                model_version="test-model", global_threshold=0.2, method="fixed", embedding_dim=DIM
+            ),
+        )
+    pipeline = Pipeline(
+        stack,
+        service_env={
+            "LITHOWATCH_THRESHOLDS_PATH": str(thresholds),
+            "LITHOWATCH_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+            "LITHOWATCH_SNAPSHOT_INTERVAL_SECONDS": "1",
+            "LITHOWATCH_MAX_POLL_INTERVAL_MS": "8000",
+            "LITHOWATCH_SESSION_TIMEOUT_MS": "6000",
+            **extra,
+        },
+    )
+    pipeline.start_service("novelty", replica=replica)
+    pipeline.wait_ready(120)
+    return pipeline
+
+
+def decoded(records: list, topic: str, model: type) -> list:
+    return [model.model_validate_json(r.value) for r in records if r.topic == topic]
+
+
+def test_scores_alerts_storms_and_bad_vectors(stack: EmbeddedStack, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    library = [
+        library_entry(f"lib-{c}-{j}", near(c, rng), labels={"family": f"f{c}"})
+        for c in range(4)
+        for j in range(5)
+    ]
+    produce(stack.bootstrap, Topics.LIBRARY, library)
+    known = [embedded_result(f"known-{c}", near(c, rng)) for c in range(4)]
+    burst = [embedded_result(f"burst-{j}", near(9, rng, 0.02)) for j in range(20)]
+    lonely = embedded_result("lonely", near(12, rng))
+    wrong_model = embedded_result("wrong-model", near(0, rng), model_version="other-model")
+    wrong_dim = embedded_result("wrong-dim", np.ones(DIM + 3, np.float32))
+    produce(stack.bootstrap, Topics.EMBEDDED, [*known, *burst, lonely, wrong_model, wrong_dim])
+    pipeline = start_novelty(stack, tmp_path)
+    try:
+        records = collect(
+            stack.bootstrap,
+            [Topics.SCORES, Topics.ALERTS, Topics.DLQ],
+            lambda rs: len({r.key for r in rs if r.topic in (Topics.SCORES, Topics.DLQ)}) >= 27,
+            timeout_seconds=120,
+        )
+    finally:
+        pipeline.stop()
+    scores = {s.result_id: s for s in decoded(records, Topics.SCORES, ScoreRecord)}
+    alerts = decoded(records, Topics.ALERTS, AlertRecord)
+    dlq = {d.result_id: d.reason for d in decoded(records, Topics.DLQ, DLQRecord)}
+    assert all(scores[f"known-{c}"].decision == "known" for c in range(4))
+    assert scores["known-2"].neighbours[0].labels["family"] == "f2"
+    assert scores["lonely"].decision == "novel"
+    burst_decisions = [scores[f"burst-{j}"].decision for j in range(20)]
+    assert burst_decisions.count("novel") == 1 and burst_decisions.count("provisional") == 19
+    first = next(s for s in (scores[f"burst-{j}"] for j in range(20)) if s.decision == "novel")
+    assert all(
+        scores[f"burst-{j}"].provisional_of == f"alert-{first.result_id}"
+        for j in range(20)
+        if scores[f"burst-{j}"].decision == "provisional"
+    )
+    assert {a.result_id for a in alerts} == {"lonely", first.result_id}
+    assert all(a.neighbours for a in alerts)
+    assert dlq == {"wrong-model": "model_version", "wrong-dim": "vector_dim"}
+
+
+def test_restarted_replica_rebuilds_the_same_index(stack: EmbeddedStack, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    produce(
+        stack.bootstrap,
+        Topics.LIBRARY,
+        [library_entry(f"lib-{i}", rng.standard_normal(DIM)) for i in range(300)],
+    )
+    pipeline = start_novelty(stack, tmp_path)
+    pipeline.stop()  # SIGTERM: the service writes a final snapshot
+    snapshot = LibraryState.restore(tmp_path / "snapshots", model_version="test-model")
+    assert len(snapshot) == 300
+    # more records arrive while no replica runs, including a delete
+    produce(
+        stack.bootstrap,
+        Topics.LIBRARY,
+        [
+            *[library_entry(f"late-{i}", rng.standard_normal(DIM)) for i in range(50)],
+            LibraryEntry(entry_id="lib-0", op="delete", model_version="test-model"),
+        ],
+    )
+    queries = [embedded_result(f"q-{i}", rng.standard_normal(DIM)) for i in range(30)]
+    produce(stack.bootstrap, Topics.EMBEDDED, queries)
+    # no provisional entries: the library stays exactly what the topic held before the queries
+    pipeline = start_novelty(stack, tmp_path, LITHOWATCH_NOVELTY_PROVISIONAL="false")
+    try:
+        records = collect(stack.bootstrap, [Topics.SCORES], lambda rs: len(rs) >= 30, timeout_seconds=120)
+    finally:
+        pipeline.stop()
+    # an independent full replay of the topic gives the same neighbours
+    reference = LibraryState("test-model", DIM)
+    for r in collect(stack.bootstrap, [Topics.LIBRARY], lambda rs: len(rs) >= 351, timeout_seconds=30):
+        entry = LibraryEntry.model_validate_json(r.value)
+        reference.apply(entry, r.partition, r.offset)
+    assert "lib-0" not in reference and len(reference) == 349
+    for score in decoded(records, Topics.SCORES, ScoreRecord):
+        query = next(q for q in queries if q.result_id == score.result_id)
+        expected = [
+            n.id for n in reference.neighbours(query.embedding.to_array(), 5, exclude={score.result_id})
+        ]
+        assert [n.id for n in score.neighbours] == expected
