@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shared.litho.dataset_cli",
     "shared.demo.run",
     "shared.calibration.cli",
+    "shared.model.cli",
 )
 
 

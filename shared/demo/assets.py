@@ -81,6 +81,11 @@ def _write_sample(
     writer.add(sample_id, mask, simulated, nm_per_px, labels)
 
 
+def _number(labels: dict[str, object], key: str, default: float) -> float:
+    value = labels.get(key)
+    return float(value) if isinstance(value, int | float) else default
+
+
 def make_datasets(cfg: DemoConfig, root: Path, say: Callable[[str], None]) -> tuple[Path, Path]:
     library_dir, stream_dir = root / "library", root / "stream"
     marker = root / "datasets.json"
@@ -123,7 +128,7 @@ def make_datasets(cfg: DemoConfig, root: Path, say: Callable[[str], None]) -> tu
             stream_items.append((f"stream-{s.id}", s.mask, s.simulated, {**s.labels, "expected": "novel"}))
     order = list(rng.permutation(len(stream_items)))
     stream_items = [stream_items[i] for i in order]
-    # re-simulations of earlier stream results: same layout, window moved, dose a little off
+    # re-simulations of earlier stream results: same layout and process, window moved, dose within 2 %
     for d in range(cfg.stream_duplicates):
         target = int(rng.integers(0, max(1, len(stream_items) - 1)))
         source_id, _, _, labels = stream_items[target]
@@ -131,8 +136,12 @@ def make_datasets(cfg: DemoConfig, root: Path, say: Callable[[str], None]) -> tu
             continue
         layout = next(lay for lay, grp in known_layouts if grp == labels["group"])
         shift = rng.integers(-cfg.duplicate_max_shift_px, cfg.duplicate_max_shift_px + 1, size=2)
+        dose = _number(labels, "dose", 1.0) * float(rng.uniform(0.98, 1.02))
         variant = Variant(
-            shift_px=(int(shift[0]), int(shift[1])), dose=round(float(rng.uniform(0.98, 1.02)), 3)
+            shift_px=(int(shift[0]), int(shift[1])),
+            dose=round(dose, 3),
+            defocus_nm=_number(labels, "defocus_nm", 0.0),
+            bias_nm=_number(labels, "bias_nm", 0.0),
         )
         s = farm.render(layout, str(labels["group"]), variant)
         position = min(len(stream_items), target + 1 + int(rng.integers(1, 20)))

@@ -89,6 +89,15 @@ def live_table(pipeline: Pipeline, watcher: OutputWatcher, published: int, total
     return table
 
 
+def pair_merged(rid: str, labels: dict[str, Any], watcher: OutputWatcher) -> bool:
+    """A re-simulation and its source were merged, in either order (partitions may reorder them)."""
+    source = str(labels.get("resim_of", ""))
+    if rid in watcher.duplicates:
+        return True
+    reverse = watcher.duplicates.get(source)
+    return reverse is not None and reverse.duplicate_of == rid
+
+
 def summarise(stream_labels: dict[str, dict[str, Any]], watcher: OutputWatcher) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
 
@@ -113,7 +122,7 @@ def summarise(stream_labels: dict[str, dict[str, Any]], watcher: OutputWatcher) 
         "results": len(expected),
         "accounted": len(set(expected) & watcher.accounted()),
         "duplicates_expected": len(dups),
-        "duplicates_caught": len(set(dups) & set(watcher.duplicates)),
+        "duplicates_caught": sum(1 for rid in dups if pair_merged(rid, stream_labels[rid], watcher)),
         "duplicates_by_method": {
             m: sum(1 for d in watcher.duplicates.values() if d.method == m)
             for m in sorted({d.method for d in watcher.duplicates.values()})

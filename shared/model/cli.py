@@ -40,7 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature (contrastive)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop training after this many minutes (image loading and validation not counted)",
+    )
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of groups held out (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

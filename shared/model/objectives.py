@@ -81,7 +81,9 @@ class Views:
         return torch.from_numpy(values).to(self.device)
 
 
-class _Base(nn.Module):
+class TrainingObjective(nn.Module):
+    """Base of the objectives: owns the views, samples epochs, computes a batch loss."""
+
     def __init__(self, views: Views) -> None:
         super().__init__()
         self.views = views
@@ -103,7 +105,7 @@ class _Base(nn.Module):
         raise NotImplementedError
 
 
-class ContrastiveObjective(_Base):
+class ContrastiveObjective(TrainingObjective):
     """Batches hold ``batch_size // 2`` anchors and as many partners."""
 
     def __init__(self, views: Views, net: nn.Module, temperature: float = 0.1) -> None:
@@ -136,7 +138,7 @@ class ContrastiveObjective(_Base):
         return loss, {"nt_xent": float(loss.detach())}
 
 
-class SupervisedObjective(_Base):
+class SupervisedObjective(TrainingObjective):
     def __init__(
         self, views: Views, net: ResNetEmbedder, group_scale: float = 16.0, group_margin: float = 0.2
     ) -> None:
@@ -188,7 +190,7 @@ class SupervisedObjective(_Base):
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-class AutoencoderObjective(_Base):
+class AutoencoderObjective(TrainingObjective):
     def __init__(self, views: Views, net: ConvAutoEncoder) -> None:
         super().__init__(views)
         self.net = net

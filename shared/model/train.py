@@ -15,7 +15,6 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -32,13 +31,12 @@ from shared.model.objectives import (
     AutoencoderObjective,
     ContrastiveObjective,
     SupervisedObjective,
+    TrainingObjective,
     Views,
-    _Base,
 )
 from shared.model.plots import write_loss_curve
 from shared.model.preprocess import check_input_size, default_normalisation, parse_channels
 
-Objective = Literal["supervised", "contrastive", "autoencoder"]
 TRAIN_OBJECTIVES: tuple[str, ...] = ("supervised", "contrastive", "autoencoder")
 
 
@@ -98,7 +96,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
-def _make_objective(cfg: TrainConfig, net: torch.nn.Module, views: Views) -> _Base:
+def _make_objective(cfg: TrainConfig, net: torch.nn.Module, views: Views) -> TrainingObjective:
     if cfg.objective == "contrastive":
         return ContrastiveObjective(views, net, temperature=cfg.temperature)
     if cfg.objective == "supervised":
@@ -127,9 +125,21 @@ def evaluate_groups(encoder: Encoder, data: TrainingSet, k: int = 5) -> float:
 def train_encoder(
     dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = True
 ) -> TrainResult:
-    """Load, split, train, validate, save. Returns the trained encoder and its metadata."""
+    """Load, split, train, validate, save. Returns the trained encoder and its metadata.
+
+    Runs with ``cfg.threads`` torch threads (default: every available core) and
+    restores the caller's thread count afterwards.
+    """
     cfg.check()
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads or available_cores())
+    try:
+        return _train(dataset_dir, out, cfg, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress: bool) -> TrainResult:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -60,6 +61,15 @@ def make_dataset(root: Path, n_groups: int = 12, variants: int = 4, seed: int = 
                 labels = {"group": f"g{g}", "family": families[g % 3], "defect": "none" if v else "bridge"}
                 writer.add(f"g{g}-v{v}", mask, printed, 4.0, labels)
     return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and do not fight other work for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,58 @@
+"""Fixtures for end-to-end tests: demo assets and the whole pipeline as processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.novelty.library_cli import build_library
+from shared.demo.assets import DemoAssets, DemoConfig, calibrate, make_datasets, prepare_model
+from shared.launcher import EmbeddedStack
+from shared.settings import CommonSettings
+from shared.supervisor import Pipeline
+
+STAGES = ("dedupe", "align", "embed", "novelty", "explain")
+
+
+@pytest.fixture(scope="session")
+def e2e_assets(tmp_path_factory: pytest.TempPathFactory) -> DemoAssets:
+    """Library and stream data sets, the untrained encoder and calibrated thresholds (quick demo size)."""
+    root = tmp_path_factory.mktemp("e2e-assets")
+    cfg = DemoConfig.quick()
+    library_dir, stream_dir = make_datasets(cfg, root / "data", lambda _m: None)
+    model_dir = prepare_model(cfg, library_dir, root, lambda _m: None)
+    thresholds, report = calibrate(library_dir, model_dir, root, lambda _m: None)
+    return DemoAssets(library_dir, stream_dir, model_dir, thresholds, report)
+
+
+def service_env(assets: DemoAssets, tmp_path: Path) -> dict[str, str]:
+    return {
+        "LITHOWATCH_MODEL_PATH": str(assets.model_dir),
+        "LITHOWATCH_THRESHOLDS_PATH": str(assets.thresholds_path),
+        "LITHOWATCH_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+        "LITHOWATCH_MAX_POLL_INTERVAL_MS": "8000",
+        "LITHOWATCH_SESSION_TIMEOUT_MS": "6000",
+        "LITHOWATCH_TORCH_THREADS": "1",
+    }
+
+
+def publish_library(stack: EmbeddedStack, assets: DemoAssets) -> int:
+    settings = CommonSettings(
+        kafka_bootstrap=stack.bootstrap, redis_url=stack.redis, blob_root=stack.workdir / "blobs"
+    )
+    return build_library(settings, assets.library_dir, assets.model_dir)
+
+
+@pytest.fixture
+def pipeline(stack: EmbeddedStack, e2e_assets: DemoAssets, tmp_path: Path) -> Iterator[Pipeline]:
+    """Every stage as its own process against a fresh broker and Redis, library published, all ready."""
+    publish_library(stack, e2e_assets)
+    running = Pipeline(stack, service_env=service_env(e2e_assets, tmp_path))
+    try:
+        running.start_all(list(STAGES))
+        running.wait_ready(240)
+        yield running
+    finally:
+        running.stop()
