@@ -10,7 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.contracts import TOPIC_MODELS, Topics, json_schemas, model_for_topic
+from shared.contracts import (
+    TOPIC_MODELS,
+    AlertRecord,
+    ExplanationRecord,
+    Topics,
+    json_schemas,
+    model_for_topic,
+)
 from shared.errors import ConfigError, ContractError, DependencyUnavailable
 from shared.settings import CommonSettings, load_settings
 
@@ -33,6 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     tail.add_argument("--timeout", type=float, default=0.0, help="stop after N idle seconds (0: never)")
     tail.add_argument("--full", action="store_true", help="print inline image data too")
     tail.set_defaults(func=cmd_tail)
+
+    alerts = sub.add_parser("alerts", help="tail novelty alerts with their neighbours and panel links")
+    alerts.add_argument("--from-beginning", action="store_true")
+    alerts.add_argument("--max", type=int, default=0, help="stop after N alerts (0: never)")
+    alerts.add_argument("--timeout", type=float, default=0.0, help="stop after N idle seconds (0: never)")
+    alerts.add_argument(
+        "--panel-base-url",
+        default="http://127.0.0.1:9105",
+        help="where the explain service serves /panels/ (its metrics port)",
+    )
+    alerts.set_defaults(func=cmd_alerts)
 
     schemas = sub.add_parser("schemas", help="write (or --check) the JSON Schemas of every topic")
     schemas.add_argument("--out", type=Path, default=Path("schemas"))
@@ -201,6 +219,78 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     if args.max and seen >= args.max:
                         return 0
             if args.timeout and time.monotonic() - idle_since > args.timeout:
+                return 0
+    finally:
+        consumer.close()
+
+
+def format_alert(alert: AlertRecord, explanation: ExplanationRecord | None, panel_base_url: str) -> str:
+    """One alert as a few readable lines: what, how novel, nearest known results, the panel."""
+    family = alert.labels.get("family", "?")
+    lines = [
+        f"ALERT {alert.alert_id}  result {alert.result_id}  family {family}  "
+        f"novelty {alert.novelty_score:.3f} >= {alert.threshold:.3f}  at {alert.raised_at:%Y-%m-%d %H:%M:%S}"
+    ]
+    for rank, neighbour in enumerate(alert.neighbours, start=1):
+        tag = " (provisional)" if neighbour.provisional else ""
+        lines.append(
+            f"  #{rank} {neighbour.id}  similarity {neighbour.similarity:.3f}  "
+            f"family {neighbour.labels.get('family', '?')}{tag}"
+        )
+    if explanation is not None and explanation.panel.uri is not None:
+        key = explanation.panel.uri.removeprefix("blob://")
+        lines.append(f"  panel {panel_base_url.rstrip('/')}/panels/{key}  ({explanation.panel.uri})")
+    else:
+        lines.append("  panel: not rendered yet")
+    return "\n".join(lines)
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from shared.kafka_io import client_options
+
+    settings = load_settings(CommonSettings, args.settings_file)
+    try:
+        consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    except Exception as exc:
+        raise DependencyUnavailable(f"Kafka at {settings.kafka_bootstrap} is not reachable: {exc}") from exc
+    pending: dict[str, AlertRecord] = {}
+    panels: dict[str, ExplanationRecord] = {}
+    shown = 0
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in (Topics.ALERTS, Topics.EXPLANATIONS)
+            for p in sorted(consumer.partitions_for_topic(t) or [])
+        ]
+        if not tps:
+            raise ConfigError(f"no alert topics on {settings.kafka_bootstrap}")
+        consumer.assign(tps)
+        if args.from_beginning:
+            consumer.seek_to_beginning(*tps)
+        else:
+            consumer.seek_to_end(*tps)
+        idle_since = time.monotonic()
+        while True:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for record in records:
+                    idle_since = time.monotonic()
+                    if tp.topic == Topics.ALERTS:
+                        alert = AlertRecord.model_validate_json(record.value)
+                        pending[alert.alert_id] = alert
+                    else:
+                        explanation = ExplanationRecord.model_validate_json(record.value)
+                        panels[explanation.alert_id] = explanation
+            waited_out = args.timeout and time.monotonic() - idle_since > args.timeout
+            for alert_id in [a for a in pending if a in panels or waited_out]:
+                print(
+                    format_alert(pending.pop(alert_id), panels.get(alert_id), args.panel_base_url), flush=True
+                )
+                shown += 1
+                if args.max and shown >= args.max:
+                    return 0
+            if waited_out:
                 return 0
     finally:
         consumer.close()

@@ -349,8 +349,10 @@ class StageRunner:
     def _process_one(self, value: Any) -> ItemResult:
         try:
             return self.stage.process_batch([value])[0]
-        except (TransientError, InputError):
+        except TransientError:
             raise
+        except InputError as exc:  # raised rather than returned: still this item's verdict
+            return exc
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             return InputError(f"{detail}", reason="processing_error")

@@ -1,0 +1,326 @@
+"""The runtime's error and commit policy, with honest fakes of the Kafka consumer and producer.
+
+The broker cannot make one topic unreachable on demand, so "no commit before the
+produce succeeds" is proven here: a producer whose flush fails N times, a stage that
+raises TransientError, InputError and unexpected exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
+from pydantic import BaseModel
+
+from shared.contracts import Contract, DLQRecord, Topics
+from shared.errors import DependencyUnavailable, InputError
+from shared.runtime import ItemResult, Output, StageRunner
+from shared.settings import StageSettings
+
+IN_TOPIC = "policy.in"
+OUT_TOPIC = "policy.out"
+TP = TopicPartition(IN_TOPIC, 0)
+
+
+class Item(Contract):
+    result_id: str
+    n: int
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class FakeConsumer:
+    """Hands out queued records; remembers commits, seeks and pauses like kafka-python's consumer."""
+
+    def __init__(self, values: Sequence[bytes | None]) -> None:
+        self.records = [
+            Record(IN_TOPIC, 0, i, f"r{i}".encode(), v, [("result_id", f"r{i}".encode())])
+            for i, v in enumerate(values)
+        ]
+        self.position = 0
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.seeks: list[int] = []
+        self.paused: set[TopicPartition] = set()
+        self.closed = False
+        self.on_drained: Any = None
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
+
+    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
+        if TP in self.paused:
+            return {}
+        if self.position >= len(self.records):
+            if self.on_drained is not None:
+                self.on_drained()
+            return {}
+        chunk = self.records[self.position : self.position + max_records]
+        self.position += len(chunk)
+        return {TP: chunk}
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.commits.append({tp: meta.offset for tp, meta in offsets.items()})
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append(offset)
+        self.position = offset
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return len(self.records)
+
+    def close(self, autocommit: bool = False) -> None:
+        self.closed = True
+
+
+class _Future:
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+    def get(self, timeout: float | None = None) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class FakeProducer:
+    """Keeps sent messages; the first ``fail_flushes`` flushes time out (messages not acknowledged)."""
+
+    def __init__(self, fail_flushes: int = 0) -> None:
+        self.fail_flushes = fail_flushes
+        self.pending: list[tuple[str, bytes, bytes]] = []
+        self.acked: list[tuple[str, bytes, bytes]] = []
+        self.flush_calls = 0
+        self.events: list[str] = []
+
+    def send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> _Future:
+        self.pending.append((topic, key, value))
+        return _Future(None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flush_calls += 1
+        if self.fail_flushes > 0:
+            self.fail_flushes -= 1
+            self.pending.clear()
+            self.events.append("flush_failed")
+            raise KafkaTimeoutError("output topic unreachable")
+        self.acked.extend(self.pending)
+        self.pending.clear()
+        self.events.append("flush_ok")
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+class Out(BaseModel):
+    result_id: str
+    n: int
+
+
+class ScriptedStage:
+    """Doubles ``n``; can raise transient errors, reject items, or crash on chosen values."""
+
+    name = "policy"
+    input_topic = IN_TOPIC
+    input_model = Item
+
+    def __init__(self, transient_failures: int = 0, reject: int = -1, crash_on: int = -1) -> None:
+        self.transient_failures = transient_failures
+        self.reject = reject
+        self.crash_on = crash_on
+        self.calls: list[list[int]] = []
+
+    def process_batch(self, items: Sequence[Item]) -> list[ItemResult]:
+        self.calls.append([item.n for item in items])
+        if self.transient_failures > 0:
+            self.transient_failures -= 1
+            raise DependencyUnavailable("redis away")
+        if any(item.n == self.crash_on for item in items):
+            raise ZeroDivisionError("bug in the stage")
+        out: list[ItemResult] = []
+        for item in items:
+            if item.n == self.reject:
+                out.append(InputError("rejected on purpose", reason="test_reject"))
+            else:
+                out.append([Output(OUT_TOPIC, Item(result_id=item.result_id, n=2 * item.n), item.result_id)])
+        return out
+
+
+def _good(n: int) -> bytes:
+    return Item(result_id=f"r{n}", n=n).model_dump_json().encode()
+
+
+def _run(stage: Any, consumer: FakeConsumer, producer: FakeProducer, **overrides: Any) -> StageRunner:
+    settings = StageSettings(
+        kafka_bootstrap="unused:1",
+        batch_max_messages=overrides.pop("batch_max_messages", 10),
+        batch_max_wait_ms=0,
+        retry_attempts=overrides.pop("retry_attempts", 5),
+        retry_backoff_seconds=0.001,
+        retry_backoff_max_seconds=0.01,
+        kafka_max_message_bytes=overrides.pop("kafka_max_message_bytes", 8 * 1024 * 1024),
+        **overrides,
+    )
+    runner = StageRunner(stage, settings, consumer=consumer, producer=producer)  # type: ignore[arg-type]
+    consumer.on_drained = runner.request_stop
+    runner.run(install_signals=False, serve_metrics=False)
+    return runner
+
+
+def _outputs(producer: FakeProducer, topic: str) -> list[bytes]:
+    return [value for t, _, value in producer.acked if t == topic]
+
+
+def _dlq(producer: FakeProducer) -> list[DLQRecord]:
+    return [DLQRecord.model_validate_json(v) for v in _outputs(producer, Topics.DLQ)]
+
+
+def test_commit_only_after_a_successful_produce_and_the_batch_is_produced_again() -> None:
+    consumer = FakeConsumer([_good(n) for n in range(5)])
+    producer = FakeProducer(fail_flushes=3)
+    events: list[str] = []
+    original_commit = consumer.commit
+
+    def commit(offsets: dict[TopicPartition, Any]) -> None:
+        events.extend(producer.events)
+        producer.events.clear()
+        events.append("commit")
+        original_commit(offsets)
+
+    consumer.commit = commit  # type: ignore[method-assign]
+    _run(ScriptedStage(), consumer, producer)
+    assert events == ["flush_failed", "flush_failed", "flush_failed", "flush_ok", "commit"]
+    assert consumer.commits == [{TP: 5}]
+    assert sorted(_outputs(producer, OUT_TOPIC)) == sorted(
+        Item(result_id=f"r{n}", n=2 * n).model_dump_json().encode() for n in range(5)
+    )
+
+
+def test_produce_still_failing_after_retries_commits_nothing_and_rewinds() -> None:
+    consumer = FakeConsumer([_good(n) for n in range(3)])
+    producer = FakeProducer(fail_flushes=10_000)
+    stage = ScriptedStage()
+    stops = 0
+
+    def stop_after_two_rounds() -> None:
+        nonlocal stops
+        stops += 1
+
+    # Stop once the runner has rewound twice (it keeps retrying the same batch, never dropping it).
+    original_seek = consumer.seek
+
+    def seek(tp: TopicPartition, offset: int) -> None:
+        original_seek(tp, offset)
+        if len(consumer.seeks) >= 2:
+            runner_holder[0].request_stop()
+
+    consumer.seek = seek  # type: ignore[method-assign]
+    runner_holder: list[StageRunner] = []
+    settings = StageSettings(
+        kafka_bootstrap="unused:1",
+        batch_max_wait_ms=0,
+        retry_attempts=2,
+        retry_backoff_seconds=0.001,
+        retry_backoff_max_seconds=0.01,
+    )
+    runner = StageRunner(stage, settings, consumer=consumer, producer=producer)  # type: ignore[arg-type]
+    runner_holder.append(runner)
+    consumer.on_drained = stop_after_two_rounds
+    runner.run(install_signals=False, serve_metrics=False)
+    assert consumer.commits == []
+    assert consumer.seeks[:2] == [0, 0]
+    assert all(call == [0, 1, 2] for call in stage.calls)
+    assert len(stage.calls) >= 6  # 3 tries per round (1 + 2 retries), two rounds
+
+
+def test_transient_stage_error_is_retried_then_processed_once_committed() -> None:
+    consumer = FakeConsumer([_good(n) for n in range(4)])
+    producer = FakeProducer()
+    stage = ScriptedStage(transient_failures=2)
+    _run(stage, consumer, producer)
+    assert stage.calls == [[0, 1, 2, 3]] * 3
+    assert consumer.commits == [{TP: 4}]
+    assert len(_outputs(producer, OUT_TOPIC)) == 4
+    assert _dlq(producer) == []
+
+
+def test_input_error_goes_to_the_dlq_and_the_rest_of_the_batch_goes_on() -> None:
+    consumer = FakeConsumer([_good(n) for n in range(4)])
+    producer = FakeProducer()
+    _run(ScriptedStage(reject=2), consumer, producer)
+    dlq = _dlq(producer)
+    assert [(d.reason, d.result_id, d.offset, d.stage) for d in dlq] == [("test_reject", "r2", 2, "policy")]
+    assert dlq[0].value_b64 is not None
+    assert len(_outputs(producer, OUT_TOPIC)) == 3
+    assert consumer.commits == [{TP: 4}]
+
+
+def test_unexpected_exception_is_isolated_item_by_item_and_the_culprit_dlqd() -> None:
+    consumer = FakeConsumer([_good(n) for n in range(4)])
+    producer = FakeProducer()
+    stage = ScriptedStage(crash_on=1)
+    _run(stage, consumer, producer)
+    assert stage.calls == [[0, 1, 2, 3], [0], [1], [2], [3]]
+    dlq = _dlq(producer)
+    assert [(d.reason, d.result_id) for d in dlq] == [("processing_error", "r1")]
+    assert "ZeroDivisionError" in dlq[0].error
+    assert len(_outputs(producer, OUT_TOPIC)) == 3
+    assert consumer.commits == [{TP: 4}]
+
+
+class RaisingStage(ScriptedStage):
+    """A stage that raises (rather than returns) an InputError for a bad item."""
+
+    def process_batch(self, items: Sequence[Item]) -> list[ItemResult]:
+        self.calls.append([item.n for item in items])
+        if any(item.n == 1 for item in items):
+            raise InputError("raised, not returned", reason="raised_reject")
+        return [[Output(OUT_TOPIC, i, i.result_id)] for i in items]
+
+
+def test_a_raised_input_error_is_dlqd_not_fatal() -> None:
+    consumer = FakeConsumer([_good(n) for n in range(3)])
+    producer = FakeProducer()
+    _run(RaisingStage(), consumer, producer)
+    assert [(d.reason, d.result_id) for d in _dlq(producer)] == [("raised_reject", "r1")]
+    assert len(_outputs(producer, OUT_TOPIC)) == 2
+    assert consumer.commits == [{TP: 3}]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe\x00garbage", "invalid_json"),
+        (b'{"result_id": "r0"}', "missing_field"),
+        (b'{"result_id": "r0", "n": "seven"}', "schema"),
+        (b'{"result_id": "r0", "n": 1, "extra": 2}', "unknown_field"),
+        (b"[1, 2]", "schema"),
+        (None, "empty_message"),
+        (b'{"result_id": "r0", "n": 1, "pad": "' + b"x" * 3000 + b'"}', "too_large"),
+    ],
+)
+def test_decode_failures_have_precise_reasons(value: bytes | None, reason: str) -> None:
+    consumer = FakeConsumer([value, _good(1)])
+    producer = FakeProducer()
+    _run(ScriptedStage(), consumer, producer, kafka_max_message_bytes=2048)
+    dlq = _dlq(producer)
+    assert [d.reason for d in dlq] == [reason], [d.error for d in dlq]
+    assert len(_outputs(producer, OUT_TOPIC)) == 1
+    assert consumer.commits == [{TP: 2}]
