@@ -63,7 +63,21 @@ def _cmd_service(args: argparse.Namespace) -> int:
     return run_service(args.name, args.settings_file)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv (skipping global options), without importing anything."""
+    skip_next = False
+    for token in argv:
+        if skip_next:
+            skip_next = False
+        elif token in ("--log-level", "--settings-file"):
+            skip_next = True
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
+def build_parser(with_commands: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; ``with_commands=False`` leaves out the command modules (fast service start)."""
     parser = argparse.ArgumentParser(
         prog="lithowatch", description="Streaming novelty detection for lithography simulation farms"
     )
@@ -73,13 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     service = sub.add_parser("service", help="run one service in the foreground")
     service.add_argument("name", help=f"one of: {', '.join(SERVICE_MODULES)}")
     service.set_defaults(func=_cmd_service)
-    for module_name in COMMAND_MODULES:
+    for module_name in COMMAND_MODULES if with_commands else ():
         importlib.import_module(module_name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # a service process imports only what its own service needs
+    parser = build_parser(with_commands=_command_of(argv) != "service")
     args = parser.parse_args(argv)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every stack
     logging.basicConfig(
