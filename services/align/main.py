@@ -15,7 +15,7 @@ from shared.settings import StageSettings, load_settings
 
 
 class AlignServiceSettings(StageSettings):
-    align_quality_floor: float = Field(0.5, ge=0.0, le=1.0)
+    align_quality_floor: float = Field(0.9, ge=0.0, le=1.0)
     align_max_shift_px: int = Field(32, ge=0)
     align_fallback: Literal["orb", "akaze", "none"] = "akaze"
     align_on_failure: Literal["flag", "dlq"] = "flag"
