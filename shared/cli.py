@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shared.demo.run",
     "shared.calibration.cli",
     "shared.model.cli",
+    "services.explain.cli",
 )
 
 

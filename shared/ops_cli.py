@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -104,7 +105,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     stack.start()
-    pipeline = Pipeline(stack, default_ports=True)
+    # every service shares this machine's cores: one torch thread measured fastest for the embedder
+    threads = {} if os.environ.get("LITHOWATCH_TORCH_THREADS") else {"LITHOWATCH_TORCH_THREADS": "1"}
+    pipeline = Pipeline(stack, service_env=threads, default_ports=True)
     try:
         print(f"broker {stack.bootstrap}  redis {stack.redis}  logs {stack.workdir / 'logs'}", flush=True)
         pipeline.start_all(names)

@@ -19,6 +19,8 @@ class AlignServiceSettings(StageSettings):
     align_max_shift_px: int = Field(32, ge=0)
     align_fallback: Literal["orb", "akaze", "none"] = "akaze"
     align_on_failure: Literal["flag", "dlq"] = "flag"
+    align_use_ecc: bool = True
+    align_ecc_max_iterations: int = Field(30, ge=1, le=1000)
 
 
 def main(settings_file: str | None = None) -> int:
@@ -26,6 +28,8 @@ def main(settings_file: str | None = None) -> int:
     store = LocalBlobStore(settings.blob_root)
     align_settings = AlignSettings(
         quality_floor=settings.align_quality_floor,
+        use_ecc=settings.align_use_ecc,
+        ecc_max_iterations=settings.align_ecc_max_iterations,
         max_shift_px=settings.align_max_shift_px,
         fallback=settings.align_fallback,
     )

@@ -95,6 +95,8 @@ class NoveltyCore:
         self.config = config or NoveltyConfig()
         self.confirm = confirm
         self.pending = PendingEntries()
+        for decision in ("known", "novel", "provisional"):  # export zeros, so ratios exist before events
+            metrics.NOVELTY_DECISIONS.labels(decision)
 
     def _vector(self, item: EmbeddedResult, library: LibraryState) -> np.ndarray:
         if item.model_version != library.model_version:

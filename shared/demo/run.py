@@ -211,6 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "LITHOWATCH_THRESHOLDS_PATH": str(assets.thresholds_path),
             "LITHOWATCH_SNAPSHOT_DIR": str(workdir / "snapshots"),
             "LITHOWATCH_MAX_POLL_INTERVAL_MS": "10000",
+            "LITHOWATCH_TORCH_THREADS": "1",
         }
         pipeline.start_all(list(STAGES))
         ready = pipeline.wait_ready(240)
