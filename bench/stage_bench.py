@@ -171,10 +171,14 @@ def time_cores(
 
     client = redis_client(settings)
     prefix = f"bench:dedupe:{os.getpid()}:{time.time_ns()}"
-    dedupe = DedupeStage(DedupeCore(RedisDedupeStore(client, prefix, 3600), DedupeSettings(), load_image=loader))
+    dedupe = DedupeStage(
+        DedupeCore(RedisDedupeStore(client, prefix, 3600), DedupeSettings(), load_image=loader)
+    )
     figures.append(time_stage("dedupe", dedupe.process_batch, inputs.results, 32))
 
-    align = AlignCore(loader, AlignSettings(quality_floor=0.5, max_shift_px=32, fallback="akaze"), "flag", store)
+    align = AlignCore(
+        loader, AlignSettings(quality_floor=0.5, max_shift_px=32, fallback="akaze"), "flag", store
+    )
     figures.append(time_stage("align", align.process_batch, inputs.unique, 32))
 
     torch.set_num_threads(torch_threads)
@@ -195,7 +199,9 @@ def time_cores(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()

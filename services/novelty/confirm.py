@@ -5,21 +5,29 @@ bands reach, or whose print changed with another dose or focus. The encoder
 still places such a result right next to its library entry, but a cosine
 similarity cannot say "this is the same result". So when the nearest library
 neighbour is nearly identical (similarity >= ``near_identity_similarity``), the
-pair is checked on pixels:
+pair is checked on pixels. An encoder that was not trained for window shifts
+puts the true entry among the nearest few dozen rather than first, so the
+``candidate_pool`` nearest entries above the gate are ranked by a coarse
+cross-correlation of the masks (:func:`coarse_score`, ~0.1 ms each, downsampled
+masks cached) and the best ``max_candidates`` are checked:
 
 1. **exact**: the same canonical pixels (:func:`shared.hashing.exact_digest`);
 2. **hash path**: the result's mask is registered to the neighbour's mask by a
    translation search (:func:`services.dedupe.core.verify_shifted_match`, which
    also requires the masks to agree pixel for pixel on the overlap, so a mask
-   defect is never merged), then the shift-robust spectral hash of the two mask
-   overlaps and the pHash of the two binarised print overlaps must agree within
-   ``mask_hash_radius_bits`` and ``print_hash_radius_bits`` (dose or focus moves
-   print edges a little; a bridge or a missing feature moves the pHash a lot);
+   defect is never merged; the binarised prints may differ only in slivers up
+   to ``print_tolerance_px`` wide, up to ``print_mismatch_max_px`` pixels, as
+   the dedupe stage judges them), then the shift-robust spectral hash of the
+   two mask overlaps must agree within ``mask_hash_radius_bits``. The pHash of
+   the print overlaps is recorded but does not decide: on sparse prints
+   (contact arrays) it moved 17-24 of 64 bits between re-simulations whose
+   prints agreed to the pixel, while the pixel check above catches a bridge or
+   a missing feature;
 3. **descriptor path** (only when the hashes disagree or the masks cannot be
    registered by the translation search): ORB keypoints on both masks, a ratio
    test, a RANSAC similarity transform that must be a near-pure translation with
    at least ``min_inliers`` inliers, and, at that translation, masks that agree
-   on the overlap up to slivers one pixel wide.
+   on the overlap up to slivers one pixel wide, and prints judged as above.
 
 A confirmed pair becomes a :class:`DuplicateRecord` of the library entry
 (``embedding+hash`` or ``embedding+descriptors``), with the similarity, the
@@ -39,7 +47,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.dedupe.core import DedupeSettings, verify_shifted_match
+from services.dedupe.core import DedupeSettings, _print_mismatch, verify_shifted_match
 from shared import metrics
 from shared.contracts import DuplicateRecord, EmbeddedResult, ImageRef, Neighbour, Topics
 from shared.errors import ImageError, InputError
@@ -51,6 +59,7 @@ from shared.runtime import Output
 STAGE = "novelty"
 ImageLoadFn = Callable[[ImageRef], np.ndarray]
 Path_ = Literal["exact", "hash", "descriptors"]
+REFINE_PX = 2  # integer shifts tried around the RANSAC translation
 
 
 class ConfirmSettings(BaseModel):
@@ -58,17 +67,20 @@ class ConfirmSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    near_identity_similarity: float = Field(0.97, ge=0.0, le=1.0)  # cosine gate on the neighbour
-    max_candidates: int = Field(2, ge=1, le=10)  # neighbours above the gate that are checked
+    near_identity_similarity: float = Field(0.95, ge=0.0, le=1.0)  # cosine gate on the neighbour
+    candidate_pool: int = Field(20, ge=1, le=200)  # nearest entries above the gate that are ranked
+    max_candidates: int = Field(3, ge=1, le=20)  # best-ranked candidates checked on pixels
+    coarse_scale: int = Field(4, ge=1, le=16)  # downsampling of the masks for the ranking
     max_shift_px: int = Field(56, ge=0, le=120)  # translation the registration searches
     min_overlap_fraction: float = Field(0.35, gt=0.0, le=1.0)  # of the clip area, after the shift
     mask_mismatch_max_px: int = Field(4, ge=0)  # mask pixels that may differ on the overlap
     mask_hash_radius_bits: int = Field(24, ge=0, le=256)  # spectral hash of the mask overlaps
-    print_hash_radius_bits: int = Field(12, ge=0, le=64)  # pHash of the binarised print overlaps
+    print_tolerance_px: int = Field(2, ge=0, le=8)  # print edges dose and focus may move
+    print_mismatch_max_px: int = Field(40, ge=0)  # print pixels beyond that which may differ
     orb_features: int = Field(800, ge=50, le=5000)
     ratio_test: float = Field(0.8, gt=0.0, lt=1.0)
     ransac_threshold_px: float = Field(2.0, gt=0.0)
-    min_inliers: int = Field(15, ge=4)
+    min_inliers: int = Field(10, ge=4)
     max_scale_error: float = Field(0.02, ge=0.0)
     max_rotation_deg: float = Field(1.0, ge=0.0)
     descriptor_mask_mismatch_max_px: int = Field(8, ge=0)  # after dropping 1 px slivers
@@ -116,12 +128,40 @@ def _overlap(shape: tuple[int, int], dx: int, dy: int) -> tuple[tuple[slice, sli
 
 def _phash(binary: np.ndarray) -> int:
     digest = cv2.img_hash.pHash(binary.astype(np.uint8) * 255)
-    return int.from_bytes(bytes(digest.ravel().tolist()), "big")
+    return int.from_bytes(np.asarray(digest, dtype=np.uint8).tobytes(), "big")
 
 
 def _overlap_fraction(shape: tuple[int, int], dx: int, dy: int) -> float:
     h, w = shape
     return max(0, h - abs(dy)) * max(0, w - abs(dx)) / float(h * w)
+
+
+# -- ranking the candidates -------------------------------------------------------------------
+
+
+def coarse_mask(mask: np.ndarray, settings: ConfirmSettings) -> np.ndarray:
+    """The mask downsampled by ``coarse_scale`` (float32), what :func:`coarse_score` compares."""
+    h, w = mask.shape
+    size = (max(8, w // settings.coarse_scale), max(8, h // settings.coarse_scale))
+    return np.ascontiguousarray(cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA))
+
+
+def coarse_score(library_coarse: np.ndarray, query_coarse: np.ndarray, settings: ConfirmSettings) -> float:
+    """Peak normalised cross-correlation of the query's central coarse mask over the entry's.
+
+    About 0.1 ms: cheap enough to rank a few dozen embedding neighbours and check
+    only the best on pixels, so a weak encoder that puts the true entry at rank
+    10 instead of 1 still finds it.
+    """
+    if library_coarse.shape != query_coarse.shape:
+        return -1.0
+    h, w = query_coarse.shape
+    margin = min(-(-settings.max_shift_px // settings.coarse_scale), (min(h, w) - 4) // 2)
+    template = query_coarse[margin:h - margin, margin:w - margin]
+    if float(template.std()) < 1e-6 or float(library_coarse.std()) < 1e-6:
+        return 1.0 if np.array_equal(library_coarse, query_coarse) else 0.0
+    scores = cv2.matchTemplate(library_coarse, template, cv2.TM_CCOEFF_NORMED)
+    return float(np.nan_to_num(scores, nan=-1.0, posinf=-1.0, neginf=-1.0).max())
 
 
 # -- the hash path -----------------------------------------------------------------------------
@@ -132,22 +172,28 @@ def hash_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tuple[bo
     dedupe = DedupeSettings(
         verify_max_shift_px=min(settings.max_shift_px, 96),
         mask_mismatch_max_px=settings.mask_mismatch_max_px,
-        print_mismatch_max_px=library.mask.size,  # prints are judged by their hash below
+        print_tolerance_px=settings.print_tolerance_px,
+        print_mismatch_max_px=settings.print_mismatch_max_px,
     )
-    match = verify_shifted_match(library.mask_u8, library.print_binary, query.mask_u8, query.print_binary, dedupe)
+    match = verify_shifted_match(
+        library.mask_u8, library.print_binary, query.mask_u8, query.print_binary, dedupe
+    )
     if match is None:
         return False, {"registered": False}
     dx, dy = match["shift_px"]
     details: dict[str, Any] = {"registered": True, "shift_px": [dx, dy],
                                "mask_mismatch_px": match["mask_mismatch_px"],
+                               "print_mismatch_px": match["print_mismatch_px"],
                                "overlap_fraction": round(_overlap_fraction(library.mask.shape, dx, dy), 4)}
     if details["overlap_fraction"] < settings.min_overlap_fraction:
         return False, details
     in_lib, in_query = _overlap(library.mask.shape, dx, dy)
-    mask_bits = hamming_distance(spectral_hash(library.mask[in_lib]).value, spectral_hash(query.mask[in_query]).value)
+    mask_bits = hamming_distance(
+        spectral_hash(library.mask[in_lib]).value, spectral_hash(query.mask[in_query]).value
+    )
     print_bits = hamming_distance(_phash(library.print_binary[in_lib]), _phash(query.print_binary[in_query]))
     details.update(mask_hash_bits=mask_bits, print_hash_bits=print_bits)
-    agreed = mask_bits <= settings.mask_hash_radius_bits and print_bits <= settings.print_hash_radius_bits
+    agreed = mask_bits <= settings.mask_hash_radius_bits
     return agreed, details
 
 
@@ -157,14 +203,14 @@ def hash_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tuple[bo
 def _sliver_free_mismatch(a_u8: np.ndarray, b_u8: np.ndarray) -> int:
     """Mask pixels that differ (> 2 levels), after dropping slivers one pixel wide (sub-pixel edges)."""
     diff = (np.abs(a_u8.astype(np.int16) - b_u8.astype(np.int16)) > 2).astype(np.uint8)
-    if diff.any():
-        diff = cv2.morphologyEx(diff, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    return int(np.count_nonzero(diff))
+    if not diff.any():
+        return 0
+    return int(np.count_nonzero(cv2.morphologyEx(diff, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))))
 
 
 def descriptor_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tuple[bool, dict[str, Any]]:
     """ORB keypoints on the masks, ratio test, RANSAC translation, then the masks at that translation."""
-    orb = cv2.ORB_create(nfeatures=settings.orb_features, fastThreshold=10, edgeThreshold=15, patchSize=15)
+    orb = cv2.ORB.create(nfeatures=settings.orb_features, fastThreshold=10, edgeThreshold=15, patchSize=15)
     kp_lib, des_lib = orb.detectAndCompute(library.mask_u8, None)
     kp_query, des_query = orb.detectAndCompute(query.mask_u8, None)
     details: dict[str, Any] = {"keypoints": [len(kp_lib), len(kp_query)], "inliers": 0}
@@ -175,8 +221,8 @@ def descriptor_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tu
     details["ratio_matches"] = len(good)
     if len(good) < settings.min_inliers:
         return False, details
-    src = np.float32([kp_query[m.queryIdx].pt for m in good])
-    dst = np.float32([kp_lib[m.trainIdx].pt for m in good])
+    src = np.array([kp_query[m.queryIdx].pt for m in good], dtype=np.float32)
+    dst = np.array([kp_lib[m.trainIdx].pt for m in good], dtype=np.float32)
     matrix, inlier_mask = cv2.estimateAffinePartial2D(
         src, dst, method=cv2.RANSAC, ransacReprojThreshold=settings.ransac_threshold_px, maxIters=2000,
         confidence=0.995,
@@ -186,9 +232,10 @@ def descriptor_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tu
     inliers = inlier_mask.ravel().astype(bool)
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
     rotation_deg = float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])))
-    dx, dy = int(round(float(matrix[0, 2]))), int(round(float(matrix[1, 2])))
+    dx, dy = round(float(matrix[0, 2])), round(float(matrix[1, 2]))
+    overlap = round(_overlap_fraction(library.mask.shape, dx, dy), 4)
     details.update(inliers=int(inliers.sum()), scale=round(scale, 4), rotation_deg=round(rotation_deg, 3),
-                   shift_px=[dx, dy], overlap_fraction=round(_overlap_fraction(library.mask.shape, dx, dy), 4))
+                   shift_px=[dx, dy], overlap_fraction=overlap)
     cap = settings.max_panel_points
     details["points_result"] = [[round(float(x), 1), round(float(y), 1)] for x, y in src[inliers][:cap]]
     details["points_library"] = [[round(float(x), 1), round(float(y), 1)] for x, y in dst[inliers][:cap]]
@@ -196,11 +243,31 @@ def descriptor_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tu
             or abs(rotation_deg) > settings.max_rotation_deg
             or details["overlap_fraction"] < settings.min_overlap_fraction):
         return False, details
-    # query (x, y) maps to library (x + dx, y + dy): query[y, x] == library[y + dy, x + dx]
-    in_lib, in_query = _overlap(library.mask.shape, dx, dy)
+    # query (x, y) maps to library (x + dx, y + dy): query[y, x] == library[y + dy, x + dx];
+    # keypoints are located to a pixel or so, so the integer shifts around the estimate are tried
+    best: tuple[int, int, int] | None = None
+    for ddy in range(-REFINE_PX, REFINE_PX + 1):
+        for ddx in range(-REFINE_PX, REFINE_PX + 1):
+            in_lib, in_query = _overlap(library.mask.shape, dx + ddx, dy + ddy)
+            raw = int(np.count_nonzero(np.abs(library.mask_u8[in_lib].astype(np.int16)
+                                              - query.mask_u8[in_query].astype(np.int16)) > 2))
+            if best is None or raw < best[0]:
+                best = (raw, dx + ddx, dy + ddy)
+    assert best is not None
+    in_lib, in_query = _overlap(library.mask.shape, best[1], best[2])
     mismatch = _sliver_free_mismatch(library.mask_u8[in_lib], query.mask_u8[in_query])
-    details["mask_mismatch_px"] = mismatch
-    return mismatch <= settings.descriptor_mask_mismatch_max_px, details
+    details["mask_mismatch_px"], details["shift_px"] = mismatch, [best[1], best[2]]
+    if mismatch > settings.descriptor_mask_mismatch_max_px:
+        return False, details
+    print_mismatch = _print_mismatch(library.print_binary[in_lib], query.print_binary[in_query],
+                                     settings.print_tolerance_px)
+    details["print_mismatch_px"] = print_mismatch
+    if print_mismatch > settings.print_mismatch_max_px:
+        return False, details
+    details["print_hash_bits"] = hamming_distance(
+        _phash(library.print_binary[in_lib]), _phash(query.print_binary[in_query])
+    )
+    return True, details
 
 
 # -- the decision ------------------------------------------------------------------------------
@@ -236,6 +303,8 @@ class HybridConfirmer:
         self.settings = settings or ConfirmSettings()
         self._library = library
         self.last_seconds = 0.0
+        self.coarse_cache_size = 8192  # downsampled library masks (16 KiB each at 256 px)
+        self._coarse_cache: dict[tuple[str, str], np.ndarray] = {}
 
     @classmethod
     def from_settings(cls, settings: Any, library: Callable[[], LibraryState | None]) -> HybridConfirmer:
@@ -254,20 +323,44 @@ class HybridConfirmer:
         item = state.get(neighbour.id) if state is not None else None
         return (item.mask, item.simulated) if item is not None else (None, None)
 
-    def candidates(self, neighbours: Sequence[Neighbour]) -> list[Neighbour]:
+    def candidates(
+        self, neighbours: Sequence[Neighbour], vector: np.ndarray, exclude: str
+    ) -> list[Neighbour]:
+        """Entries above the gate: the core's neighbours plus, when the library is at hand, the pool."""
         gate = self.settings.near_identity_similarity
-        return [n for n in neighbours if n.similarity >= gate][: self.settings.max_candidates]
+        pool = list(neighbours)
+        if not pool or max(n.similarity for n in pool) < gate:
+            return []  # the nearest entry is below the gate, so is everything farther
+        state = self._library() if self._library is not None else None
+        if state is not None and self.settings.candidate_pool > len(pool):
+            seen = {n.id for n in pool}
+            more = state.neighbours(vector, self.settings.candidate_pool, exclude={exclude})
+            pool.extend(n for n in more if n.id not in seen)
+        return [n for n in pool if n.similarity >= gate][: self.settings.candidate_pool]
 
-    def __call__(self, item: EmbeddedResult, vector: np.ndarray, neighbours: list[Neighbour]) -> Output | None:
-        del vector  # the neighbours already carry the similarity
+    def __call__(
+        self, item: EmbeddedResult, vector: np.ndarray, neighbours: list[Neighbour]
+    ) -> Output | None:
         started = time.perf_counter()
         try:
-            return self._confirm(item, neighbours)
+            return self._confirm(item, vector, neighbours)
         finally:
             self.last_seconds = time.perf_counter() - started
 
-    def _confirm(self, item: EmbeddedResult, neighbours: list[Neighbour]) -> Output | None:
-        candidates = self.candidates(neighbours)
+    def _coarse(self, entry_id: str, ref: ImageRef) -> np.ndarray:
+        key = (entry_id, ref.sha256)
+        cached = self._coarse_cache.pop(key, None)
+        if cached is None:
+            cached = coarse_mask(self.load(ref), self.settings)
+        self._coarse_cache[key] = cached  # most recently used last
+        while len(self._coarse_cache) > self.coarse_cache_size:
+            del self._coarse_cache[next(iter(self._coarse_cache))]
+        return cached
+
+    def _confirm(
+        self, item: EmbeddedResult, vector: np.ndarray, neighbours: list[Neighbour]
+    ) -> Output | None:
+        candidates = self.candidates(neighbours, vector, item.result_id)
         if not candidates:
             metrics.CONFIRMATIONS.labels("gate", "below_similarity").inc()
             return None
@@ -276,11 +369,21 @@ class HybridConfirmer:
         except InputError:
             metrics.CONFIRMATIONS.labels("gate", "image_error").inc()
             return None
+        query_coarse = coarse_mask(query.mask, self.settings)
+        ranked: list[tuple[float, Neighbour, ImageRef, ImageRef]] = []
         for neighbour in candidates:
             mask_ref, print_ref = self._library_refs(neighbour)
             if mask_ref is None or print_ref is None:
                 metrics.CONFIRMATIONS.labels("gate", "no_library_image").inc()
                 continue
+            try:
+                score = coarse_score(self._coarse(neighbour.id, mask_ref), query_coarse, self.settings)
+            except InputError:
+                metrics.CONFIRMATIONS.labels("gate", "image_error").inc()
+                continue
+            ranked.append((score, neighbour, mask_ref, print_ref))
+        ranked.sort(key=lambda r: -r[0])
+        for score, neighbour, mask_ref, print_ref in ranked[: self.settings.max_candidates]:
             try:
                 library = Clip(self.load(mask_ref), self.load(print_ref))
             except InputError:
@@ -288,6 +391,7 @@ class HybridConfirmer:
                 continue
             found = confirm_pair(library, query, self.settings)
             if found is not None:
+                found.details["coarse_ncc"] = round(score, 4)
                 return Output(Topics.DUPLICATES, self.record(item, neighbour, found), item.result_id)
         return None
 

@@ -1,0 +1,302 @@
+"""Hybrid duplicate confirmation benchmark: re-simulations the dedupe stage misses.
+
+Data (``shared.litho.FarmGenerator``, one seed): ``--layouts`` layouts form the
+library (nominal window). Each is re-simulated once with a large window shift
+(the larger axis moved by 20-48 px at 256 px, the other by up to 48 px), another
+dose (+-5 %) and another focus: the "true re-simulations". ``--distinct`` new
+layouts of the same families (nominal) are the "distinct" queries; ``--defects``
+library layouts are re-simulated with a small shift *and a mask defect*: those
+must never be confirmed.
+
+Steps, one run, nothing asserted:
+1. the dedupe core (``InMemoryDedupeStore``) sees the library, then the queries:
+   which re-simulations does it miss?
+2. the untrained encoder (``resnet18``, ``mask,print``, 64 px) embeds all;
+   similarity of each query to its true library entry / to its nearest entry;
+3. the hybrid confirmer (gate at ``near_identity_similarity``) on the missed
+   re-simulations, the distinct queries and the defective ones; plus an
+   ungated stress test: every distinct query against its nearest *same-family*
+   library entry, through each path alone;
+4. cost per result (ms) of each path, next to the encoder's own cost.
+
+Other work shares this 2-core machine: timings are pessimistic.
+
+Example::
+
+    python bench/hybrid_bench.py --layouts 200 --distinct 150 --defects 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.dedupe.core import DedupeCore
+from services.dedupe.store import InMemoryDedupeStore
+from services.novelty.confirm import (
+    Clip,
+    ConfirmSettings,
+    coarse_mask,
+    coarse_score,
+    confirm_pair,
+    descriptor_path,
+    hash_path,
+)
+from shared.contracts import SimResult, UniqueResult
+from shared.errors import ContractError
+from shared.imageref import make_image_ref
+from shared.litho import ClipSample, FarmGenerator, Variant, applicable_defects
+from shared.model.checkpoint import load_encoder
+from shared.model.encoder import build_untrained
+
+DEFOCUS_NM = (-60.0, -40.0, -20.0, 20.0, 40.0, 60.0)
+
+
+def large_shift(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
+    major = int(rng.integers(lo, hi + 1)) * int(rng.choice([-1, 1]))
+    minor = int(rng.integers(-hi, hi + 1))
+    return (major, minor) if rng.random() < 0.5 else (minor, major)
+
+
+def to_result(sample: ClipSample, result_id: str) -> SimResult:
+    return SimResult(
+        result_id=result_id,
+        nm_per_px=sample.nm_per_px,
+        mask=make_image_ref(sample.mask),
+        simulated=make_image_ref(sample.simulated),
+        labels=dict(sample.labels),
+        produced_at=datetime.now(UTC),
+    )
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = fn()
+    return value, (time.perf_counter() - started) * 1000.0
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layouts", type=int, default=200)
+    parser.add_argument("--distinct", type=int, default=150)
+    parser.add_argument("--defects", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--min-shift", type=int, default=20)
+    parser.add_argument("--max-shift", type=int, default=48)
+    parser.add_argument(
+        "--gate", type=float, default=None, help="near_identity_similarity (default: the settings' default)"
+    )
+    parser.add_argument(
+        "--pool", type=int, default=None, help="candidate_pool (default: the settings' default)"
+    )
+    parser.add_argument("--model", type=Path, default=None, help="encoder checkpoint (default: untrained)")
+    args = parser.parse_args()
+    overrides: dict[str, Any] = {}
+    if args.gate is not None:
+        overrides["near_identity_similarity"] = args.gate
+    if args.pool is not None:
+        overrides["candidate_pool"] = args.pool
+    settings = ConfirmSettings(**overrides)
+    rng = np.random.default_rng(args.seed + 1)
+    farm = FarmGenerator(seed=args.seed)
+
+    library: list[ClipSample] = []
+    resims: list[ClipSample] = []
+    defective: list[ClipSample] = []
+    layouts = []
+    for i in tqdm(range(args.layouts), desc="library + re-simulations"):
+        layout = farm.new_layout()
+        group = farm.group_id(layout)
+        layouts.append((layout, group))
+        library.append(farm.render(layout, group))
+        variant = Variant(
+            shift_px=large_shift(rng, args.min_shift, args.max_shift),
+            dose=round(float(rng.uniform(0.95, 1.05)), 3),
+            defocus_nm=float(rng.choice(DEFOCUS_NM)),
+        )
+        resims.append(farm.render(layout, group, variant))
+        if i < args.defects:
+            small = Variant(shift_px=(int(rng.integers(-8, 9)), int(rng.integers(-8, 9))))
+            options = applicable_defects(layout, farm.window_nm(small.shift_px), farm.rng)
+            if options:
+                with contextlib.suppress(ContractError):  # no defect site this time: skip the layout
+                    defective.append(farm.render(layout, group, small, str(farm.rng.choice(options))))
+    new_layouts = (farm.new_layout() for _ in tqdm(range(args.distinct), desc="distinct layouts"))
+    distinct = [farm.render(layout, farm.group_id(layout)) for layout in new_layouts]
+
+    # 1. what the dedupe stage misses
+    dedupe = DedupeCore(InMemoryDedupeStore())
+    dedupe.process_batch([to_result(s, f"lib-{i}") for i, s in enumerate(library)])
+    outcomes = dedupe.process_batch([to_result(s, f"resim-{i}") for i, s in enumerate(resims)])
+    missed = [i for i, o in enumerate(outcomes) if isinstance(o, UniqueResult)]
+    defect_outcomes = dedupe.process_batch([to_result(s, f"defect-{i}") for i, s in enumerate(defective)])
+    defects_unique = sum(isinstance(o, UniqueResult) for o in defect_outcomes)
+
+    # 2. embeddings
+    encoder = (
+        build_untrained("resnet18", "mask,print", 64) if args.model is None else load_encoder(args.model)
+    )
+    lib_vectors = encoder.embed([s.mask for s in library], [s.simulated for s in library])
+    everything = resims + distinct + defective
+    query_vectors, embed_ms = timed(
+        lambda: encoder.embed([s.mask for s in everything], [s.simulated for s in everything])
+    )
+    embed_ms /= max(1, len(everything))
+    sims = query_vectors @ lib_vectors.T
+    n_r, n_d = len(resims), len(distinct)
+    true_sim = [float(sims[i, i]) for i in range(n_r)]
+    top1_is_true = sum(int(np.argmax(sims[i])) == i for i in range(n_r))
+    true_rank = [int((sims[i] > sims[i, i]).sum()) for i in range(n_r)]
+    distinct_top = [float(sims[n_r + j].max()) for j in range(n_d)]
+    families = np.array([s.labels["family"] for s in library])
+    same_family_top: list[tuple[float, int]] = []
+    for j, sample in enumerate(distinct):
+        row = np.where(families == sample.labels["family"], sims[n_r + j], -2.0)
+        same_family_top.append((float(row.max()), int(np.argmax(row))))
+
+    clips_lib = [Clip(s.mask, s.simulated) for s in library]
+    clips_q = [Clip(s.mask, s.simulated) for s in everything]
+
+    coarse_lib = [coarse_mask(s.mask, settings) for s in library]
+
+    def hybrid(q: int) -> tuple[int | None, str, float]:
+        """Gated confirmation as the service does it: (library index, path, ms)."""
+        started = time.perf_counter()
+        pool = [
+            int(li)
+            for li in np.argsort(-sims[q])[: settings.candidate_pool]
+            if sims[q, li] >= settings.near_identity_similarity
+        ]
+        query_coarse = coarse_mask(clips_q[q].mask, settings)
+        ranked = sorted(pool, key=lambda li: -coarse_score(coarse_lib[li], query_coarse, settings))
+        for li in ranked[: settings.max_candidates]:
+            found = confirm_pair(clips_lib[li], clips_q[q], settings)
+            if found is not None:
+                return li, found.path, (time.perf_counter() - started) * 1000.0
+        return None, "-", (time.perf_counter() - started) * 1000.0
+
+    # 3. hybrid on missed re-simulations, distinct, defective
+    rows: dict[str, list[tuple[int | None, str, float]]] = {
+        "missed re-simulations": [hybrid(i) for i in tqdm(missed, desc="hybrid: missed re-sims")],
+        "distinct layouts": [hybrid(n_r + j) for j in tqdm(range(n_d), desc="hybrid: distinct")],
+        "defective re-sims": [hybrid(n_r + n_d + k) for k in range(len(defective))],
+    }
+    missed_rows = list(zip(rows["missed re-simulations"], missed, strict=True))
+    confirmed_right = sum(li == i for (li, _, _), i in missed_rows)
+    confirmed_wrong = sum(li is not None and li != i for (li, _, _), i in missed_rows)
+
+    # ungated stress: every path alone, true pairs and nearest same-family distinct pairs
+    path_stats: dict[str, dict[str, list[float]]] = {}
+
+    def both(library_clip: Clip, query_clip: Clip, s: ConfirmSettings) -> tuple[bool, dict[str, Any]]:
+        return confirm_pair(library_clip, query_clip, s) is not None, {}
+
+    for name, fn in (("hash", hash_path), ("descriptors", descriptor_path), ("hash>desc", both)):
+        stats: dict[str, list[float]] = {"true_ok": [], "ms": [], "false_ok": [], "defect_ok": []}
+        for i in tqdm(range(n_r), desc=f"{name} path alone: true"):
+            (ok, _), ms = timed(lambda i=i, fn=fn: fn(clips_lib[i], clips_q[i], settings))
+            stats["true_ok"].append(float(ok))
+            stats["ms"].append(ms)
+        for j in tqdm(range(n_d), desc=f"{name} path alone: distinct"):
+            li = same_family_top[j][1]
+            (ok, _), ms = timed(lambda j=j, li=li, fn=fn: fn(clips_lib[li], clips_q[n_r + j], settings))
+            stats["false_ok"].append(float(ok))
+            stats["ms"].append(ms)
+        for k in range(len(defective)):
+            li = next(i for i, s in enumerate(library) if s.labels["group"] == defective[k].labels["group"])
+            ok, _ = fn(clips_lib[li], clips_q[n_r + n_d + k], settings)
+            stats["defect_ok"].append(float(ok))
+        path_stats[name] = stats
+
+    # 4. report
+    print()
+    print(
+        f"data: {args.layouts} library layouts, {n_r} re-simulations"
+        f" (shift {args.min_shift}-{args.max_shift} px,"
+        f" dose 0.95-1.05, defocus +-20..60 nm), {n_d} distinct layouts, {len(defective)} defective re-sims"
+        f" (seed {args.seed}; 2-core machine shared with other work: timings pessimistic)"
+    )
+    print(
+        f"dedupe stage: missed {len(missed)}/{n_r} re-simulations ({len(missed) / max(1, n_r):.1%});"
+        f" kept {defects_unique}/{len(defective)} defective re-sims unique"
+    )
+    print(f"embedding similarity ({args.model or 'untrained resnet18, mask+print, 64 px'}):")
+    print(
+        f"  re-sim to its library entry: min {min(true_sim):.4f}  p1 {pct(true_sim, 1):.4f}"
+        f"  p5 {pct(true_sim, 5):.4f}  median {pct(true_sim, 50):.4f};  top-1 is the true entry"
+        f" {top1_is_true}/{n_r}; in the top {settings.candidate_pool}:"
+        f" {sum(r < settings.candidate_pool for r in true_rank)}/{n_r};"
+        f" median rank {pct(true_rank, 50):.0f}"
+    )
+    sf = [s for s, _ in same_family_top]
+    print(
+        f"  distinct to nearest entry:   median {pct(distinct_top, 50):.4f}"
+        f"  p95 {pct(distinct_top, 95):.4f}"
+        f"  p99 {pct(distinct_top, 99):.4f}  max {max(distinct_top):.4f}"
+    )
+    print(f"  distinct to nearest same-family entry: p95 {pct(sf, 95):.4f}  max {max(sf):.4f}")
+    for gate in (0.90, 0.93, 0.95, 0.96, 0.97, 0.98):
+        recall = sum(s >= gate for s in true_sim) / n_r
+        passed = sum(s >= gate for s in distinct_top) / n_d
+        print(
+            f"  gate {gate:.2f}: re-sims through {recall:.3f}; distinct through (to be checked on pixels)"
+            f" {passed:.3f}"
+        )
+    print()
+    print(
+        f"hybrid confirmation (gate {settings.near_identity_similarity:.2f};"
+        f" pool of {settings.candidate_pool}"
+        f" nearest, ranked by coarse NCC, best {settings.max_candidates} checked):"
+    )
+    print(
+        f"{'queries':<24}{'n':>5}{'confirmed':>11}{'rate':>8}{'via hash':>10}{'via desc':>10}"
+        f"{'ms/result':>11}"
+    )
+    for name, results in rows.items():
+        n = len(results)
+        ok = sum(li is not None for li, _, _ in results)
+        via_hash = sum(p in ("hash", "exact") for _, p, _ in results)
+        via_desc = sum(p == "descriptors" for _, p, _ in results)
+        ms = float(np.mean([m for _, _, m in results])) if results else float("nan")
+        print(f"{name:<24}{n:>5}{ok:>11}{ok / max(1, n):>8.3f}{via_hash:>10}{via_desc:>10}{ms:>11.2f}")
+    print(
+        f"  missed re-sims confirmed to their own entry: {confirmed_right}/{len(missed)}"
+        f" ({confirmed_right / max(1, len(missed)):.3f}); to a wrong entry: {confirmed_wrong}"
+    )
+    print()
+    print(
+        "each path alone, ungated (true: all re-sims vs their entry;"
+        " false: each distinct layout vs its nearest"
+        " same-family entry):"
+    )
+    print(
+        f"{'path':<14}{'true recall':>12}{'false conf.':>13}{'defect conf.':>14}{'ms/pair mean':>14}"
+        f"{'p95':>8}"
+    )
+    for name, s in path_stats.items():
+        print(
+            f"{name:<14}{np.mean(s['true_ok']):>12.3f}{int(sum(s['false_ok'])):>9}/{n_d:<3}"
+            f"{int(sum(s['defect_ok'])):>10}/{len(defective):<3}{np.mean(s['ms']):>14.2f}"
+            f"{pct(s['ms'], 95):>8.2f}"
+        )
+    print(f"baseline: the encoder itself costs {embed_ms:.2f} ms/result (batched, CPU)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
