@@ -11,6 +11,7 @@ from shared.litho.defects import (
     DEFECT_FAMILIES,
     DEFECT_TYPES,
     DefectInjection,
+    NoDefectSite,
     applicable_defects,
     inject_defect,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "FarmGenerator",
     "Layout",
     "LithoSimulator",
+    "NoDefectSite",
     "OpticsSettings",
     "ResistSettings",
     "SocsKernels",

@@ -57,6 +57,10 @@ INSET_NM = 110.0
 MAX_CANDIDATES = 80
 
 
+class NoDefectSite(ContractError):
+    """The layout window offers no site for the requested defect type (this draw)."""
+
+
 @dataclass(frozen=True)
 class DefectInjection:
     """The defective layout, where the defect is (nm), and a dose factor (sidelobe only)."""
@@ -112,7 +116,8 @@ def _connector(
     width = min(width_nm, hi - lo)
     if width <= 0:
         return None
-    start = rng.uniform(lo, hi - width)
+    # Drawn as an offset from ``lo``: ``hi - width`` can round below ``lo`` when width == hi - lo.
+    start = lo + rng.uniform(0.0, max(hi - lo - width, 0.0))
     first, second = (a, b) if a[axis] < b[axis] else (b, a)
     box = np.zeros(4)
     box[axis], box[axis + 2] = first[axis + 2], second[axis]
@@ -187,7 +192,7 @@ def _pinch(layout: Layout, window: Window, rng: np.random.Generator, strength: i
         notch = 50.0 + 15.0 * strength + rng.uniform(0.0, 30.0)
         if hi - lo < notch:
             continue
-        t0 = rng.uniform(lo, hi - notch)
+        t0 = lo + rng.uniform(0.0, hi - lo - notch)  # hi - lo >= notch, so never an empty range
         keep = float(np.clip(rng.uniform(0.25, 0.45) - 0.08 * strength, 0.08, 0.5)) * width
         other = 1 - axis
         if rng.random() < 0.5:  # neck: cut both sides
@@ -346,13 +351,17 @@ INJECTORS: dict[str, Callable[[Layout, Window, np.random.Generator, int], Defect
 def inject_defect(
     layout: Layout, defect: str, window_nm: Window, rng: np.random.Generator, strength: int = 0
 ) -> DefectInjection:
-    """Inject ``defect`` into ``layout`` inside ``window_nm``; ContractError if the layout offers no site."""
+    """Inject ``defect`` into ``layout`` inside ``window_nm``.
+
+    Raises ContractError for an unknown type and its subclass :class:`NoDefectSite`
+    when the window offers no site (the site search is random: another draw may find one).
+    """
     injector = INJECTORS.get(defect)
     if injector is None:
         raise ContractError(f"unknown defect type {defect!r} (known: {', '.join(DEFECT_TYPES)})")
     result = injector(layout, window_nm, rng, strength)
     if result is None:
-        raise ContractError(f"no site for a {defect} defect in this {layout.family} layout window")
+        raise NoDefectSite(f"no site for a {defect} defect in this {layout.family} layout window")
     return result
 
 

@@ -25,6 +25,11 @@ def _r(value: float) -> float:
     return round(float(value), 1)
 
 
+def _u(rng: np.random.Generator, low: float, high: float) -> float:
+    """Uniform in [low, high], or ``low`` when the range is empty."""
+    return float(rng.uniform(low, high)) if high > low else low
+
+
 def _transpose(rects: Rects) -> Rects:
     return [(y0, x0, y1, x1) for x0, y0, x1, y1 in rects]
 
@@ -134,14 +139,16 @@ def _shapes(rng: np.random.Generator, extent: float) -> tuple[Rects, Params]:
     arm_hi = arm_lo + rng.uniform(0.0, 40.0)
     space = rng.uniform(70.0, 120.0)
     kinds = ["L", "T", "U", "jog", "bar"]
+    room = cell - space  # the shape's box, leaving ``space`` to the next cell
     rects: Rects = []
     for cy in np.arange(-cell, extent + cell, cell):
         for cx in np.arange(-cell, extent + cell, cell):
-            arm = min(rng.uniform(arm_lo, arm_hi), (cell - space) / 2.6)
-            w = rng.uniform(2.5 * arm, cell - space)
-            h = rng.uniform(2.5 * arm, cell - space)
-            bx = cx + rng.uniform(0.0, cell - space - w)
-            by = cy + rng.uniform(0.0, cell - space - h)
+            # Arms thin enough that a box 2.5 arms wide fits the room; _u guards the ranges against rounding.
+            arm = min(_u(rng, arm_lo, arm_hi), room / 2.6)
+            w = _u(rng, 2.5 * arm, room)
+            h = _u(rng, 2.5 * arm, room)
+            bx = cx + _u(rng, 0.0, room - w)
+            by = cy + _u(rng, 0.0, room - h)
             shape = _shape_in_cell(rng, str(rng.choice(kinds)), bx, by, w, h, arm)
             if rng.random() < 0.5:
                 shape = _mirror_x(shape, bx, w)
@@ -219,11 +226,6 @@ def _rect_distance(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     dx = max(0.0, b[0] - a[2], a[0] - b[2])
     dy = max(0.0, b[1] - a[3], a[1] - b[3])
     return float(np.hypot(dx, dy))
-
-
-def _u(rng: np.random.Generator, low: float, high: float) -> float:
-    """Uniform in [low, high], or ``low`` when the range is empty."""
-    return float(rng.uniform(low, high)) if high > low else low
 
 
 def _mirror_tile(

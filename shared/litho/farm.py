@@ -25,7 +25,7 @@ import numpy as np
 import scipy.fft
 
 from shared.errors import ConfigError, ContractError
-from shared.litho.defects import applicable_defects, inject_defect
+from shared.litho.defects import NoDefectSite, applicable_defects, inject_defect
 from shared.litho.families import FAMILIES, generate_layout
 from shared.litho.geometry import Layout, bias_rects, rasterize
 from shared.litho.simulator import LithoSimulator
@@ -224,7 +224,7 @@ class FarmGenerator:
         for strength in range(MAX_STRENGTH + 1):
             try:
                 injection = inject_defect(layout, defect, window, self.rng, strength)
-            except ContractError:
+            except NoDefectSite:
                 if best is None:
                     raise
                 break  # no site for a stronger edit: keep the strongest one made
@@ -269,25 +269,39 @@ class FarmGenerator:
         extra = np.clip(printed[y0:y1, x0:x1] - clean[y0:y1, x0:x1], 0.0, None)
         return float(extra.sum()) * self.nm_per_px**2
 
+    def render_any_defect(
+        self, layout: Layout, group: str, variant: Variant, options: Sequence[str]
+    ) -> ClipSample:
+        """``layout`` with one of the defect types ``options``, or clean (``defect: none``) if none fits.
+
+        The first type is drawn at random; when its (random) site search finds
+        nothing in this window, the other types are tried in random order.
+        """
+        remaining = list(options)
+        while remaining:
+            defect = remaining.pop(int(self.rng.integers(len(remaining))))
+            try:
+                return self.render(layout, group, variant, defect)
+            except NoDefectSite:
+                continue
+        return self.render(layout, group, variant, None)
+
     def samples(
         self, n_layouts: int, variants_per_layout: int = 1, max_shift_px: int = 16
     ) -> Iterator[ClipSample]:
         """``n_layouts`` new layouts, each rendered nominally then under random variants.
 
         Each result gets a defect with probability ``defect_rate``, of a type the
-        layout window offers a site for.
+        layout window offers a site for; a result whose window has no site for
+        any type is rendered clean.
         """
         for _ in range(n_layouts):
             layout = self.new_layout()
             group = self.group_id(layout)
             for v in range(variants_per_layout):
                 variant = Variant() if v == 0 else self.random_variant(max_shift_px)
-                defect = None
                 if self.defect_rate > 0 and self.rng.random() < self.defect_rate:
                     options = applicable_defects(layout, self.window_nm(variant.shift_px), self.rng)
-                    defect = str(self.rng.choice(options)) if options else None
-                try:
-                    sample = self.render(layout, group, variant, defect)
-                except ContractError:  # the random site search came up empty this time
-                    sample = self.render(layout, group, variant, None)
-                yield sample
+                    yield self.render_any_defect(layout, group, variant, options)
+                else:
+                    yield self.render(layout, group, variant, None)

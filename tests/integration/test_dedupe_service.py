@@ -1,0 +1,88 @@
+"""The dedupe service on the real broker and Redis: a stream with known duplicates comes out split
+exactly right, also when the service is killed (-9) mid-stream and restarted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.simfarm.core import FarmSettings, FarmStream
+from shared.contracts import DuplicateRecord, SimResult, Topics, UniqueResult
+from shared.launcher import EmbeddedStack
+from shared.supervisor import Pipeline
+from shared.testing import collect, produce
+
+pytestmark = pytest.mark.integration
+
+
+def known_stream(n_layouts: int, seed: int) -> list[SimResult]:
+    """Distinct layouts, then exact copies of half of them and window-shifted re-simulations."""
+    families = ("grating", "contacts", "shapes", "routing", "sram")
+    farm = FarmStream(FarmSettings(seed=seed, families=families))
+    originals = [farm.next_result() for _ in range(n_layouts)]
+    copies = [
+        o.model_copy(update={"result_id": f"copy-{i:03d}"}) for i, o in enumerate(originals[: n_layouts // 2])
+    ]
+    # a farm with the same seed draws the same first layout, then re-simulates what it streamed
+    resim_farm = FarmStream(
+        FarmSettings(
+            seed=seed, families=families, duplicate_fraction=1.0, duplicate_max_shift_px=12, job_id="resim"
+        )
+    )
+    resims = [resim_farm.next_result() for _ in range(n_layouts // 4 + 1)][1:]
+    rng = np.random.default_rng(seed)
+    later = [*copies, *resims]
+    return [*originals, *[later[i] for i in rng.permutation(len(later))]]
+
+
+def split(records: list) -> tuple[set[str], dict[str, str]]:
+    unique = {
+        UniqueResult.model_validate_json(r.value).result_id for r in records if r.topic == Topics.UNIQUE
+    }
+    dups = {
+        d.result_id: d.duplicate_of
+        for d in (
+            DuplicateRecord.model_validate_json(r.value) for r in records if r.topic == Topics.DUPLICATES
+        )
+    }
+    return unique, dups
+
+
+def test_known_duplicates_split_exactly_also_after_kill9(stack: EmbeddedStack) -> None:
+    stream = known_stream(40, seed=3)
+    first_ids = {r.result_id for r in stream[:40]}
+    later = stream[40:]
+    pipeline = Pipeline(
+        stack,
+        service_env={
+            "LITHOWATCH_MAX_POLL_INTERVAL_MS": "8000",
+            "LITHOWATCH_SESSION_TIMEOUT_MS": "6000",
+            "LITHOWATCH_BATCH_MAX_MESSAGES": "4",
+        },
+    )
+    running = pipeline.start_service("dedupe")
+    try:
+        pipeline.wait_ready(120)
+        produce(stack.bootstrap, Topics.RESULTS, stream[:40])
+        collect(stack.bootstrap, [Topics.UNIQUE, Topics.DUPLICATES], lambda rs: len(rs) >= 40, 120)
+        produce(stack.bootstrap, Topics.RESULTS, later)
+        collect(stack.bootstrap, [Topics.UNIQUE, Topics.DUPLICATES], lambda rs: len(rs) >= 45, 120)
+        pipeline.restart(running, kill9=True)
+        records = collect(
+            stack.bootstrap,
+            [Topics.UNIQUE, Topics.DUPLICATES],
+            lambda rs: set().union(*split(rs)[:1], split(rs)[1]) >= {r.result_id for r in stream},
+            timeout_seconds=180,
+        )
+    finally:
+        pipeline.stop()
+    unique, dups = split(records)
+    assert unique == first_ids, "every distinct layout is unique, and nothing else"
+    assert set(dups) == {r.result_id for r in later}
+    assert not unique & set(dups)
+    copies = {r.result_id: r for r in later if r.result_id.startswith("copy-")}
+    for rid in copies:
+        assert dups[rid] in first_ids
+    by_id = {r.result_id: r for r in stream}
+    for rid, of in dups.items():
+        assert by_id[of].labels["group"] == by_id[rid].labels["group"], (rid, of)
