@@ -67,6 +67,6 @@ class ImageLoader:
         image = decode_image(data, max_pixels=self.max_pixels)
         if image.shape != (h, w):
             raise ImageError(
-                f"decoded shape {image.shape} differs from declared {ref.shape}", reason="image_declared_shape"
+                f"decoded shape {image.shape} differs from declared {ref.shape}", reason="image_shape"
             )
         return image

@@ -91,6 +91,12 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarra
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:
+        # numpy reports a short read as ValueError("EOF: ...") and object arrays as a pickle refusal
+        message = str(exc)
+        if message.startswith("EOF"):
+            raise ImageError(f"truncated NPY data: {exc}", reason="image_truncated") from exc
+        if "allow_pickle" in message:
+            raise ImageError(f"NPY of objects refused (no pickle): {exc}", reason="image_pickle") from exc
         raise ImageError(f"corrupt NPY data: {exc}", reason="image_corrupt") from exc
     except (OSError, EOFError) as exc:
         raise ImageError(f"truncated NPY data: {exc}", reason="image_truncated") from exc

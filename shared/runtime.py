@@ -46,6 +46,7 @@ from shared.settings import StageSettings, metrics_port_for
 log = logging.getLogger("lithowatch.runtime")
 
 DLQ_INLINE_LIMIT_BYTES = 512 * 1024
+DLQ_RECORD_OVERHEAD_BYTES = 32 * 1024  # error text, headers, key and field names
 
 
 @dataclass(frozen=True)
@@ -414,11 +415,20 @@ class StageRunner:
                 return bytes(value).decode(errors="replace")
         return None
 
+    def _dlq_inline_limit(self) -> int:
+        """Largest value kept inline: its base64 plus the record must fit under the message limit.
+
+        An over-size input inlined as base64 would make a DLQ record the producer refuses,
+        and the stage would retry that batch for ever.
+        """
+        fits = (self.settings.kafka_max_message_bytes - DLQ_RECORD_OVERHEAD_BYTES) * 3 // 4
+        return max(0, min(DLQ_INLINE_LIMIT_BYTES, fits))
+
     def _dlq_output(self, record: Any, reason: str, error: str) -> Output:
         value: bytes = record.value or b""
         value_b64: str | None = None
         value_uri: str | None = None
-        if len(value) <= DLQ_INLINE_LIMIT_BYTES:
+        if len(value) <= self._dlq_inline_limit():
             value_b64 = base64.b64encode(value).decode("ascii")
         else:
             if self._blobs is None:

@@ -190,7 +190,7 @@ class DedupeCore:
         printed = self.load_image(result.simulated)
         if mask.shape != printed.shape:
             raise ImageError(f"mask {mask.shape} and print {printed.shape} differ in shape",
-                             reason="image_shape")
+                             reason="shape_mismatch")
         s = self.settings
         digest = exact_digest(mask, printed)
         perceptual = spectral_hash(mask, s.hash_bits)

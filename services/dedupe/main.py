@@ -34,6 +34,9 @@ def redis_client(settings: CommonSettings) -> Any:
     if settings.redis_password is not None:
         options["password"] = settings.redis_password.get_secret_value()
     if settings.redis_ssl_ca_certs is not None:
+        # redis-py accepts TLS options only on a rediss:// URL; on redis:// every command would fail
+        if not settings.redis_url.get_secret_value().lower().startswith("rediss://"):
+            raise ConfigError("LITHOWATCH_REDIS_SSL_CA_CERTS needs a rediss:// LITHOWATCH_REDIS_URL")
         options["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
     try:
         return redis.Redis.from_url(settings.redis_url.get_secret_value(), **options)

@@ -7,8 +7,11 @@ raises TransientError, InputError and unexpected exceptions.
 
 from __future__ import annotations
 
+import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -324,3 +327,95 @@ def test_decode_failures_have_precise_reasons(value: bytes | None, reason: str) 
     assert [d.reason for d in dlq] == [reason], [d.error for d in dlq]
     assert len(_outputs(producer, OUT_TOPIC)) == 1
     assert consumer.commits == [{TP: 2}]
+
+
+def test_an_over_size_input_is_dlqd_by_reference_so_the_dlq_record_fits() -> None:
+    big = b'{"result_id": "r0", "n": 1, "pad": "' + b"x" * 300_000 + b'"}'
+    consumer = FakeConsumer([big, _good(1)])
+    producer = FakeProducer()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(Path(tempfile.mkdtemp()))
+        _run(ScriptedStage(), consumer, producer, kafka_max_message_bytes=200_000)
+        raw = _outputs(producer, Topics.DLQ)
+        assert len(raw) == 1 and len(raw[0]) < 200_000
+        record = DLQRecord.model_validate_json(raw[0])
+        assert record.reason == "too_large" and record.value_b64 is None and record.value_uri
+        assert record.value_bytes == len(big)
+
+
+# ---- no unsafe deserialisation anywhere in shared/ and services/ ------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+UNSAFE_PATTERNS: list[tuple[str, str]] = [
+    (r"^\s*(import|from)\s+(c?pickle|dill|joblib|shelve|marshal)\b", "pickle-family module imported"),
+    (r"\bpickle\.(load|loads|Unpickler)\b", "pickle load"),
+    (r"allow_pickle\s*=\s*True", "np.load/np.save with allow_pickle=True"),
+    (r"\byaml\.unsafe_load\b|\byaml\.load_all\(|Loader\s*=\s*yaml\.(Unsafe)?Loader\b", "unsafe YAML loader"),
+]
+
+
+def _python_sources() -> list[Path]:
+    return sorted(p for d in ("shared", "services") for p in (ROOT / d).rglob("*.py"))
+
+
+def _calls(text: str, name: str) -> list[str]:
+    """The text of every call ``name(...)`` (balanced parentheses), to check its keyword arguments."""
+    calls = []
+    for match in re.finditer(re.escape(name) + r"\(", text):
+        depth, i = 1, match.end()
+        while depth and i < len(text):
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        calls.append(text[match.start() : i])
+    return calls
+
+
+def test_no_pickle_or_unsafe_loaders_in_the_code() -> None:
+    problems = []
+    sources = _python_sources()
+    assert len(sources) > 50  # the walk found the code
+    for path in sources:
+        text = path.read_text()
+        rel = path.relative_to(ROOT)
+        for lineno, line in enumerate(text.splitlines(), 1):
+            for pattern, what in UNSAFE_PATTERNS:
+                if re.search(pattern, line):
+                    problems.append(f"{rel}:{lineno}: {what}: {line.strip()}")
+        problems += [
+            f"{rel}: torch.load without weights_only=True: {c}"
+            for c in _calls(text, "torch.load")
+            if "weights_only=True" not in c
+        ]
+        problems += [
+            f"{rel}: yaml.load without SafeLoader: {c}"
+            for c in _calls(text, "yaml.load")
+            if "SafeLoader" not in c and "CSafeLoader" not in c
+        ]
+        problems += [
+            f"{rel}: np.load without allow_pickle=False: {c}"
+            for c in _calls(text, "np.load")
+            if "allow_pickle=False" not in c
+        ]
+    assert problems == []
+
+
+def test_the_unsafe_pattern_check_catches_what_it_should() -> None:
+    bad = "import pickle\nx = np.load(f, allow_pickle=True)\ny = torch.load(p)\nz = yaml.load(s)\n"
+    found = [
+        what for line in bad.splitlines() for pattern, what in UNSAFE_PATTERNS if re.search(pattern, line)
+    ]
+    assert found == ["pickle-family module imported", "np.load/np.save with allow_pickle=True"]
+    assert _calls(bad, "torch.load") == ["torch.load(p)"]
+    assert _calls("torch.load(p, weights_only=True)", "torch.load") == ["torch.load(p, weights_only=True)"]
+
+
+def test_redis_tls_ca_without_a_tls_url_is_a_config_error() -> None:
+    """redis-py would raise TypeError on every command (each input then dead-lettered)."""
+    from services.dedupe.main import redis_client
+    from shared.errors import ConfigError
+    from shared.settings import CommonSettings
+
+    ca = Path("/nonexistent/ca.pem")
+    with pytest.raises(ConfigError, match="rediss://"):
+        redis_client(CommonSettings(redis_url="redis://127.0.0.1:1/0", redis_ssl_ca_certs=ca))
+    assert redis_client(CommonSettings(redis_url="rediss://127.0.0.1:1/0", redis_ssl_ca_certs=ca)) is not None
