@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -132,3 +133,29 @@ def consumer_groups(admin: KafkaAdminClient) -> list[str]:
         raise DependencyUnavailable(f"cannot list consumer groups: {exc}") from exc
     names = [g["group_id"] if isinstance(g, dict) else g[0] for g in groups]
     return sorted(str(n) for n in names)
+
+
+def read_to_end(settings: CommonSettings, topic: str, timeout_seconds: float = 60.0) -> Iterator[Any]:
+    """Every record of ``topic`` from the beginning up to its end offsets as of the call (no group)."""
+    from shared.errors import ConfigError
+
+    try:
+        consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    except Exception as exc:  # kafka-python raises more than KafkaError for an unreachable bootstrap
+        raise DependencyUnavailable(f"Kafka at {settings.kafka_bootstrap} is not reachable: {exc}") from exc
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise ConfigError(f"topic {topic} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_seconds
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise DependencyUnavailable(f"reading {topic} timed out")
+            for records in consumer.poll(timeout_ms=500).values():
+                yield from records
+    finally:
+        consumer.close()

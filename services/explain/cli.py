@@ -11,13 +11,11 @@ the library topic (the entry); the last record per id wins.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
 
 from services.explain.core import alert_tiles
 from services.explain.duplicates import HYBRID_METHODS, duplicate_tiles, render_duplicate_panel
@@ -32,9 +30,9 @@ from shared.contracts import (
     LibraryEntry,
     Topics,
 )
-from shared.errors import ConfigError, DependencyUnavailable, InputError
+from shared.errors import ConfigError, InputError
 from shared.imageref import ImageLoader
-from shared.kafka_io import client_options
+from shared.kafka_io import read_to_end
 from shared.settings import CommonSettings, load_settings
 
 M = TypeVar("M", bound=Contract)
@@ -52,33 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def last_matching(settings: CommonSettings, topic: str, model: type[M], match: Callable[[M], bool],
                   timeout_seconds: float) -> M | None:
     """The last record of ``topic`` (read from the beginning to its end) that ``match`` accepts."""
-    try:
-        consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    except Exception as exc:
-        raise DependencyUnavailable(f"Kafka at {settings.kafka_bootstrap} is not reachable: {exc}") from exc
     found: M | None = None
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise ConfigError(f"topic {topic} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_seconds
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            if time.monotonic() > deadline:
-                raise DependencyUnavailable(f"reading {topic} timed out")
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    try:
-                        value = model.model_validate_json(record.value or b"")
-                    except ValueError:
-                        continue
-                    if match(value):
-                        found = value
-    finally:
-        consumer.close()
+    for record in read_to_end(settings, topic, timeout_seconds):
+        try:
+            value = model.model_validate_json(record.value or b"")
+        except ValueError:
+            continue
+        if match(value):
+            found = value
     return found
 
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from shared.blobstore import LocalBlobStore
 from shared.contracts import LibraryEntry, Topics, Vector
 from shared.dataset import read_dataset
-from shared.errors import ConfigError, DependencyUnavailable
+from shared.errors import ConfigError
 from shared.imageref import make_image_ref
-from shared.kafka_io import client_options, make_producer
+from shared.kafka_io import make_producer, read_to_end
 from shared.settings import CommonSettings, load_settings
 
 
@@ -47,32 +45,13 @@ def read_library(
     settings: CommonSettings, timeout_seconds: float = 60.0
 ) -> dict[str, tuple[LibraryEntry, int, int]]:
     """The last record per entry id, with its partition and offset."""
-    try:
-        consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    except Exception as exc:
-        raise DependencyUnavailable(f"Kafka at {settings.kafka_bootstrap} is not reachable: {exc}") from exc
     latest: dict[str, tuple[LibraryEntry, int, int]] = {}
-    try:
-        parts = consumer.partitions_for_topic(Topics.LIBRARY)
-        if not parts:
-            raise ConfigError(f"topic {Topics.LIBRARY} does not exist")
-        tps = [TopicPartition(Topics.LIBRARY, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_seconds
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            if time.monotonic() > deadline:
-                raise DependencyUnavailable("reading the library topic timed out")
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    try:
-                        entry = LibraryEntry.model_validate_json(record.value or b"")
-                    except ValueError:
-                        continue
-                    latest[entry.entry_id] = (entry, record.partition, record.offset)
-    finally:
-        consumer.close()
+    for record in read_to_end(settings, Topics.LIBRARY, timeout_seconds):
+        try:
+            entry = LibraryEntry.model_validate_json(record.value or b"")
+        except ValueError:
+            continue
+        latest[entry.entry_id] = (entry, record.partition, record.offset)
     return latest
 
 

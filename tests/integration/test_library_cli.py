@@ -1,0 +1,30 @@
+"""`lithowatch library promote|drop|list` read and write the library topic (last record per id wins)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.novelty.library_cli import read_library
+from shared.cli import main
+from shared.contracts import Topics
+from shared.launcher import EmbeddedStack
+from shared.settings import CommonSettings
+from shared.testing import library_entry, produce
+
+pytestmark = pytest.mark.integration
+
+
+def test_promote_and_drop(stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    entries = [library_entry(f"e{i}", rng.standard_normal(8)) for i in range(3)]
+    entries[2] = entries[2].model_copy(update={"status": "provisional", "alert_id": "alert-e2"})
+    produce(stack.bootstrap, Topics.LIBRARY, entries)
+    monkeypatch.setenv("LITHOWATCH_KAFKA_BOOTSTRAP", stack.bootstrap)
+    assert main(["library", "promote", "e2"]) == 0
+    assert main(["library", "drop", "e0"]) == 0
+    assert main(["library", "drop", "missing"]) == 2
+    latest = read_library(CommonSettings(kafka_bootstrap=stack.bootstrap))
+    assert latest["e0"][0].op == "delete"
+    assert latest["e2"][0].status == "reference" and latest["e2"][0].alert_id == "alert-e2"
+    assert latest["e1"][0].status == "reference"
