@@ -419,3 +419,10 @@ def test_redis_tls_ca_without_a_tls_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="rediss://"):
         redis_client(CommonSettings(redis_url="redis://127.0.0.1:1/0", redis_ssl_ca_certs=ca))
     assert redis_client(CommonSettings(redis_url="rediss://127.0.0.1:1/0", redis_ssl_ca_certs=ca)) is not None
+
+
+def test_kafka_record_checksums_run_in_c() -> None:
+    """The crc32c package is a dependency: without it every batch is checksummed in Python."""
+    from shared.kafka_io import native_crc32c
+
+    assert native_crc32c()
