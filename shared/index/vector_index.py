@@ -259,7 +259,8 @@ class VectorIndex:
             return SearchResult(similarities, tuple(() for _ in range(n_queries)))
         k_search = min(k, int(self._index.ntotal))
         params = self._search_params()
-        scores, labels = self._index.search(queries, k_search, params=params)
+        with builders.threads_at_most(n_queries):
+            scores, labels = self._index.search(queries, k_search, params=params)
         rows: list[tuple[str, ...]] = []
         for i in range(n_queries):
             found = labels[i] >= 0

@@ -350,3 +350,17 @@ def test_library_restore_refuses_other_model_version(tmp_path: Path) -> None:
         LibraryState.restore(tmp_path, model_version="enc-v2")
     restored = LibraryState.restore(tmp_path, model_version=MODEL)
     assert restored.get("a") == state.get("a") and restored.next_offsets == {0: 1}
+
+
+def test_search_thread_team_never_exceeds_the_batch() -> None:
+    """A one-query search runs on one OpenMP thread; the caller's setting is restored."""
+    import faiss
+
+    from shared.index.builders import threads_at_most
+
+    before = faiss.omp_get_max_threads()
+    with threads_at_most(1):
+        assert faiss.omp_get_max_threads() == 1
+    with threads_at_most(10_000):
+        assert faiss.omp_get_max_threads() == before
+    assert faiss.omp_get_max_threads() == before
