@@ -63,9 +63,10 @@ def render_panel(tiles: Sequence[Tile], title: str) -> np.ndarray:
     """A BGR uint8 panel: a title bar over the tiles laid out in one row."""
     rendered = [_tile(t) for t in tiles]
     gap = np.full((rendered[0].shape[0], GAP_PX, 3), 255, np.uint8)
-    row = rendered[0]
+    pieces = [rendered[0]]
     for tile in rendered[1:]:
-        row = np.hstack([row, gap, tile])
+        pieces += [gap, tile]
+    row = np.hstack(pieces)
     bar = np.full((30, row.shape[1], 3), 245, np.uint8)
     cv2.putText(bar, title[:110], (6, 21), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (20, 20, 20), 1, cv2.LINE_AA)
     return np.vstack([bar, row])
