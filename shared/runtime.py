@@ -103,8 +103,19 @@ class _Polled:
     received_monotonic: float
 
 
+BATCH_TIME_SHARE = 0.25  # of max_poll_interval_ms that one batch may take at the measured pace
+PACE_SMOOTHING = 0.3  # weight of the newest batch in the seconds-per-message average
+
+
 class StageRunner:
-    """Runs one stage against Kafka until stopped."""
+    """Runs one stage against Kafka until stopped.
+
+    Batches hold up to ``batch_max_messages``, fewer when the stage's measured pace
+    (seconds per message, a moving average) says a full batch would take more than
+    ``BATCH_TIME_SHARE`` of ``max_poll_interval_ms``: a consumer that does not poll
+    within that interval is put out of its group and its batch is redelivered, so a
+    slow stage (a large encoder on a CPU) would otherwise redo work and stall.
+    """
 
     def __init__(
         self,
@@ -138,6 +149,7 @@ class StageRunner:
         self._blobs: LocalBlobStore | None = None
         self._server: metrics.MetricsServer | None = None
         self.processed = 0
+        self.seconds_per_message: float | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -210,8 +222,16 @@ class StageRunner:
             log.warning("%s: could not finish joining before leaving: %s", self.name, exc)
 
     # ---- polling ---------------------------------------------------------------------------
-    def _poll_batch(self) -> list[_Polled]:
+    def batch_limit(self) -> int:
+        """Messages to take into the next batch (see the class docstring)."""
         limit = self.settings.batch_max_messages
+        if self.seconds_per_message:
+            budget_seconds = BATCH_TIME_SHARE * self.settings.max_poll_interval_ms / 1000.0
+            limit = min(limit, max(1, int(budget_seconds / self.seconds_per_message)))
+        return limit
+
+    def _poll_batch(self) -> list[_Polled]:
+        limit = self.batch_limit()
         deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000.0
         batch: list[_Polled] = []
         timeout_ms = max(self.settings.batch_max_wait_ms, 100)
@@ -293,6 +313,11 @@ class StageRunner:
         self._commit(batch)
         elapsed = time.monotonic() - started
         per_message = elapsed / max(1, len(batch))
+        self.seconds_per_message = (
+            per_message
+            if self.seconds_per_message is None
+            else PACE_SMOOTHING * per_message + (1.0 - PACE_SMOOTHING) * self.seconds_per_message
+        )
         for polled in batch:
             metrics.STAGE_LATENCY.labels(self.name).observe(
                 per_message + (started - polled.received_monotonic)

@@ -426,3 +426,30 @@ def test_kafka_record_checksums_run_in_c() -> None:
     from shared.kafka_io import native_crc32c
 
     assert native_crc32c()
+
+
+class SlowStage(ScriptedStage):
+    """Takes ``seconds_per_item`` per message (a large encoder on a CPU)."""
+
+    def __init__(self, seconds_per_item: float) -> None:
+        super().__init__()
+        self.seconds_per_item = seconds_per_item
+
+    def process_batch(self, items: Sequence[Item]) -> list[ItemResult]:
+        import time
+
+        time.sleep(self.seconds_per_item * len(items))
+        return super().process_batch(items)
+
+
+def test_batches_shrink_to_fit_the_poll_interval_at_the_measured_pace() -> None:
+    """At 0.1 s per message and a 2 s poll interval, a batch holds at most 0.25 * 2 / 0.1 = 5."""
+    consumer = FakeConsumer([_good(n) for n in range(24)])
+    producer = FakeProducer()
+    stage = SlowStage(0.1)
+    runner = _run(stage, consumer, producer, batch_max_messages=16, max_poll_interval_ms=2000)
+    sizes = [len(call) for call in stage.calls]
+    assert sizes[0] == 16  # nothing measured yet: the configured maximum
+    assert all(size <= 5 for size in sizes[1:]) and sizes[1:]
+    assert sum(sizes) == 24 and consumer.commits[-1] == {TP: 24}
+    assert runner.seconds_per_message is not None and runner.seconds_per_message >= 0.1
