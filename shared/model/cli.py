@@ -38,6 +38,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="contrastive: anchors + partners")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate")
     p.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature (contrastive)")
+    p.add_argument(
+        "--augment-shift-px",
+        type=float,
+        default=1.5,
+        help="random translation of each view, in px at the input size (default 1.5; zero fill at the "
+        "border). Larger window shifts are better taught by data set variants that carry them "
+        "(lithowatch dataset make --max-shift-px), which show the layout entering the window",
+    )
+    p.add_argument(
+        "--print-jitter",
+        type=float,
+        default=1.0,
+        help="strength of the print perturbation (blur and re-threshold: focus and dose); 0 = off",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument(
@@ -70,6 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         temperature=args.temperature,
+        max_shift_px=args.augment_shift_px,
+        print_jitter=args.print_jitter,
         val_fraction=args.val_fraction,
         seed=args.seed,
         device=args.device,

@@ -86,6 +86,10 @@ class TrainConfig:
             raise ConfigError("--max-minutes must be positive")
         if not self.lr > 0 or not self.temperature > 0:
             raise ConfigError("learning rate and temperature must be positive")
+        if not 0.0 <= self.max_shift_px <= self.input_size / 4:
+            raise ConfigError(f"--augment-shift-px must lie in [0, {self.input_size / 4:g}] (input / 4)")
+        if not 0.0 <= self.print_jitter <= 2.0:
+            raise ConfigError("--print-jitter must lie in [0, 2]")
 
 
 @dataclass

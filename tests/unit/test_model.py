@@ -297,11 +297,23 @@ def test_train_cli_runs_and_refuses_bad_options(tmp_path: Path, dataset_dir: Pat
             str(tmp_path / "ckpt"),
             "--threads",
             "1",
+            "--augment-shift-px",
+            "4",
+            "--print-jitter",
+            "0.5",
             "--no-progress",
         ]
     )
     assert args.func(args) == 0
     assert (tmp_path / "ckpt" / WEIGHTS_NAME).is_file()
+    config = json.loads((tmp_path / "ckpt" / "metadata.json").read_text())["training"]["config"]
+    assert config["max_shift_px"] == 4.0 and config["print_jitter"] == 0.5  # recorded with the model
+    too_far = parser.parse_args(
+        ["train", "--dataset", str(dataset_dir), "--input-size", "32", "--augment-shift-px", "9",
+         "--out", str(tmp_path / "far"), "--no-progress"]
+    )
+    with pytest.raises(ConfigError, match="augment-shift-px"):
+        too_far.func(too_far)
     bad = parser.parse_args(
         [
             "train",
