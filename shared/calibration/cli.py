@@ -77,6 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-cluster", choices=("auto", "on", "off"), default="auto",
                    help="per-cluster thresholds: auto keeps them only when they beat the global one")
     p.add_argument("--clusters", type=int, default=None, help="number of clusters (default: by silhouette)")
+    p.add_argument("--near-identity-quantile", type=float, default=0.01,
+                   help="hybrid confirmation gate: this quantile of the cosine similarity of two results of "
+                   "one layout (default 0.01); the data set should hold re-simulations as far apart as the "
+                   "farm makes them")
     p.set_defaults(func=run_calibrate)
 
     from shared.evaluation.cli import register_eval
@@ -107,6 +111,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         precision_target=args.precision_target,
         per_cluster=args.per_cluster,
         n_clusters=args.clusters,
+        near_identity_quantile=args.near_identity_quantile,
         seed=args.seed,
         progress=progress,
     )

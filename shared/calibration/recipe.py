@@ -31,6 +31,7 @@ from shared.calibration.clusters import (
     fit_library_clusters,
     thresholds_from_density,
 )
+from shared.calibration.near_identity import NEAR_IDENTITY_QUANTILE_DEFAULT, near_identity_gate
 from shared.calibration.pairs import LabelValue, pair_similarities, sample_pairs
 from shared.calibration.roc import auroc, confusion_at, sweep
 from shared.calibration.similarity import l2_normalise, top1_cosine
@@ -41,6 +42,7 @@ from shared.calibration.thresholds_file import (
     CandidateThreshold,
     ClusterThreshold,
     ConformalCalibration,
+    NearIdentityGate,
     ThresholdsFile,
 )
 from shared.errors import ConfigError, ContractError
@@ -163,6 +165,7 @@ def run_calibration(
     per_cluster: PerClusterMode = "auto",
     n_clusters: int | None = None,
     conformal_max: int = CONFORMAL_SCORES_MAX,
+    near_identity_quantile: float = NEAR_IDENTITY_QUANTILE_DEFAULT,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> CalibrationRun:
@@ -228,6 +231,16 @@ def run_calibration(
     except ConfigError as exc:
         pair_report["why"] = str(exc)
 
+    say("reading the near-identity gate off same-layout pairs")
+    gate: NearIdentityGate | None = None
+    gate_report: dict[str, Any] = {"available": False}
+    try:
+        gate = near_identity_gate(emb, labels, group_label=group_label, quantile=near_identity_quantile,
+                                  seed=seed)
+        gate_report = {"available": True, **gate.model_dump()}
+    except ConfigError as exc:
+        gate_report["why"] = str(exc)
+
     rng = np.random.default_rng(seed)
     cal_known = scores["known_cal"]
     if cal_known.size > conformal_max:
@@ -266,6 +279,7 @@ def run_calibration(
         cluster_rule=cluster_model.k_rule if cluster_model is not None else None,
         conformal=conformal,
         calibration=calibration_meta,
+        near_identity=gate,
     )
     summary: dict[str, Any] = {
         "command": "calibrate",
@@ -281,6 +295,7 @@ def run_calibration(
         "test_split": test_report,
         "per_cluster": cluster_report,
         "pairs": pair_report,
+        "near_identity": gate_report,
         "conformal": {
             "n_scores": len(conformal.scores),
             "n_total": conformal.n_total,

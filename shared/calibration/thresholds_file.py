@@ -5,6 +5,8 @@ One JSON document (:class:`ThresholdsFile`). The novelty score it speaks of is
 result is novel when ``novelty_score >= threshold``. The threshold is global,
 or per cluster when ``clusters`` is present (nearest centroid by cosine). Optional
 conformal calibration scores let the service gate by a false discovery rate.
+An optional ``near_identity`` gate says how near a library neighbour must be
+before hybrid duplicate confirmation checks the pair on pixels.
 
 Writes are atomic (temporary file in the same folder, fsync, rename), so a
 service reloading the file never reads half of it. Every problem reading a file
@@ -84,6 +86,17 @@ class ConformalCalibration(_Frozen):
         return value
 
 
+class NearIdentityGate(_Frozen):
+    """The hybrid confirmation's similarity gate for this model (:mod:`shared.calibration.near_identity`)."""
+
+    similarity: float = Field(ge=0.0, le=1.0)  # cosine: pixel checks only for neighbours at least this near
+    quantile: float = Field(ge=0.0, lt=0.5)  # of the same-group pair similarities it was read from
+    n_pairs: int = Field(ge=1)
+    pair_min: float | None = None
+    pair_median: float | None = None
+    group_label: str = "group"
+
+
 class ThresholdsFile(_Frozen):
     schema_version: Literal[1] = THRESHOLDS_SCHEMA_VERSION
     model_version: str = Field(min_length=1)
@@ -100,6 +113,7 @@ class ThresholdsFile(_Frozen):
     cluster_rule: str | None = None
     conformal: ConformalCalibration | None = None
     calibration: dict[str, float | int | str | None] = Field(default_factory=dict)
+    near_identity: NearIdentityGate | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ThresholdsFile:

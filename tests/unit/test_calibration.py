@@ -30,6 +30,7 @@ from shared.calibration import (
     save_thresholds,
 )
 from shared.calibration.cli import register
+from shared.calibration.near_identity import near_identity_gate
 from shared.calibration.roc import sweep
 from shared.calibration.thresholds import valley_threshold
 from shared.dataset import DatasetWriter
@@ -392,3 +393,46 @@ def test_calibrate_command_with_saved_embeddings(tmp_path: Path, capsys: pytest.
     ])
     with pytest.raises(ConfigError):
         bad.func(bad)
+
+
+# -- the near-identity gate of hybrid duplicate confirmation ----------------------------------------
+
+
+def test_near_identity_gate_is_the_low_quantile_of_same_layout_pairs() -> None:
+    # four layouts, two results each, at known cosine similarities 0.6, 0.7, 0.8, 0.9; a defective
+    # result of the first layout sits far from it (a defect is not a re-simulation: left out)
+    rows, labels = [], []
+    for g, similarity in enumerate((0.6, 0.7, 0.8, 0.9)):
+        a, b = np.zeros(8), np.zeros(8)
+        a[g] = 1.0
+        b[g], b[g + 4] = similarity, np.sqrt(1.0 - similarity**2)
+        rows += [a, b]
+        labels += [{"group": f"g{g}", "defect": "none"}, {"group": f"g{g}", "defect": "none"}]
+    rows.append(np.eye(8)[7])
+    labels.append({"group": "g0", "defect": "bridge"})
+    emb = np.array(rows, dtype=np.float32)
+    gate = near_identity_gate(emb, labels, quantile=0.0)
+    assert gate.similarity == pytest.approx(0.6, abs=1e-6) and gate.n_pairs == 4
+    assert gate.pair_median == pytest.approx(0.75, abs=1e-6)
+    assert near_identity_gate(emb, labels, quantile=0.34).similarity == pytest.approx(0.702, abs=1e-3)
+    with pytest.raises(ConfigError, match="quantile"):
+        near_identity_gate(emb, labels, quantile=0.7)
+    with pytest.raises(ConfigError):
+        near_identity_gate(emb, [{"group": f"g{i}"} for i in range(len(labels))])  # no same-layout pair
+
+
+def test_calibration_writes_the_near_identity_gate(tmp_path: Path) -> None:
+    emb, labels = grouped_embeddings(jitter=0.3)
+    tf, summary = calibrate_from_embeddings(emb, labels, model_version="m1", per_cluster="off",
+                                            near_identity_quantile=0.05)
+    same = [float(emb[i] @ emb[j]) for i in range(len(labels)) for j in range(i + 1, len(labels))
+            if labels[i]["group"] == labels[j]["group"]]
+    assert tf.near_identity is not None and tf.near_identity.quantile == 0.05
+    assert tf.near_identity.similarity == pytest.approx(float(np.quantile(same, 0.05)), abs=1e-5)
+    assert summary["near_identity"]["similarity"] == tf.near_identity.similarity
+    loaded = load_thresholds(save_thresholds(tmp_path / "t.json", tf))
+    assert loaded.near_identity == tf.near_identity
+    older = json.loads((tmp_path / "t.json").read_text())
+    del older["near_identity"]  # a file written before the gate existed still loads
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    assert load_thresholds(tmp_path / "old.json").near_identity is None
