@@ -2,14 +2,20 @@
 
 The dedupe stage misses re-simulations whose window moved further than its hash
 bands reach, or whose print changed with another dose or focus. The encoder
-still places such a result right next to its library entry, but a cosine
-similarity cannot say "this is the same result". So when the nearest library
-neighbour is nearly identical (similarity >= ``near_identity_similarity``), the
-pair is checked on pixels. An encoder that was not trained for window shifts
-puts the true entry among the nearest few dozen rather than first, so the
-``candidate_pool`` nearest entries above the gate are ranked by a coarse
-cross-correlation of the masks (:func:`coarse_score`, ~0.1 ms each, downsampled
-masks cached) and the best ``max_candidates`` are checked:
+still places such a result near its library entry, but a cosine similarity
+cannot say "this is the same result". So when the nearest library neighbour is
+near enough (similarity >= the gate), the pair is checked on pixels. Where the
+gate belongs depends on the encoder, so it is calibrated per model
+(:mod:`shared.calibration.near_identity`: a low quantile of the similarity of
+re-simulation pairs, written into the thresholds file by ``lithowatch
+calibrate``); ``near_identity_similarity`` is the fallback when the thresholds
+file has none. The gate only decides what is worth checking: it never confirms.
+
+An encoder trained on re-simulations with large window shifts puts the true
+entry first or among the first three (an untrained one: among the nearest few
+dozen), so the ``candidate_pool`` nearest entries above the gate are ranked by a
+coarse cross-correlation of the masks (:func:`coarse_score`, ~0.1 ms each,
+downsampled masks cached) and the best ``max_candidates`` are checked:
 
 1. **exact**: the same canonical pixels (:func:`shared.hashing.exact_digest`);
 2. **hash path**: the result's mask is registered to the neighbour's mask by a
@@ -45,9 +51,9 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from services.dedupe.core import DedupeSettings, _print_mismatch, verify_shifted_match
+from services.novelty.confirm_settings import ConfirmSettings
 from shared import metrics
 from shared.contracts import DuplicateRecord, EmbeddedResult, ImageRef, Neighbour, Topics
 from shared.errors import ImageError, InputError
@@ -60,31 +66,6 @@ STAGE = "novelty"
 ImageLoadFn = Callable[[ImageRef], np.ndarray]
 Path_ = Literal["exact", "hash", "descriptors"]
 REFINE_PX = 2  # integer shifts tried around the RANSAC translation
-
-
-class ConfirmSettings(BaseModel):
-    """Tunables of the confirmation (defaults measured with ``bench/hybrid_bench.py``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    near_identity_similarity: float = Field(0.95, ge=0.0, le=1.0)  # cosine gate on the neighbour
-    candidate_pool: int = Field(20, ge=1, le=200)  # nearest entries above the gate that are ranked
-    max_candidates: int = Field(3, ge=1, le=20)  # best-ranked candidates checked on pixels
-    coarse_scale: int = Field(4, ge=1, le=16)  # downsampling of the masks for the ranking
-    max_shift_px: int = Field(56, ge=0, le=120)  # translation the registration searches
-    min_overlap_fraction: float = Field(0.35, gt=0.0, le=1.0)  # of the clip area, after the shift
-    mask_mismatch_max_px: int = Field(4, ge=0)  # mask pixels that may differ on the overlap
-    mask_hash_radius_bits: int = Field(24, ge=0, le=256)  # spectral hash of the mask overlaps
-    print_tolerance_px: int = Field(2, ge=0, le=8)  # print edges dose and focus may move
-    print_mismatch_max_px: int = Field(40, ge=0)  # print pixels beyond that which may differ
-    orb_features: int = Field(800, ge=50, le=5000)
-    ratio_test: float = Field(0.8, gt=0.0, lt=1.0)
-    ransac_threshold_px: float = Field(2.0, gt=0.0)
-    min_inliers: int = Field(10, ge=4)
-    max_scale_error: float = Field(0.02, ge=0.0)
-    max_rotation_deg: float = Field(1.0, ge=0.0)
-    descriptor_mask_mismatch_max_px: int = Field(8, ge=0)  # after dropping 1 px slivers
-    max_panel_points: int = Field(40, ge=0, le=500)  # matched keypoints kept in the record
 
 
 @dataclass(frozen=True)
@@ -298,23 +279,41 @@ class HybridConfirmer:
     """The novelty core's ``confirm`` hook (see the module docstring)."""
 
     def __init__(self, load: ImageLoadFn, settings: ConfirmSettings | None = None,
-                 library: Callable[[], LibraryState | None] | None = None) -> None:
+                 library: Callable[[], LibraryState | None] | None = None,
+                 gate: Callable[[], float | None] | None = None) -> None:
         self.load = load
         self.settings = settings or ConfirmSettings()
         self._library = library
+        self._gate = gate
         self.last_seconds = 0.0
         self.coarse_cache_size = 8192  # downsampled library masks (16 KiB each at 256 px)
         self._coarse_cache: dict[tuple[str, str], np.ndarray] = {}
 
     @classmethod
-    def from_settings(cls, settings: Any, library: Callable[[], LibraryState | None]) -> HybridConfirmer:
-        """Built from the novelty service's settings (blob root, image limit, similarity gate)."""
+    def from_settings(
+        cls, settings: Any, library: Callable[[], LibraryState | None],
+        gate: Callable[[], float | None] | None = None,
+    ) -> HybridConfirmer:
+        """Built from the novelty service's settings (blob root, image limit, pool sizes); the
+        similarity gate is the setting when given, else what ``gate`` says (the thresholds file)."""
         from shared.blobstore import LocalBlobStore
         from shared.imageref import ImageLoader
 
         loader = ImageLoader(LocalBlobStore(settings.blob_root), settings.max_image_pixels)
-        confirm = ConfirmSettings(near_identity_similarity=settings.near_identity_similarity)
-        return cls(loader, confirm, library)
+        overrides: dict[str, Any] = {
+            "candidate_pool": settings.confirm_candidate_pool,
+            "max_candidates": settings.confirm_max_candidates,
+        }
+        if settings.near_identity_similarity is not None:
+            overrides["near_identity_similarity"] = settings.near_identity_similarity
+            gate = None
+        return cls(loader, ConfirmSettings(**overrides), library, gate)
+
+    @property
+    def gate(self) -> float:
+        """The similarity gate in force: the calibrated value when there is one, else the settings'."""
+        calibrated = self._gate() if self._gate is not None else None
+        return self.settings.near_identity_similarity if calibrated is None else calibrated
 
     def _library_refs(self, neighbour: Neighbour) -> tuple[ImageRef | None, ImageRef | None]:
         if neighbour.mask is not None and neighbour.simulated is not None:
@@ -327,7 +326,7 @@ class HybridConfirmer:
         self, neighbours: Sequence[Neighbour], vector: np.ndarray, exclude: str
     ) -> list[Neighbour]:
         """Entries above the gate: the core's neighbours plus, when the library is at hand, the pool."""
-        gate = self.settings.near_identity_similarity
+        gate = self.gate
         pool = list(neighbours)
         if not pool or max(n.similarity for n in pool) < gate:
             return []  # the nearest entry is below the gate, so is everything farther

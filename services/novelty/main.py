@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from services.novelty.confirm_settings import CANDIDATE_POOL_DEFAULT, MAX_CANDIDATES_DEFAULT
 from services.novelty.core import NoveltyConfig, NoveltyCore
 from services.novelty.library_feed import LibraryFeed
 from shared.calibration.policy import ThresholdPolicy
@@ -31,7 +32,10 @@ class NoveltySettings(StageSettings):
     novelty_provisional: bool = True
     index_kind: str = "auto"
     hybrid_confirm: bool = False
-    near_identity_similarity: float = Field(0.95, ge=0.0, le=1.0)  # measured: bench/hybrid_bench.py
+    # None: the thresholds file's calibrated gate (lithowatch calibrate), else ConfirmSettings' default
+    near_identity_similarity: float | None = Field(None, ge=0.0, le=1.0)
+    confirm_candidate_pool: int = Field(CANDIDATE_POOL_DEFAULT, ge=1, le=200)
+    confirm_max_candidates: int = Field(MAX_CANDIDATES_DEFAULT, ge=1, le=20)
 
 
 class ThresholdsWatcher:
@@ -79,6 +83,11 @@ class ThresholdsWatcher:
     def __call__(self) -> ThresholdPolicy:
         return self.policy
 
+    def near_identity_similarity(self) -> float | None:
+        """The hybrid confirmation gate calibrated for the model (None when the file has none)."""
+        gate = self.policy.file.near_identity
+        return gate.similarity if gate is not None else None
+
 
 def main(settings_file: str | None = None) -> int:
     settings = load_settings(NoveltySettings, settings_file)
@@ -109,7 +118,19 @@ def main(settings_file: str | None = None) -> int:
     if settings.hybrid_confirm:
         from services.novelty.confirm import HybridConfirmer
 
-        confirm = HybridConfirmer.from_settings(settings, lambda: feed.state)
+        confirm = HybridConfirmer.from_settings(
+            settings, lambda: feed.state, watcher.near_identity_similarity
+        )
+        if settings.near_identity_similarity is not None:
+            source = "LITHOWATCH_NEAR_IDENTITY_SIMILARITY"
+        elif watcher.near_identity_similarity() is not None:
+            source = "the thresholds file (calibrated for the model)"
+        else:
+            source = "the default: the thresholds file has no calibrated gate (run lithowatch calibrate)"
+        log.info(
+            "hybrid confirmation: gate %.4f from %s; pool %d, %d checked on pixels",
+            confirm.gate, source, confirm.settings.candidate_pool, confirm.settings.max_candidates,
+        )
     core = NoveltyCore(
         lambda: feed.state,
         watcher,

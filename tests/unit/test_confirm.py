@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,21 +13,28 @@ from services.explain.duplicates import duplicate_tiles, render_duplicate_panel
 from services.novelty.confirm import Clip, ConfirmSettings, HybridConfirmer, confirm_pair, descriptor_path
 from shared.contracts import DuplicateRecord, EmbeddedResult, Hashes, Neighbour, Topics, Transform, Vector
 from shared.imageref import ImageLoader, make_image_ref
-from shared.litho import ClipSample, FarmGenerator, Variant
+from shared.litho import ClipSample, FarmGenerator, Variant, applicable_defects
 
 SETTINGS = ConfirmSettings()
 
 
 @lru_cache(maxsize=1)
 def samples() -> dict[str, ClipSample]:
-    """A shapes layout nominally and re-simulated (30 px shift, other dose and focus), a sibling layout."""
+    """A shapes layout nominally, re-simulated (30 px and 46 px shifts, other dose and focus) and with a
+    mask defect (small shift), and a sibling layout."""
     farm = FarmGenerator(seed=3, families=("shapes",))
     layout = farm.new_layout()
     group = farm.group_id(layout)
     other = farm.new_layout()
+    small = Variant(shift_px=(5, -3))
+    defective = farm.render_any_defect(layout, group, small, applicable_defects(layout, farm.window_nm(
+        small.shift_px), farm.rng))
+    assert defective.labels["defect"] != "none"
     return {
         "library": farm.render(layout, group),
         "resim": farm.render(layout, group, Variant(shift_px=(30, -22), dose=1.03, defocus_nm=40.0)),
+        "far_resim": farm.render(layout, group, Variant(shift_px=(-46, 38), dose=0.96, defocus_nm=-60.0)),
+        "defective": defective,
         "sibling": farm.render(other, farm.group_id(other), Variant(shift_px=(30, -22))),
     }
 
@@ -41,6 +49,15 @@ def test_true_resimulation_is_confirmed_by_the_hash_path() -> None:
     assert found is not None and found.method == "embedding+hash"
     assert found.details["shift_px"] == [30, -22]
     assert found.details["mask_hash_bits"] <= SETTINGS.mask_hash_radius_bits
+
+
+def test_resimulation_with_a_larger_shift_and_another_focus_is_confirmed() -> None:
+    found = confirm_pair(clip("library"), clip("far_resim"), SETTINGS)
+    assert found is not None and found.details["shift_px"] == [-46, 38]
+
+
+def test_resimulation_with_a_mask_defect_is_refused() -> None:
+    assert confirm_pair(clip("library"), clip("defective"), SETTINGS) is None
 
 
 def test_descriptor_path_alone_recovers_the_shift_of_a_resimulation() -> None:
@@ -97,6 +114,33 @@ def test_confirmer_publishes_a_duplicate_only_above_the_similarity_gate() -> Non
     assert confirmer(result("resim", "q-4"), vector, [broken]) is None  # no images: scored as usual
 
 
+def test_calibrated_gate_from_the_thresholds_file_applies_unless_the_setting_is_given(tmp_path: Path) -> None:
+    vector = np.ones(4, np.float32) / 2.0
+    calibrated: list[float | None] = [0.98]
+    confirmer = HybridConfirmer(ImageLoader(), ConfirmSettings(near_identity_similarity=0.95),
+                                gate=lambda: calibrated[0])
+    assert confirmer.gate == 0.98
+    assert confirmer(result("resim", "q-1"), vector, [neighbour("library", 0.97)]) is None  # below 0.98
+    calibrated[0] = 0.6  # the file was recalibrated (hot reload): the same neighbour now passes
+    out = confirmer(result("resim", "q-2"), vector, [neighbour("library", 0.97)])
+    assert out is not None and out.value.duplicate_of == "lib-library"
+    calibrated[0] = None  # a thresholds file without a gate: the settings' value
+    assert confirmer.gate == 0.95
+
+    class ServiceSettings:
+        blob_root = tmp_path / "blobs"
+        max_image_pixels = 1 << 20
+        near_identity_similarity: float | None = 0.9
+        confirm_candidate_pool = 7
+        confirm_max_candidates = 2
+
+    explicit = HybridConfirmer.from_settings(ServiceSettings(), lambda: None, lambda: 0.5)
+    assert explicit.gate == 0.9 and explicit.settings.candidate_pool == 7
+    assert explicit.settings.max_candidates == 2
+    ServiceSettings.near_identity_similarity = None
+    assert HybridConfirmer.from_settings(ServiceSettings(), lambda: None, lambda: 0.5).gate == 0.5
+
+
 def test_duplicate_panel_draws_the_matched_keypoints() -> None:
     agreed, details = descriptor_path(clip("library"), clip("resim"), SETTINGS)
     assert agreed
@@ -109,3 +153,21 @@ def test_duplicate_panel_draws_the_matched_keypoints() -> None:
     bare = render_duplicate_panel(plain, "q-1", "lib-1", "embedding+descriptors")
     assert panel.shape == bare.shape and panel.dtype == np.uint8
     assert not np.array_equal(panel, bare)
+
+
+def test_novelty_service_reads_the_calibrated_gate_from_the_thresholds_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.novelty.main import NoveltySettings, ThresholdsWatcher
+    from shared.calibration.thresholds_file import NearIdentityGate, ThresholdsFile, save_thresholds
+
+    path = tmp_path / "thresholds.json"
+    save_thresholds(path, ThresholdsFile(model_version="m", global_threshold=0.2, method="fixed",
+                                         near_identity=NearIdentityGate(similarity=0.71, quantile=0.01,
+                                                                        n_pairs=300)))
+    assert ThresholdsWatcher(path, 0.1, None).near_identity_similarity() == 0.71
+    save_thresholds(path, ThresholdsFile(model_version="m", global_threshold=0.2, method="fixed"))
+    assert ThresholdsWatcher(path, 0.1, None).near_identity_similarity() is None
+    assert ThresholdsWatcher(None, 0.1, None).near_identity_similarity() is None
+    monkeypatch.delenv("LITHOWATCH_NEAR_IDENTITY_SIMILARITY", raising=False)
+    assert NoveltySettings().near_identity_similarity is None  # the calibrated gate unless set

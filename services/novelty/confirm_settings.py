@@ -1,0 +1,38 @@
+"""Settings of hybrid duplicate confirmation (:mod:`services.novelty.confirm`).
+
+A module of its own so the novelty service's settings can name the defaults
+without importing OpenCV.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CANDIDATE_POOL_DEFAULT = 20
+MAX_CANDIDATES_DEFAULT = 3
+
+
+class ConfirmSettings(BaseModel):
+    """Tunables of the confirmation (defaults measured with ``bench/hybrid_bench.py``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    near_identity_similarity: float = Field(0.95, ge=0.0, le=1.0)  # cosine gate on the neighbour
+    # nearest entries above the gate, ranked by coarse NCC of the masks
+    candidate_pool: int = Field(CANDIDATE_POOL_DEFAULT, ge=1, le=200)
+    max_candidates: int = Field(MAX_CANDIDATES_DEFAULT, ge=1, le=20)  # best-ranked, checked on pixels
+    coarse_scale: int = Field(4, ge=1, le=16)  # downsampling of the masks for the ranking
+    max_shift_px: int = Field(56, ge=0, le=120)  # translation the registration searches
+    min_overlap_fraction: float = Field(0.35, gt=0.0, le=1.0)  # of the clip area, after the shift
+    mask_mismatch_max_px: int = Field(4, ge=0)  # mask pixels that may differ on the overlap
+    mask_hash_radius_bits: int = Field(24, ge=0, le=256)  # spectral hash of the mask overlaps
+    print_tolerance_px: int = Field(2, ge=0, le=8)  # print edges dose and focus may move
+    print_mismatch_max_px: int = Field(40, ge=0)  # print pixels beyond that which may differ
+    orb_features: int = Field(800, ge=50, le=5000)
+    ratio_test: float = Field(0.8, gt=0.0, lt=1.0)
+    ransac_threshold_px: float = Field(2.0, gt=0.0)
+    min_inliers: int = Field(10, ge=4)
+    max_scale_error: float = Field(0.02, ge=0.0)
+    max_rotation_deg: float = Field(1.0, ge=0.0)
+    descriptor_mask_mismatch_max_px: int = Field(8, ge=0)  # after dropping 1 px slivers
+    max_panel_points: int = Field(40, ge=0, le=500)  # matched keypoints kept in the record
