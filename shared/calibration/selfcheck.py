@@ -44,7 +44,9 @@ def candidate_generalisation(seeds: int) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for name, (novel, known) in SCENARIOS.items():
         for n_pos, n_neg in SIZES:
-            gaps: dict[str, list[float]] = {"f1_max": [], "youden_j": [], "valley": [], "recommended": []}
+            gaps: dict[str, list[float]] = {
+                "f1_smooth": [], "f1_max": [], "youden_j": [], "valley": [], "recommended": []
+            }
             for seed in range(seeds):
                 rng = np.random.default_rng(seed)
                 pos, neg = novel(rng, n_pos), known(rng, n_neg)

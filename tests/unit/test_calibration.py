@@ -30,9 +30,10 @@ from shared.calibration import (
     save_thresholds,
 )
 from shared.calibration.cli import register
+from shared.calibration.gap import gap_over_seeds, plot_gaps
 from shared.calibration.near_identity import near_identity_gate
-from shared.calibration.roc import sweep
-from shared.calibration.thresholds import valley_threshold
+from shared.calibration.roc import confusion_at, sweep
+from shared.calibration.thresholds import f1_smooth_threshold, valley_threshold
 from shared.dataset import DatasetWriter
 from shared.errors import ConfigError, ContractError
 
@@ -64,7 +65,7 @@ def test_perfect_separator_gives_auroc_one_and_threshold_strictly_between() -> N
     positives = rng.uniform(0.6, 1.0, 150)
     rec = recommend_threshold(positives, negatives)
     assert rec.auroc == 1.0
-    assert rec.method == "f1_max"
+    assert rec.method == "f1_smooth"
     assert negatives.max() < rec.threshold < positives.min()
     for candidate in rec.candidates:
         if candidate.threshold is not None:
@@ -113,7 +114,7 @@ def test_precision_target_reports_recall_it_costs() -> None:
     f1_max = rec.candidate("f1_max")
     assert f1_max is not None and f1_max.recall is not None and f1_max.recall > chosen.recall
     unreachable = recommend_threshold(positives, np.r_[negatives, 99.0], precision_target=0.999)
-    assert unreachable.method == "f1_max" and "unreachable" in unreachable.reason
+    assert unreachable.method == "f1_smooth" and "unreachable" in unreachable.reason
     missing = unreachable.candidate("precision_target")
     assert missing is not None and missing.threshold is None
 
@@ -123,13 +124,58 @@ def test_f1_max_on_overlapping_gaussians_generalises_to_held_out_split() -> None
     positives = rng.normal(1.5, 1.0, 4000)
     negatives = rng.normal(0.0, 1.0, 6000)
     rec = recommend_threshold(positives[:2000], negatives[:3000])
-    assert rec.method == "f1_max"
+    assert rec.method == "f1_smooth"
     test_pos, test_neg = positives[2000:], negatives[3000:]
     tp = (test_pos >= rec.threshold).sum()
     fp = (test_neg >= rec.threshold).sum()
     f1_test = 2 * tp / (tp + fp + test_pos.size)
     best_test = sweep(test_pos, test_neg).f1.max()
     assert best_test - f1_test <= 0.02
+
+
+def test_smoothed_f1_stays_in_a_narrow_gap_and_within_one_standard_error() -> None:
+    rng = np.random.default_rng(11)
+    negatives = rng.uniform(0.0, 0.30, 300)
+    positives = rng.uniform(0.305, 1.0, 40)  # gap far narrower than either kernel
+    chosen = recommend_threshold(positives, negatives).candidate("f1_smooth")
+    assert chosen is not None and chosen.threshold is not None
+    assert negatives.max() < chosen.threshold < positives.min()
+    overlapping_pos, overlapping_neg = rng.normal(1.0, 1.0, 80), rng.normal(0.0, 1.0, 400)
+    sw = sweep(overlapping_pos, overlapping_neg)
+    best = sw.f1.max()
+    smooth = f1_smooth_threshold(overlapping_pos, overlapping_neg, sw)
+    assert smooth.f1 is not None and smooth.f1 >= best - np.sqrt(best * (1 - best) / 80) - 1e-12
+
+
+def test_smoothed_f1_loses_less_than_raw_f1_max_on_fresh_samples() -> None:
+    gaps: dict[str, list[float]] = {"f1_smooth": [], "f1_max": []}
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        positives, negatives = rng.normal(1.5, 1.0, 60), rng.normal(0.0, 1.0, 200)
+        test_pos, test_neg = rng.normal(1.5, 1.0, 6000), rng.normal(0.0, 1.0, 20000)
+        best = sweep(test_pos, test_neg).f1.max()
+        rec = recommend_threshold(positives, negatives)
+        for method in gaps:
+            candidate = rec.candidate(method)
+            assert candidate is not None and candidate.threshold is not None
+            gaps[method].append(best - confusion_at(test_pos, test_neg, candidate.threshold)["f1"])
+    assert np.mean(gaps["f1_smooth"]) < np.mean(gaps["f1_max"])
+
+
+def test_gap_over_seeds_reports_every_method_and_writes_its_plot(tmp_path: Path) -> None:
+    emb, labels = grouped_embeddings(n_groups=60, per_group=4, jitter=0.6)
+    result = gap_over_seeds(emb, labels, [0, 1, 2], novel_group_fraction=0.3)
+    assert result["seeds"] == [0, 1, 2] and len(result["rows"]) == 3
+    assert {"recommended", "f1_smooth", "f1_max", "youden_j"} <= set(result["summary"])
+    for row in result["rows"]:
+        assert row["gap"] == pytest.approx(row["best_f1_test"] - row["f1_test"])
+        assert row["gap"] >= -1e-12 and row[f"gap_{row['method']}"] == pytest.approx(row["gap"])
+    summary = result["summary"]["recommended"]
+    assert summary["seeds"] == 3 and summary["worst_gap"] >= summary["mean_gap"]
+    assert summary["within_bar"] == sum(row["gap"] <= result["bar"] for row in result["rows"])
+    assert plot_gaps(result, tmp_path / "gaps.png", "gaps").stat().st_size > 1000
+    with pytest.raises(ConfigError):
+        gap_over_seeds(emb, labels, [])
 
 
 def test_valley_sits_between_the_modes() -> None:
