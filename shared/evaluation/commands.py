@@ -41,7 +41,8 @@ def plot_bars(table: Mapping[str, Mapping[str, float]], path: Path, title: str) 
     for i, name in enumerate(names):
         xs = np.arange(len(metrics)) + i * width
         ax.bar(xs, [table[name][m] for m in metrics], width=width, label=name)
-    ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, metrics)
+    ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, metrics, fontsize=8)
+    ax.axhline(0.0, color="k", lw=0.5)
     ax.set_title(title)
     ax.legend(fontsize=8, frameon=False)
     return save_figure(fig, path)
@@ -195,6 +196,14 @@ def eval_clusters(
     return summary
 
 
+def _log1p_or_none(value: LabelValue) -> LabelValue:
+    """``log(1 + value)`` of a numeric label above -1; ``None`` for anything else."""
+    if value is None or isinstance(value, bool | str):
+        return None
+    number = float(value)
+    return float(np.log1p(number)) if np.isfinite(number) and number > -1.0 else None
+
+
 def eval_transfer(
     feature_sets: Mapping[str, np.ndarray],
     labels: Sequence[Mapping[str, LabelValue]],
@@ -207,22 +216,35 @@ def eval_transfer(
     seed: int = 0,
     report_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Ridge R^2 on the severity label and logistic accuracy on the defect label, per feature set.
+    """Ridge R^2 on severity and logistic accuracy on defect type, per feature set.
 
-    By default severity is regressed over defective items only (defect label set
-    and not ``"none"``): over all items the many zeros of clean results would make
-    "is there a defect" the whole of the task.
+    Tasks: the severity label as it is and as ``log1p`` (areas span two orders of
+    magnitude: on the raw scale a few large defects decide R^2); the defect label
+    over every item, and over defective items only (over all items "none" is the
+    majority and accuracy mostly measures defect detection). By default severity
+    is regressed over defective items only (defect label set and not ``"none"``):
+    over all items the many zeros of clean results would make "is there a defect"
+    the whole of the task. Every feature set gets the same model and folds; each
+    result carries its chance level (R^2 0, or the majority class share).
     """
     groups = _column(labels, group_label) if group_label else None
     defects = _column(labels, defect_label)
+    defective = [d not in (None, "none") for d in defects]
+    severity = _column(labels, severity_label)
+    if severity_of_defective_only:
+        severity = [v if keep else None for v, keep in zip(severity, defective, strict=True)]
+    columns: dict[str, tuple[list[LabelValue], Task]] = {
+        severity_label: (severity, "regression"),
+        f"log1p({severity_label})": ([_log1p_or_none(v) for v in severity], "regression"),
+        defect_label: (defects, "classification"),
+        f"{defect_label} (defective only)": (
+            [d if keep else None for d, keep in zip(defects, defective, strict=True)], "classification"
+        ),
+    }
     tasks: dict[str, dict[str, Any]] = {}
-    jobs: tuple[tuple[str, Task], ...] = ((severity_label, "regression"), (defect_label, "classification"))
-    for target, task in jobs:
-        column = _column(labels, target)
-        if task == "regression" and severity_of_defective_only:
-            column = [v if d not in (None, "none") else None for v, d in zip(column, defects, strict=True)]
+    for target, (column, task) in columns.items():
         if all(v is None for v in column):
-            tasks[target] = {"skipped": f"no item carries the label {target!r}"}
+            tasks[target] = {"skipped": f"no item carries a usable {target!r}"}
             continue
         try:
             results = compare_transfer(
@@ -240,17 +262,27 @@ def eval_transfer(
     }
     if report_dir is not None:
         tables = []
+        bars: dict[str, dict[str, float]] = {}
         for target, per_features in tasks.items():
             if "skipped" in per_features:
                 continue
             tables.append(Table(target, [{"features": n, **r} for n, r in per_features.items()]))
+            for name, result in per_features.items():
+                bars.setdefault(name, {})[target] = float(result["mean"])
+            bars.setdefault("chance", {})[target] = float(next(iter(per_features.values()))["chance"])
+        images = []
+        if bars and all(len(v) == len(bars["chance"]) for v in bars.values()):
+            plot_bars(bars, report_dir / "transfer.png", "transfer: R^2 (severity), accuracy (defect)")
+            images.append(("transfer.png", "cross-validated score per task and feature set, beside chance"))
         section = Section(
             "Transfer to labels the encoder never saw",
             paragraphs=[
-                "Light models on frozen features, cross-validated; chance = predicting the mean "
-                "(R^2 0) or the majority class."
+                "Light models on frozen features (standardised; ridge with its alpha chosen by "
+                "cross-validation, or logistic regression), cross-validated with the same folds for every "
+                "feature set; chance = predicting the mean (R^2 0) or the majority class."
             ],
             tables=tables,
+            images=images,
         )
         write_html_report(report_dir, "lithowatch eval transfer", [section], summary)
     return summary

@@ -245,6 +245,31 @@ def test_eval_functions_write_reports(tmp_path: Path) -> None:
     )
     assert transfer["tasks"]["defect"]["encoder"]["mean"] >= transfer["tasks"]["defect"]["pixels"]["mean"]
     assert (tmp_path / "t" / "index.html").exists()
+    assert "transfer.png" in (tmp_path / "t" / "index.html").read_text()
+
+
+def test_eval_transfer_log_severity_and_defect_type_among_defective_items() -> None:
+    rng = np.random.default_rng(12)
+    n = 240
+    kinds = np.array(["none", "bridge", "pinch"])[rng.integers(0, 3, n)]
+    area = np.where(kinds == "none", 0.0, np.exp(rng.uniform(3.0, 9.0, n)))  # two orders of magnitude
+    labels = [{"group": f"g{i // 4}", "defect": str(k), "severity": float(a)}
+              for i, (k, a) in enumerate(zip(kinds, area, strict=True))]
+    log_area = np.log1p(area)
+    informative = np.c_[log_area, kinds == "bridge", kinds == "pinch"] + 0.05 * rng.normal(size=(n, 3))
+    noise = rng.normal(size=(n, 3))
+    tasks = eval_transfer({"encoder": informative, "noise": noise}, labels, n_splits=4)["tasks"]
+    defective = kinds != "none"
+    log_task = tasks["log1p(severity)"]
+    assert log_task["encoder"]["n"] == int(defective.sum())  # defective items only
+    assert log_task["encoder"]["mean"] > 0.95 and log_task["noise"]["mean"] < 0.1
+    assert log_task["encoder"]["chance"] == 0.0
+    assert tasks["log1p(severity)"]["encoder"]["mean"] > tasks["severity"]["encoder"]["mean"]
+    by_type = tasks["defect (defective only)"]
+    majority = max((kinds == "bridge").sum(), (kinds == "pinch").sum()) / defective.sum()
+    assert by_type["encoder"]["chance"] == pytest.approx(majority)
+    assert by_type["encoder"]["mean"] > 0.95 and by_type["encoder"]["n"] == int(defective.sum())
+    assert tasks["defect"]["encoder"]["n"] == n
 
 
 def test_eval_retrieval_command_with_baselines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
