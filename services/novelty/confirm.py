@@ -35,6 +35,11 @@ downsampled masks cached) and the best ``max_candidates`` are checked:
    at least ``min_inliers`` inliers, and, at that translation, masks that agree
    on the overlap up to slivers one pixel wide, and prints judged as above.
 
+Either path's registration is refused when another shift at which the masks
+match as well sees more of the pair and disagrees only where the accepted one
+did not look (:mod:`services.novelty.blind_spot`): on a periodic layout a shift
+one period off can hide a defect near the border outside the overlap.
+
 A confirmed pair becomes a :class:`DuplicateRecord` of the library entry
 (``embedding+hash`` or ``embedding+descriptors``), with the similarity, the
 shift, the hash distances or the inliers, and (capped) matched keypoint
@@ -53,6 +58,8 @@ import cv2
 import numpy as np
 
 from services.dedupe.core import DedupeSettings, _print_mismatch, verify_shifted_match
+from services.novelty.blind_spot import blind_spot_conflict
+from services.novelty.blind_spot import overlap_windows as _overlap
 from services.novelty.confirm_settings import ConfirmSettings
 from shared import metrics
 from shared.contracts import DuplicateRecord, EmbeddedResult, ImageRef, Neighbour, Topics
@@ -99,14 +106,6 @@ class Confirmation:
         return "embedding+descriptors" if self.path == "descriptors" else "embedding+hash"
 
 
-def _overlap(shape: tuple[int, int], dx: int, dy: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-    """Windows of ``a`` and ``b`` that see the same layout when ``b[y, x] == a[y + dy, x + dx]``."""
-    h, w = shape
-    in_a = (slice(max(0, dy), h + min(0, dy)), slice(max(0, dx), w + min(0, dx)))
-    in_b = (slice(max(0, -dy), h + min(0, -dy)), slice(max(0, -dx), w + min(0, -dx)))
-    return in_a, in_b
-
-
 def _phash(binary: np.ndarray) -> int:
     digest = cv2.img_hash.pHash(binary.astype(np.uint8) * 255)
     return int.from_bytes(np.asarray(digest, dtype=np.uint8).tobytes(), "big")
@@ -148,6 +147,23 @@ def coarse_score(library_coarse: np.ndarray, query_coarse: np.ndarray, settings:
 # -- the hash path -----------------------------------------------------------------------------
 
 
+def _blind_spot(
+    library: Clip, query: Clip, shift: tuple[int, int], settings: ConfirmSettings
+) -> list[int] | None:
+    """A registration that sees more of the pair and disagrees only where ``shift`` did not look."""
+    found = blind_spot_conflict(
+        library.mask_u8, library.print_binary, query.mask_u8, query.print_binary, shift,
+        max_shift_px=min(settings.max_shift_px, 96),
+        mask_tolerance_levels=DedupeSettings().mask_tolerance_levels,
+        mask_mismatch_max_px=settings.mask_mismatch_max_px, print_tolerance_px=settings.print_tolerance_px,
+        print_mismatch_max_px=settings.print_mismatch_max_px,
+    )
+    if found is None:
+        return None
+    metrics.CONFIRMATIONS.labels("gate", "blind_spot").inc()
+    return [found[0], found[1]]
+
+
 def hash_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tuple[bool, dict[str, Any]]:
     """Register the masks by translation, then compare the hashes of the overlaps."""
     dedupe = DedupeSettings(
@@ -174,8 +190,13 @@ def hash_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tuple[bo
     )
     print_bits = hamming_distance(_phash(library.print_binary[in_lib]), _phash(query.print_binary[in_query]))
     details.update(mask_hash_bits=mask_bits, print_hash_bits=print_bits)
-    agreed = mask_bits <= settings.mask_hash_radius_bits
-    return agreed, details
+    if mask_bits > settings.mask_hash_radius_bits:
+        return False, details
+    hidden = _blind_spot(library, query, (dx, dy), settings)
+    if hidden is not None:
+        details["blind_spot_shift_px"] = hidden
+        return False, details
+    return True, details
 
 
 # -- the descriptor path -----------------------------------------------------------------------
@@ -244,6 +265,10 @@ def descriptor_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tu
                                      settings.print_tolerance_px)
     details["print_mismatch_px"] = print_mismatch
     if print_mismatch > settings.print_mismatch_max_px:
+        return False, details
+    hidden = _blind_spot(library, query, (best[1], best[2]), settings)
+    if hidden is not None:
+        details["blind_spot_shift_px"] = hidden
         return False, details
     details["print_hash_bits"] = hamming_distance(
         _phash(library.print_binary[in_lib]), _phash(query.print_binary[in_query])

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.dedupe.core import DedupeSettings, verify_shifted_match
 from services.explain.duplicates import duplicate_tiles, render_duplicate_panel
+from services.novelty.blind_spot import blind_spot_conflict
 from services.novelty.confirm import Clip, ConfirmSettings, HybridConfirmer, confirm_pair, descriptor_path
 from shared.contracts import DuplicateRecord, EmbeddedResult, Hashes, Neighbour, Topics, Transform, Vector
 from shared.imageref import ImageLoader, make_image_ref
@@ -171,3 +173,37 @@ def test_novelty_service_reads_the_calibrated_gate_from_the_thresholds_file(
     assert ThresholdsWatcher(None, 0.1, None).near_identity_similarity() is None
     monkeypatch.delenv("LITHOWATCH_NEAR_IDENTITY_SIMILARITY", raising=False)
     assert NoveltySettings().near_identity_similarity is None  # the calibrated gate unless set
+
+
+def grating_windows(bridge: bool) -> tuple[Clip, Clip]:
+    """A grating (14 px lines, 38 px pitch, cut at one height) seen nominally, and
+    re-simulated 1 px right and 4 px down, with or without a bridge in the result's last 16 px."""
+    canvas = np.zeros((400, 400), np.float32)
+    for x in range(0, 400, 38):
+        canvas[92:308, x:x + 14] = 1.0
+    canvas[196:204] = 0.0  # every line cut at one height: the layout repeats along x only
+    library = canvas[72:328, 72:328].copy()
+    result = canvas[76:332, 73:329].copy()  # result[y, x] == library[y + 4, x + 1]
+    if bridge:  # from the line at x 231-244 across the gap to the edge: within 40 px of it
+        assert result[150, 238] == 1.0 and not result[150, 245:].any()
+        result[140:160, 240:256] = 1.0
+    return Clip(library, library.copy()), Clip(result, result.copy())
+
+
+def test_a_defect_hidden_by_a_registration_one_period_off_is_refused() -> None:
+    clean_library, clean = grating_windows(bridge=False)
+    found = confirm_pair(clean_library, clean, SETTINGS)
+    assert found is not None and found.details["shift_px"] == [1, 4]
+    library, bridged = grating_windows(bridge=True)
+    # the dedupe stage's registration alone accepts a shift one pitch off: the bridge is then
+    # outside the overlap, where nothing was compared
+    alias = verify_shifted_match(library.mask_u8, library.print_binary, bridged.mask_u8, bridged.print_binary,
+                                 DedupeSettings(verify_max_shift_px=56))
+    assert alias is not None and alias["shift_px"] != [1, 4]
+    shift = (alias["shift_px"][0], alias["shift_px"][1])
+    assert blind_spot_conflict(
+        library.mask_u8, library.print_binary, bridged.mask_u8, bridged.print_binary, shift,
+        max_shift_px=56, mask_tolerance_levels=2, mask_mismatch_max_px=4, print_tolerance_px=2,
+        print_mismatch_max_px=40,
+    ) == (1, 4)
+    assert confirm_pair(library, bridged, SETTINGS) is None

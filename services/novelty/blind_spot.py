@@ -1,0 +1,103 @@
+"""Refuse a registration that hides a difference in its blind spot.
+
+Registering two clips by a translation leaves a strip of each outside the
+overlap: pixels no check has seen. For a real re-simulation that strip is new
+layout that entered the window. On a periodic layout (gratings, arrays, SRAM)
+the masks match at several shifts a period apart, and a defect near the border
+can then be hidden: at the true shift the masks or prints differ at the defect,
+one period further they agree everywhere on the (smaller) overlap, because the
+defect now lies in the strip. Measured: a bridge 30 px from the edge of a
+grating, re-simulated with a 4 px shift, was confirmed at a 38 px shift.
+
+So after a shift ``S`` is accepted, every other shift ``T`` at which the
+central mask template matches equally well (the tied shifts of
+:func:`services.dedupe.core.verify_shifted_match`) and whose overlap is larger
+is judged too: when the pair disagrees at ``T`` (masks or prints beyond their
+limits) but would agree at ``T`` on the part of either clip that ``S`` verified,
+the whole disagreement lies in ``S``'s blind spot, and the two registrations
+tell different stories about pixels nobody checked at ``S``. The pair is then
+not confirmed. This only ever refuses; it never makes a pair agree.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from services.dedupe.core import MAX_TIED_SHIFTS, TIE_SLACK
+
+Window = tuple[slice, slice]
+
+
+def overlap_windows(shape: tuple[int, int], dx: int, dy: int) -> tuple[Window, Window]:
+    """Windows of ``a`` and ``b`` that see the same layout when ``b[y, x] == a[y + dy, x + dx]``."""
+    h, w = shape
+    in_a = (slice(max(0, dy), h + min(0, dy)), slice(max(0, dx), w + min(0, dx)))
+    in_b = (slice(max(0, -dy), h + min(0, -dy)), slice(max(0, -dx), w + min(0, -dx)))
+    return in_a, in_b
+
+
+def _area(shape: tuple[int, int], dx: int, dy: int) -> int:
+    h, w = shape
+    return max(0, h - abs(dy)) * max(0, w - abs(dx))
+
+
+def tied_shifts(mask_a: np.ndarray, mask_b: np.ndarray, max_shift_px: int) -> list[tuple[int, int]]:
+    """Shifts at which ``b``'s central mask matches ``a`` as well as at the best one (smallest first)."""
+    h, w = mask_a.shape
+    margin = min(max_shift_px, (min(h, w) - 8) // 2)
+    if margin < 0:
+        return []
+    a = mask_a.astype(np.float32) / 255.0
+    template = mask_b[margin:h - margin, margin:w - margin].astype(np.float32) / 255.0
+    scores = cv2.matchTemplate(a, template, cv2.TM_SQDIFF)
+    ys, xs = np.nonzero(scores <= float(scores.min()) + TIE_SLACK)
+    shifts = sorted(zip((xs - margin).tolist(), (ys - margin).tolist(), strict=True),
+                    key=lambda s: (max(abs(s[0]), abs(s[1])), abs(s[0]) + abs(s[1])))
+    return [(int(dx), int(dy)) for dx, dy in shifts[:MAX_TIED_SHIFTS]]
+
+
+def _print_diff(print_a: np.ndarray, print_b: np.ndarray, tolerance_px: int) -> np.ndarray:
+    """Where two binarised prints differ, slivers up to ``tolerance_px`` wide dropped (bool map)."""
+    diff = (print_a != print_b).astype(np.uint8)
+    if tolerance_px > 0 and diff.any():
+        size = 2 * tolerance_px + 1
+        diff = cv2.morphologyEx(diff, cv2.MORPH_OPEN, np.ones((size, size), np.uint8))
+    return diff.astype(bool)
+
+
+def blind_spot_conflict(
+    mask_a: np.ndarray, print_a: np.ndarray, mask_b: np.ndarray, print_b: np.ndarray,
+    shift: tuple[int, int], *, max_shift_px: int, mask_tolerance_levels: int, mask_mismatch_max_px: int,
+    print_tolerance_px: int, print_mismatch_max_px: int,
+) -> tuple[int, int] | None:
+    """A tied shift with a larger overlap whose disagreement lies wholly in ``shift``'s blind spot, or None.
+
+    ``a`` is the library clip, ``b`` the result; masks 8-bit, prints boolean, one
+    shape; ``shift`` = ``(dx, dy)`` with ``b[y, x] == a[y + dy, x + dx]``.
+    """
+    shape = (int(mask_a.shape[0]), int(mask_a.shape[1]))
+    dx, dy = shift
+    seen_a, seen_b = overlap_windows(shape, dx, dy)
+    verified_a = np.zeros(shape, dtype=bool)  # pixels of each clip that the accepted shift compared
+    verified_a[seen_a] = True
+    verified_b = np.zeros(shape, dtype=bool)
+    verified_b[seen_b] = True
+    accepted_area = _area(shape, dx, dy)
+    for tx, ty in tied_shifts(mask_a, mask_b, max_shift_px):
+        if (tx, ty) == (dx, dy) or _area(shape, tx, ty) <= accepted_area:
+            continue
+        in_a, in_b = overlap_windows(shape, tx, ty)
+        mask_diff = np.abs(mask_a[in_a].astype(np.int16) - mask_b[in_b].astype(np.int16))
+        mask_bad = mask_diff > mask_tolerance_levels
+        # the disagreement at T, seen from each clip: is all of it where the accepted shift never looked?
+        sides = [seen for seen in (verified_b[in_b], verified_a[in_a])
+                 if int((mask_bad & seen).sum()) <= mask_mismatch_max_px]
+        if not sides:
+            continue  # T disagrees where S agreed: the layout is not periodic along T - S
+        print_bad = _print_diff(print_a[in_a], print_b[in_b], print_tolerance_px)
+        if int(mask_bad.sum()) <= mask_mismatch_max_px and int(print_bad.sum()) <= print_mismatch_max_px:
+            continue  # both shifts agree: a periodic layout, the same story either way
+        if any(int((print_bad & seen).sum()) <= print_mismatch_max_px for seen in sides):
+            return (tx, ty)
+    return None
