@@ -115,6 +115,7 @@ def main() -> int:
     encoder = build_untrained(args.arch, "mask,print", args.input_size, seed=0, device="cuda")
     model_dir = work / "model"
     save_encoder(encoder, model_dir, {"objective": "untrained", "metrics": {}})
+    encoder.fuse_for_inference()  # as the embed service runs it
     name = torch.cuda.get_device_name(0)
     alone = {
         b: forward_alone(encoder, b, args.seconds) for b in (int(s) for s in args.batch_sizes.split(","))

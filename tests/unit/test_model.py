@@ -95,6 +95,20 @@ def test_untrained_vectors_are_unit_length_with_the_declared_dim(pairs: tuple[li
     assert build_untrained("resnet50", input_size=32, device="cpu").dim == 2048
 
 
+@pytest.mark.parametrize("arch", [TINY, "resnet18", "resnet50"])
+def test_fused_encoder_gives_the_same_vectors_and_cannot_be_saved(
+    arch: str, pairs: tuple[list, list], tmp_path: Path
+) -> None:
+    """BatchNorm folded into the convolutions: same vectors up to float rounding."""
+    encoder = build_untrained(arch, "mask,print", input_size=32, device="cpu", projection_dim=16)
+    before = encoder.embed(*pairs)
+    assert encoder.fuse_for_inference() and encoder.fused
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.net.modules())
+    np.testing.assert_allclose(encoder.embed(*pairs), before, atol=1e-5)
+    with pytest.raises(ConfigError, match="fused"):
+        save_encoder(encoder, tmp_path / "fused")
+
+
 def test_untrained_is_deterministic_in_the_seed(pairs: tuple[list, list]) -> None:
     a = build_untrained(TINY, input_size=32, seed=3, device="cpu")
     b = build_untrained(TINY, input_size=32, seed=3, device="cpu")
