@@ -118,6 +118,7 @@ def write_calibration_report(report_dir: str | Path, run: CalibrationRun) -> Pat
             f"novelty_score = {run.thresholds.novelty_score}; {run.thresholds.decision}.",
             f"Recommended threshold {rec.threshold:.5f} by {rec.method}. {rec.reason}",
             f"Split: {summary['split']['novel_rule']}; library of {summary['split']['n_library']} items.",
+            *(f"Warning: {warning}" for warning in summary.get("warnings", [])),
         ],
         tables=[
             Table("candidates (scored on the calibration split)", [c.as_dict() for c in rec.candidates]),

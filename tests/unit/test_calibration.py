@@ -32,6 +32,7 @@ from shared.calibration import (
 from shared.calibration.cli import register
 from shared.calibration.gap import gap_over_seeds, plot_gaps
 from shared.calibration.near_identity import near_identity_gate
+from shared.calibration.recipe import split_size_warnings
 from shared.calibration.roc import confusion_at, sweep
 from shared.calibration.thresholds import f1_smooth_threshold, valley_threshold
 from shared.dataset import DatasetWriter
@@ -176,6 +177,15 @@ def test_gap_over_seeds_reports_every_method_and_writes_its_plot(tmp_path: Path)
     assert plot_gaps(result, tmp_path / "gaps.png", "gaps").stat().st_size > 1000
     with pytest.raises(ConfigError):
         gap_over_seeds(emb, labels, [])
+
+
+def test_small_splits_are_warned_about_and_large_ones_not() -> None:
+    emb, labels = grouped_embeddings(n_groups=40, per_group=5)
+    _, summary = calibrate_from_embeddings(emb, labels, model_version="m", per_cluster="off")
+    warnings = summary["warnings"]
+    assert len(warnings) == 4 and all("python -m shared.calibration.gap" in w for w in warnings)
+    assert split_size_warnings({"novel_test": 400, "known_test": 1000}) == []
+    assert len(split_size_warnings({"novel_test": 399, "known_test": 1000})) == 1
 
 
 def test_valley_sits_between_the_modes() -> None:
