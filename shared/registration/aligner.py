@@ -46,6 +46,7 @@ from shared.registration.refine import (
 
 MAX_REFINE_DRIFT_PX = 4.0  # refinement may move the image centre this far from the peak
 SHIFT_ONLY_MAX_CORNER_PX = 2.0  # rotation/scale moving corners farther is never a fitting artefact
+COARSE_STRIDE = 4  # sampling of the coarse ECC pass (the fine pass uses every other pixel)
 
 
 def warp_to_mask(simulated: np.ndarray, matrix: np.ndarray, border: float = 0.0) -> np.ndarray:
@@ -142,8 +143,21 @@ class Aligner:
             refined = ecc_affine(reference.render()[0], sim_smooth, start, inside, s.ecc_max_iterations)
         else:
             similarity = s.ecc_motion == "similarity"
-            refined = ecc_similarity(reference, sim_smooth, start, inside, similarity,
-                                     s.ecc_max_iterations, s.ecc_tolerance_px)
+            refined = None
+            if s.ecc_coarse_to_fine:
+                # Geometry and the reference's threshold and PSF shape fitted on a quarter of the
+                # samples; then the geometry alone polished on every other pixel.
+                before = reference.snapshot()
+                coarse = ecc_similarity(reference, sim_smooth, start, inside, similarity,
+                                        s.ecc_max_iterations, s.ecc_tolerance_px, stride=COARSE_STRIDE)
+                if coarse is not None and self._near(coarse.matrix, start, shape):
+                    refined = ecc_similarity(reference, sim_smooth, coarse.matrix, inside, similarity,
+                                             s.ecc_max_iterations, s.ecc_tolerance_px, fit_reference=False)
+                if refined is None:
+                    reference.restore(before)
+            if refined is None:
+                refined = ecc_similarity(reference, sim_smooth, start, inside, similarity,
+                                         s.ecc_max_iterations, s.ecc_tolerance_px)
             if refined is not None and similarity and self._small_rotation_scale(refined.matrix, shape):
                 # The reference stays as the similarity fit left it, or its PSF shape would
                 # absorb the misfit that rotation and scale explain.
@@ -156,10 +170,15 @@ class Aligner:
                         refined = shift_only
         if refined is None or not plausible(refined.matrix, s.max_rotation_deg, s.max_scale_change):
             return None
-        drift = similarity_params(refined.matrix, shape)[:2] - similarity_params(start, shape)[:2]
-        if float(np.hypot(*drift)) > MAX_REFINE_DRIFT_PX:
+        if not self._near(refined.matrix, start, shape):
             return None
         return refined
+
+    @staticmethod
+    def _near(matrix: np.ndarray, start: np.ndarray, shape: tuple[int, int]) -> bool:
+        """Whether a refinement kept the image centre within ``MAX_REFINE_DRIFT_PX`` of the peak."""
+        drift = similarity_params(matrix, shape)[:2] - similarity_params(start, shape)[:2]
+        return float(np.hypot(*drift)) <= MAX_REFINE_DRIFT_PX
 
     @staticmethod
     def _small_rotation_scale(matrix: np.ndarray, shape: tuple[int, int]) -> bool:

@@ -45,12 +45,18 @@ def gaussian(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return np.asarray(cv2.GaussianBlur(image, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT), np.float32)
 
 
-def _half_gaussian(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    """``gaussian(image, sigma_px)`` sampled at the even pixels, computed at half resolution:
-    ``pyrDown`` (a binomial of sigma 1 px, then every other pixel) and the rest of the blur."""
-    half = cv2.pyrDown(np.ascontiguousarray(image, dtype=np.float32), borderType=cv2.BORDER_REFLECT)
-    rest_px = 0.5 * float(np.sqrt(max(sigma_px * sigma_px - 1.0, 0.0)))
-    return gaussian(np.asarray(half, dtype=np.float32), rest_px)
+def strided_gaussian(image: np.ndarray, sigma_px: float, stride: int) -> np.ndarray:
+    """``gaussian(image, sigma_px)`` sampled every ``stride`` pixels (1, 2, 4, ...), computed at
+    the low resolution: ``pyrDown`` once per halving (a binomial of variance 1 px at its input,
+    then every other pixel), then the rest of the blur. Pixel (i, j) of the result is pixel
+    (stride * i, stride * j) of the full-resolution blur."""
+    out = np.ascontiguousarray(image, dtype=np.float32)
+    halvings = max(1, stride).bit_length() - 1  # stride a power of two
+    for _ in range(halvings):
+        out = np.asarray(cv2.pyrDown(out, borderType=cv2.BORDER_REFLECT), dtype=np.float32)
+    done_variance = (4.0**halvings - 1.0) / 3.0  # in full-resolution px^2
+    rest_px = float(np.sqrt(max(sigma_px * sigma_px - done_variance, 0.0))) / 2**halvings
+    return gaussian(out, rest_px)
 
 
 def interior(shape: tuple[int, int], border_px: int) -> np.ndarray:
@@ -63,7 +69,7 @@ def interior(shape: tuple[int, int], border_px: int) -> np.ndarray:
 
 AerialModel = Callable[[np.ndarray], np.ndarray]
 PSF_SHAPE_RATIOS = (0.5, 2.0)  # extra Gaussians, relative to the optical sigma
-PSF_SHAPE_LIMITS = (-0.5, 2.0)
+PSF_SHAPE_LIMITS = (-0.45, 2.0)  # two terms at the floor still leave 1 + sum(c_k) >= 0.1
 PSF_SHAPE_STEP = 0.3
 
 
@@ -110,8 +116,7 @@ class ApproximatePrint:
         self.aerial = self.basis[0]
         self.threshold = self._area_threshold(printed_fraction)
         self.edge_width = _edge_width(self.aerial, self.threshold)
-        self._rendered: tuple[np.ndarray, list[np.ndarray]] | None = None
-        self._rendered_half: tuple[np.ndarray, list[np.ndarray]] | None = None
+        self._rendered: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
 
     @property
     def n_params(self) -> int:
@@ -129,25 +134,23 @@ class ApproximatePrint:
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
     def render(self, n_derivatives: int | None = None,
-               half_resolution: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+               stride: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
         """Smoothed approximate print and its first ``n_derivatives`` derivatives (threshold,
-        then each ``c_k``; all by default). ``half_resolution`` gives them sampled at the
-        even pixels (pixel (i, j) is full-resolution pixel (2i, 2j)), four times cheaper."""
+        then each ``c_k``; all by default), sampled every ``stride`` pixels (pixel (i, j) is
+        full-resolution pixel (stride * i, stride * j)): stride 2 is four times cheaper."""
         wanted = self.n_params if n_derivatives is None else min(n_derivatives, self.n_params)
-        cached = self._rendered_half if half_resolution else self._rendered
+        cached = self._rendered.get(stride)
         if cached is None or len(cached[1]) < wanted:
-            smooth = _half_gaussian if half_resolution else gaussian
+            def smooth(image: np.ndarray) -> np.ndarray:
+                return strided_gaussian(image, self.blur_sigma_px, stride)
+
             printed = self.sharp()
             slope = printed * (1.0 - printed) / self.edge_width
             norm = 1.0 + float(self.shape_coefficients.sum())
-            derivatives = [smooth(-slope, self.blur_sigma_px)]
-            derivatives += [smooth(slope * (b - self.aerial) / norm, self.blur_sigma_px)
-                            for b in self.basis[1:wanted]]
-            cached = (smooth(printed, self.blur_sigma_px), derivatives[:wanted])
-            if half_resolution:
-                self._rendered_half = cached
-            else:
-                self._rendered = cached
+            derivatives = [smooth(-slope)]
+            derivatives += [smooth(slope * (b - self.aerial) / norm) for b in self.basis[1:wanted]]
+            cached = (smooth(printed), derivatives[:wanted])
+            self._rendered[stride] = cached
         return cached[0], cached[1][:wanted]
 
     def snapshot(self) -> tuple[float, np.ndarray, np.ndarray]:
@@ -155,7 +158,7 @@ class ApproximatePrint:
 
     def restore(self, state: tuple[float, np.ndarray, np.ndarray]) -> None:
         self.threshold, self.shape_coefficients, self.aerial = state[0], state[1].copy(), state[2]
-        self._rendered = self._rendered_half = None
+        self._rendered = {}
 
     def update(self, deltas: np.ndarray, trust: float = 1.0) -> None:
         """Apply a fitted step: threshold first, then the PSF-shape coefficients.
@@ -178,7 +181,7 @@ class ApproximatePrint:
             # the threshold already covers).
             self.aerial = aerial / np.float32(1.0 + self.shape_coefficients.sum())
         self.threshold = min(max(self.threshold, float(self.aerial.min())), float(self.aerial.max()))
-        self._rendered = self._rendered_half = None
+        self._rendered = {}
 
 
 def approximate_print(mask: np.ndarray, printed_fraction: float, optics_sigma_px: float) -> np.ndarray:
@@ -195,8 +198,8 @@ class FixedReference:
     n_params = 0
 
     def render(self, n_derivatives: int | None = None,
-               half_resolution: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
-        return (np.ascontiguousarray(self.smooth[::2, ::2]) if half_resolution else self.smooth), []
+               stride: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
+        return (np.ascontiguousarray(self.smooth[::stride, ::stride]) if stride > 1 else self.smooth), []
 
     def snapshot(self) -> tuple[float, np.ndarray, np.ndarray]:
         return 0.0, np.zeros(0), self.smooth

@@ -31,7 +31,7 @@ class Reference(Protocol):
     def n_params(self) -> int: ...
 
     def render(self, n_derivatives: int | None = None,
-               half_resolution: bool = False) -> tuple[np.ndarray, list[np.ndarray]]: ...
+               stride: int = 1) -> tuple[np.ndarray, list[np.ndarray]]: ...
 
     def update(self, deltas: np.ndarray, trust: float = 1.0) -> None: ...
 
@@ -86,11 +86,13 @@ def weighted_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray, inside: np.ndarray,
                    with_rotation_scale: bool, max_iterations: int, tolerance_px: float,
-                   fit_reference: bool = True) -> Refined | None:
+                   fit_reference: bool = True, stride: int = 2) -> Refined | None:
     """Gauss-Newton ECC fit of a similarity (or a pure shift) from ``initial``.
 
     ``moving`` is the smoothed print; ``inside`` marks the mask-frame pixels compared, of
-    which the even rows and columns are used (the images are low-passed).
+    which every ``stride``-th row and column is used (the images are low-passed: at the
+    default blur of 4 px a stride of 4 aliases under 1 % of the signal), the reference
+    being rendered at that resolution.
     Unless ``fit_reference`` is false, the reference's own parameters are fitted too:
     its threshold from the start, its PSF shape once the geometry has settled (far from
     the answer the shape would absorb misfit that the geometry has to explain). Returns
@@ -104,10 +106,10 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
     grad_x = cv2.Sobel(moving, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
     grad_y = cv2.Sobel(moving, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     stack = np.dstack([moving, grad_x, grad_y, np.ones_like(moving)])
-    # Every other even row and column: the reference is then rendered at half resolution.
+    # Every stride-th row and column: the reference is then rendered at that resolution.
     rows = np.flatnonzero(inside.any(axis=1))
     cols = np.flatnonzero(inside.any(axis=0))
-    rows, cols = rows[rows % 2 == 0], cols[cols % 2 == 0]
+    rows, cols = rows[rows % stride == 0], cols[cols % stride == 0]
     if rows.size * cols.size < 64:
         return None
     # A rectangular grid, so the maps handed to cv2.remap stay 2-D (it limits each side to 32767).
@@ -125,7 +127,7 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
     best_corr = -2.0
     before_step = reference.snapshot()
     for iterations in range(1, max_iterations + 1):  # noqa: B007 - the count is reported
-        ref_image, ref_derivatives = reference.render(n_free, half_resolution=True)
+        ref_image, ref_derivatives = reference.render(n_free, stride=stride)
         linear = np.array([[1.0 + params[2], -params[3]], [params[3], 1.0 + params[2]]])
         map_x = (centre[0] + params[0] + linear[0, 0] * x + linear[0, 1] * y).reshape(grid_shape)
         map_y = (centre[1] + params[1] + linear[1, 0] * x + linear[1, 1] * y).reshape(grid_shape)
@@ -135,7 +137,7 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
         if np.count_nonzero(valid) < 64:
             return None
         values, gx, gy = warped[valid, 0], warped[valid, 1], warped[valid, 2]
-        vy, vx = ys[valid] // 2, xs[valid] // 2
+        vy, vx = ys[valid] // stride, xs[valid] // stride
         # Model: gain * reference + offset ~ warped print. The gain sits on the reference
         # side so that flattening the reference (a broader PSF) cannot shrink the misfit.
         ref = ref_image[vy, vx].astype(np.float64)
