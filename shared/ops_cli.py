@@ -88,7 +88,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.cli import available_services
     from shared.launcher import EmbeddedStack
-    from shared.supervisor import Pipeline
+    from shared.supervisor import SHARED_HOST_NICE, Pipeline
 
     names = available_services() if args.services is None else [s.strip() for s in args.services.split(",")]
     unknown = sorted(set(names) - set(available_services()))
@@ -107,7 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack.start()
     # every service shares this machine's cores: one torch thread measured fastest for the embedder
     threads = {} if os.environ.get("LITHOWATCH_TORCH_THREADS") else {"LITHOWATCH_TORCH_THREADS": "1"}
-    pipeline = Pipeline(stack, service_env=threads, default_ports=True)
+    pipeline = Pipeline(stack, service_env=threads, default_ports=True, nice=SHARED_HOST_NICE)
     try:
         print(f"broker {stack.bootstrap}  redis {stack.redis}  logs {stack.workdir / 'logs'}", flush=True)
         pipeline.start_all(names)

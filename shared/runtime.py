@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import signal
 import threading
 import time
@@ -170,6 +171,8 @@ class StageRunner:
         if install_signals:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
+        if self.settings.cpu_nice:
+            os.nice(self.settings.cpu_nice)
         if serve_metrics:
             port = self.start_metrics()
             log.info("%s: metrics on %s:%d", self.name, self.settings.metrics_host, port)

@@ -69,6 +69,9 @@ class StageSettings(CommonSettings):
     retry_backoff_seconds: float = Field(0.2, gt=0)
     retry_backoff_max_seconds: float = Field(10.0, gt=0)
     group_suffix: str = ""
+    # Added to the process's nice value at start: on a host the stages share, stages other
+    # than the embedder can yield the CPU to it (``lithowatch up`` does; see SHARED_HOST_NICE).
+    cpu_nice: int = Field(0, ge=0, le=19)
 
 
 S = TypeVar("S", bound=BaseSettings)

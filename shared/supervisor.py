@@ -57,14 +57,31 @@ class RunningService:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
 
+# The embedder is the pipeline's bottleneck: on one host, the other stages run at a lower CPU
+# priority so that a burst they could all work on does not take the embedder's core. Measured
+# with ResNet-50 at 224 px on 2 cores (bench/pipeline_bench.py): see the README's performance notes.
+SHARED_HOST_NICE: Mapping[str, int] = {"dedupe": 5, "align": 5, "novelty": 5, "explain": 5}
+
+
 @dataclass
 class Pipeline:
-    """An embedded stack and the services running against it."""
+    """An embedded stack and the services running against it.
+
+    ``nice`` maps service names to ``LITHOWATCH_CPU_NICE`` (unless ``service_env`` sets it).
+    """
 
     stack: EmbeddedStack
     service_env: Mapping[str, str] = field(default_factory=dict)
     default_ports: bool = False
     services: list[RunningService] = field(default_factory=list)
+    nice: Mapping[str, int] = field(default_factory=dict)
+
+    def _env_for(self, name: str, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(self.service_env)
+        if name in self.nice and "LITHOWATCH_CPU_NICE" not in env:
+            env["LITHOWATCH_CPU_NICE"] = str(self.nice[name])
+        env.update(extra_env or {})
+        return env
 
     def start_service(
         self, name: str, replica: int = 0, extra_env: Mapping[str, str] | None = None
@@ -72,7 +89,7 @@ class Pipeline:
         port = DEFAULT_METRICS_PORTS.get(name, 0) if self.default_ports and replica == 0 else 0
         if not port or not port_is_free(port):
             port = free_port()
-        env = {**self.service_env, **(extra_env or {}), "LITHOWATCH_METRICS_PORT": str(port)}
+        env = {**self._env_for(name, extra_env), "LITHOWATCH_METRICS_PORT": str(port)}
         log_name = name if replica == 0 else f"{name}-{replica}"
         process = self.stack.spawn_service(name, env, log_name=log_name)
         running = RunningService(name, process, port, replica)
@@ -86,7 +103,7 @@ class Pipeline:
             running.process.stop()
         self.services.remove(running)
         self.stack.children.remove(running.process)
-        env = {**self.service_env, "LITHOWATCH_METRICS_PORT": str(running.metrics_port)}
+        env = {**self._env_for(running.name), "LITHOWATCH_METRICS_PORT": str(running.metrics_port)}
         process = self.stack.spawn_service(running.name, env, log_name=f"{running.name}-{running.replica}")
         replacement = RunningService(running.name, process, running.metrics_port, running.replica)
         self.services.append(replacement)

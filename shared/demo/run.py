@@ -23,7 +23,7 @@ from shared.demo.assets import DemoAssets, DemoConfig, calibrate, make_datasets,
 from shared.demo.watch import OutputWatcher, metric_sum, scrape
 from shared.launcher import EmbeddedStack
 from shared.settings import CommonSettings
-from shared.supervisor import Pipeline
+from shared.supervisor import SHARED_HOST_NICE, Pipeline
 
 STAGES = ("dedupe", "align", "embed", "novelty", "explain")
 
@@ -192,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     stack.start()
-    pipeline = Pipeline(stack, default_ports=True)
+    pipeline = Pipeline(stack, default_ports=True, nice=SHARED_HOST_NICE)
     watcher = OutputWatcher(stack.bootstrap)
     try:
         console.print(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,7 +12,7 @@ from services.simfarm.core import FarmSettings, FarmStream
 from shared.contracts import AlignedResult, DLQRecord, Hashes, Topics, UniqueResult
 from shared.imageref import ImageLoader
 from shared.launcher import EmbeddedStack
-from shared.supervisor import Pipeline
+from shared.supervisor import SHARED_HOST_NICE, Pipeline
 from shared.testing import collect, produce
 
 pytestmark = pytest.mark.integration
@@ -31,10 +34,13 @@ def test_align_service_recovers_offsets_and_dlqs_bad_images(stack: EmbeddedStack
         }
     )
     produce(stack.bootstrap, Topics.UNIQUE, [*unique, small])
-    pipeline = Pipeline(stack, service_env={"LITHOWATCH_MAX_POLL_INTERVAL_MS": "8000"})
-    pipeline.start_service("align")
+    pipeline = Pipeline(stack, service_env={"LITHOWATCH_MAX_POLL_INTERVAL_MS": "8000"}, nice=SHARED_HOST_NICE)
+    running = pipeline.start_service("align")
     try:
         pipeline.wait_ready(120)
+        # as under `lithowatch up`: the stage yields the CPU to the embedder
+        stat = Path(f"/proc/{running.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(stat[16]) == min(19, os.nice(0) + SHARED_HOST_NICE["align"])
         records = collect(stack.bootstrap, [Topics.ALIGNED, Topics.DLQ], lambda rs: len(rs) >= 13, 120)
     finally:
         pipeline.stop()
