@@ -24,7 +24,7 @@ on the library. It measures:
 4. each stage core in this process over decoded messages: results/s, CPU per
    result, per-batch latency p50/p99.
 
-    python bench/pipeline_bench.py                          # ~12 min on 2 cores
+    python bench/pipeline_bench.py                          # ~6 min on 2 cores (+1 the first time)
     python bench/pipeline_bench.py --model resnet18@64      # the small encoder
     python bench/pipeline_bench.py --quick --profile /tmp/profiles
 """
