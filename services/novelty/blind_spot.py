@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from services.dedupe.core import MAX_TIED_SHIFTS, TIE_SLACK
+from services.novelty.print_check import judge_prints
 
 Window = tuple[slice, slice]
 
@@ -69,12 +70,15 @@ def _print_diff(print_a: np.ndarray, print_b: np.ndarray, tolerance_px: int) -> 
 def blind_spot_conflict(
     mask_a: np.ndarray, print_a: np.ndarray, mask_b: np.ndarray, print_b: np.ndarray,
     shift: tuple[int, int], *, max_shift_px: int, mask_tolerance_levels: int, mask_mismatch_max_px: int,
-    print_tolerance_px: int, print_mismatch_max_px: int,
+    print_tolerance_px: int, print_mismatch_max_px: int, print_edge_band_px: int = 0,
 ) -> tuple[int, int] | None:
     """A tied shift with a larger overlap whose disagreement lies wholly in ``shift``'s blind spot, or None.
 
     ``a`` is the library clip, ``b`` the result; masks 8-bit, prints boolean, one
-    shape; ``shift`` = ``(dx, dy)`` with ``b[y, x] == a[y + dy, x + dx]``.
+    shape; ``shift`` = ``(dx, dy)`` with ``b[y, x] == a[y + dy, x + dx]``. With
+    ``print_edge_band_px`` > 0 the prints are judged as
+    :func:`services.novelty.print_check.judge_prints` does (topology and edge
+    band), at ``T`` on its whole overlap and on the part ``shift`` verified.
     """
     shape = (int(mask_a.shape[0]), int(mask_a.shape[1]))
     dx, dy = shift
@@ -91,13 +95,42 @@ def blind_spot_conflict(
         mask_diff = np.abs(mask_a[in_a].astype(np.int16) - mask_b[in_b].astype(np.int16))
         mask_bad = mask_diff > mask_tolerance_levels
         # the disagreement at T, seen from each clip: is all of it where the accepted shift never looked?
-        sides = [seen for seen in (verified_b[in_b], verified_a[in_a])
+        sides = [(side, seen) for side, seen in (("b", verified_b[in_b]), ("a", verified_a[in_a]))
                  if int((mask_bad & seen).sum()) <= mask_mismatch_max_px]
         if not sides:
             continue  # T disagrees where S agreed: the layout is not periodic along T - S
+        masks_agree = int(mask_bad.sum()) <= mask_mismatch_max_px
+        if print_edge_band_px > 0:
+            def judged(window_a: Window, window_b: Window) -> bool:
+                return judge_prints(print_a[window_a], print_b[window_b], tolerance_px=print_tolerance_px,
+                                    mismatch_max_px=print_mismatch_max_px,
+                                    edge_band_px=print_edge_band_px).accepted
+
+            if masks_agree and judged(in_a, in_b):
+                continue  # both shifts agree: a periodic layout, the same story either way
+            for side, _ in sides:  # T judged on the part of its overlap that S verified
+                part_a, part_b = _verified_part(in_a, in_b, seen_a if side == "a" else seen_b, side, tx, ty)
+                if part_a is not None and part_b is not None and judged(part_a, part_b):
+                    return (tx, ty)
+            continue
         print_bad = _print_diff(print_a[in_a], print_b[in_b], print_tolerance_px)
-        if int(mask_bad.sum()) <= mask_mismatch_max_px and int(print_bad.sum()) <= print_mismatch_max_px:
+        if masks_agree and int(print_bad.sum()) <= print_mismatch_max_px:
             continue  # both shifts agree: a periodic layout, the same story either way
-        if any(int((print_bad & seen).sum()) <= print_mismatch_max_px for seen in sides):
+        if any(int((print_bad & seen).sum()) <= print_mismatch_max_px for _, seen in sides):
             return (tx, ty)
     return None
+
+
+def _verified_part(
+    in_a: Window, in_b: Window, seen: Window, side: str, tx: int, ty: int
+) -> tuple[Window | None, Window | None]:
+    """The windows of ``a`` and ``b`` at shift ``T`` inside ``seen``: the part of one clip ``S`` compared."""
+    own = in_a if side == "a" else in_b
+    ys = slice(max(own[0].start, seen[0].start), min(own[0].stop, seen[0].stop))
+    xs = slice(max(own[1].start, seen[1].start), min(own[1].stop, seen[1].stop))
+    if ys.stop - ys.start < 1 or xs.stop - xs.start < 1:
+        return None, None
+    sign = -1 if side == "a" else 1  # b[y, x] == a[y + ty, x + tx]
+    oy, ox = sign * ty, sign * tx
+    other = (slice(ys.start + oy, ys.stop + oy), slice(xs.start + ox, xs.stop + ox))
+    return ((ys, xs), other) if side == "a" else (other, (ys, xs))

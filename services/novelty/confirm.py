@@ -19,12 +19,18 @@ downsampled masks cached) and the best ``max_candidates`` are checked:
 
 1. **exact**: the same canonical pixels (:func:`shared.hashing.exact_digest`);
 2. **hash path**: the result's mask is registered to the neighbour's mask by a
-   translation search (:func:`services.dedupe.core.verify_shifted_match`, which
-   also requires the masks to agree pixel for pixel on the overlap, so a mask
-   defect is never merged; the binarised prints may differ only in slivers up
-   to ``print_tolerance_px`` wide, up to ``print_mismatch_max_px`` pixels, as
-   the dedupe stage judges them), then the shift-robust spectral hash of the
-   two mask overlaps must agree within ``mask_hash_radius_bits``. The pHash of
+   translation search (:func:`register`: the tied shifts of
+   :func:`services.dedupe.core.verify_shifted_match`, where the masks must agree
+   pixel for pixel on the overlap, so a mask defect is never merged), and the
+   binarised prints are judged by :func:`judge`: with ``print_edge_band_px`` > 0
+   they must keep one topology (the same components matched one to one, the
+   same holes: nothing bridged, pinched off, vanished or appeared, so a
+   print-only hotspot is scored) and differ only within that band of both
+   prints' edges plus slivers up to ``print_tolerance_px`` wide, up to
+   ``print_mismatch_max_px`` pixels (:mod:`services.novelty.print_check`; with
+   0, only the latter, as the dedupe stage judges prints); then the
+   shift-robust spectral hash of the two mask overlaps must agree within
+   ``mask_hash_radius_bits``. The pHash of
    the print overlaps is recorded but does not decide: on sparse prints
    (contact arrays) it moved 17-24 of 64 bits between re-simulations whose
    prints agreed to the pixel, while the pixel check above catches a bridge or
@@ -57,10 +63,11 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from services.dedupe.core import DedupeSettings, _print_mismatch, verify_shifted_match
-from services.novelty.blind_spot import blind_spot_conflict
+from services.dedupe.core import DedupeSettings
+from services.novelty.blind_spot import blind_spot_conflict, tied_shifts
 from services.novelty.blind_spot import overlap_windows as _overlap
 from services.novelty.confirm_settings import ConfirmSettings
+from services.novelty.print_check import PrintJudgement, judge_prints
 from shared import metrics
 from shared.contracts import DuplicateRecord, EmbeddedResult, ImageRef, Neighbour, Topics
 from shared.errors import ImageError, InputError
@@ -147,6 +154,33 @@ def coarse_score(library_coarse: np.ndarray, query_coarse: np.ndarray, settings:
 # -- the hash path -----------------------------------------------------------------------------
 
 
+def judge(library_print: np.ndarray, query_print: np.ndarray, settings: ConfirmSettings) -> PrintJudgement:
+    """The prints of one overlap (masks agreeing there), judged as ``settings`` say."""
+    return judge_prints(library_print, query_print, tolerance_px=settings.print_tolerance_px,
+                        mismatch_max_px=settings.print_mismatch_max_px,
+                        edge_band_px=settings.print_edge_band_px)
+
+
+def register(library: Clip, query: Clip, settings: ConfirmSettings) -> dict[str, Any] | None:
+    """The smallest shift at which the masks agree on the overlap and the prints pass :func:`judge`.
+
+    As :func:`services.dedupe.core.verify_shifted_match` (same tied shifts, same
+    order, same mask check), with the prints judged by :func:`judge`."""
+    if library.mask.shape != query.mask.shape:
+        return None
+    tolerance = DedupeSettings().mask_tolerance_levels
+    for dx, dy in tied_shifts(library.mask_u8, query.mask_u8, min(settings.max_shift_px, 96)):
+        in_lib, in_query = _overlap(library.mask.shape, dx, dy)
+        diff = np.abs(library.mask_u8[in_lib].astype(np.int16) - query.mask_u8[in_query].astype(np.int16))
+        mask_mismatch = int(np.count_nonzero(diff > tolerance))
+        if mask_mismatch > settings.mask_mismatch_max_px:
+            continue
+        verdict = judge(library.print_binary[in_lib], query.print_binary[in_query], settings)
+        if verdict.accepted:
+            return {"shift_px": [int(dx), int(dy)], "mask_mismatch_px": mask_mismatch, **verdict.details()}
+    return None
+
+
 def _blind_spot(
     library: Clip, query: Clip, shift: tuple[int, int], settings: ConfirmSettings
 ) -> list[int] | None:
@@ -156,7 +190,7 @@ def _blind_spot(
         max_shift_px=min(settings.max_shift_px, 96),
         mask_tolerance_levels=DedupeSettings().mask_tolerance_levels,
         mask_mismatch_max_px=settings.mask_mismatch_max_px, print_tolerance_px=settings.print_tolerance_px,
-        print_mismatch_max_px=settings.print_mismatch_max_px,
+        print_mismatch_max_px=settings.print_mismatch_max_px, print_edge_band_px=settings.print_edge_band_px,
     )
     if found is None:
         return None
@@ -166,21 +200,11 @@ def _blind_spot(
 
 def hash_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tuple[bool, dict[str, Any]]:
     """Register the masks by translation, then compare the hashes of the overlaps."""
-    dedupe = DedupeSettings(
-        verify_max_shift_px=min(settings.max_shift_px, 96),
-        mask_mismatch_max_px=settings.mask_mismatch_max_px,
-        print_tolerance_px=settings.print_tolerance_px,
-        print_mismatch_max_px=settings.print_mismatch_max_px,
-    )
-    match = verify_shifted_match(
-        library.mask_u8, library.print_binary, query.mask_u8, query.print_binary, dedupe
-    )
+    match = register(library, query, settings)
     if match is None:
         return False, {"registered": False}
     dx, dy = match["shift_px"]
-    details: dict[str, Any] = {"registered": True, "shift_px": [dx, dy],
-                               "mask_mismatch_px": match["mask_mismatch_px"],
-                               "print_mismatch_px": match["print_mismatch_px"],
+    details: dict[str, Any] = {"registered": True, **match,
                                "overlap_fraction": round(_overlap_fraction(library.mask.shape, dx, dy), 4)}
     if details["overlap_fraction"] < settings.min_overlap_fraction:
         return False, details
@@ -261,10 +285,9 @@ def descriptor_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tu
     details["mask_mismatch_px"], details["shift_px"] = mismatch, [best[1], best[2]]
     if mismatch > settings.descriptor_mask_mismatch_max_px:
         return False, details
-    print_mismatch = _print_mismatch(library.print_binary[in_lib], query.print_binary[in_query],
-                                     settings.print_tolerance_px)
-    details["print_mismatch_px"] = print_mismatch
-    if print_mismatch > settings.print_mismatch_max_px:
+    verdict = judge(library.print_binary[in_lib], query.print_binary[in_query], settings)
+    details.update(verdict.details())
+    if not verdict.accepted:
         return False, details
     hidden = _blind_spot(library, query, (best[1], best[2]), settings)
     if hidden is not None:

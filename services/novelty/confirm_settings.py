@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 CANDIDATE_POOL_DEFAULT = 20
 MAX_CANDIDATES_DEFAULT = 3
+PRINT_EDGE_BAND_DEFAULT = 4
 
 
 class ConfirmSettings(BaseModel):
@@ -28,6 +29,10 @@ class ConfirmSettings(BaseModel):
     mask_hash_radius_bits: int = Field(24, ge=0, le=256)  # spectral hash of the mask overlaps
     print_tolerance_px: int = Field(2, ge=0, le=8)  # print edges dose and focus may move
     print_mismatch_max_px: int = Field(40, ge=0)  # print pixels beyond that which may differ
+    # when the masks agree: print edges another dose or focus may move (px) if the prints keep one
+    # topology (nothing bridged, pinched off, vanished or appeared; services.novelty.print_check);
+    # 0: no topology check, only the two limits above
+    print_edge_band_px: int = Field(PRINT_EDGE_BAND_DEFAULT, ge=0, le=16)
     orb_features: int = Field(800, ge=50, le=5000)
     ratio_test: float = Field(0.8, gt=0.0, lt=1.0)
     ransac_threshold_px: float = Field(2.0, gt=0.0)

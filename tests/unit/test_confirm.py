@@ -6,18 +6,23 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from services.dedupe.core import DedupeSettings, verify_shifted_match
 from services.explain.duplicates import duplicate_tiles, render_duplicate_panel
-from services.novelty.blind_spot import blind_spot_conflict
+from services.novelty.blind_spot import blind_spot_conflict, overlap_windows
 from services.novelty.confirm import Clip, ConfirmSettings, HybridConfirmer, confirm_pair, descriptor_path
+from services.novelty.print_check import PrintJudgement, judge_prints
 from shared.contracts import DuplicateRecord, EmbeddedResult, Hashes, Neighbour, Topics, Transform, Vector
 from shared.imageref import ImageLoader, make_image_ref
 from shared.litho import ClipSample, FarmGenerator, Variant, applicable_defects
 
 SETTINGS = ConfirmSettings()
+# a re-simulation whose print edges moved beyond 2 px slivers (found by a scan of generated layouts)
+CASE_SEED, CASE_FAMILY = 6, "sram"
+CASE_VARIANT = Variant(shift_px=(34, -26), dose=0.95, defocus_nm=-60.0)
 
 
 @lru_cache(maxsize=1)
@@ -206,4 +211,117 @@ def test_a_defect_hidden_by_a_registration_one_period_off_is_refused() -> None:
         max_shift_px=56, mask_tolerance_levels=2, mask_mismatch_max_px=4, print_tolerance_px=2,
         print_mismatch_max_px=40,
     ) == (1, 4)
+    assert blind_spot_conflict(  # the same with the topology-aware print check
+        library.mask_u8, library.print_binary, bridged.mask_u8, bridged.print_binary, shift,
+        max_shift_px=56, mask_tolerance_levels=2, mask_mismatch_max_px=4, print_tolerance_px=2,
+        print_mismatch_max_px=40, print_edge_band_px=SETTINGS.print_edge_band_px,
+    ) == (1, 4)
     assert confirm_pair(library, bridged, SETTINGS) is None
+
+
+# -- the topology-aware print check: what another dose or focus may change, and what it may not --------
+
+
+def layout_print(grow: int = 0) -> np.ndarray:
+    """Two lines, two contacts and a ring (a hole), every edge moved out by ``grow`` px (as defocus does)."""
+    printed = np.zeros((128, 128), dtype=bool)
+    for y0, y1, x0, x1 in ((10, 118, 16, 28), (10, 118, 52, 64), (20, 32, 84, 96), (50, 62, 84, 96),
+                           (80, 116, 76, 116)):
+        printed[y0 - grow:y1 + grow, x0 - grow:x1 + grow] = True
+    printed[92 + grow:104 - grow, 88 + grow:104 - grow] = False  # the ring's hole shrinks as the print grows
+    return printed
+
+
+def judged(library: np.ndarray, result: np.ndarray, band: int) -> PrintJudgement:
+    return judge_prints(library, result, tolerance_px=2, mismatch_max_px=40, edge_band_px=band)
+
+
+def test_print_edges_moved_by_focus_are_accepted_only_within_the_edge_band() -> None:
+    library, defocused = layout_print(), layout_print(grow=5)
+    assert judged(library, defocused, 0).accepted is False  # 5 px strips: the older check alone refuses
+    verdict = judged(library, defocused, 6)
+    assert verdict.accepted and verdict.topology == "same" and verdict.mismatch_px == 0
+    assert 5.0 <= verdict.edge_px <= 7.5  # 5 px along the edges, the diagonal at the corners
+    moved_more = judged(library, layout_print(grow=5), 2)
+    assert not moved_more.accepted and moved_more.topology == "same" and moved_more.mismatch_px > 40
+
+
+@pytest.mark.parametrize(
+    ("edit", "topology"),
+    [("bridge", "components"), ("missing_contact", "components"), ("sidelobe", "components"),
+     ("pinched_off", "components"), ("hole_filled", "holes")],
+)
+def test_a_topology_change_in_the_print_is_refused_even_within_the_edge_band(edit: str, topology: str
+                                                                          ) -> None:
+    library, result = layout_print(), layout_print(grow=3)
+    assert judged(library, result, 6).accepted
+    if edit == "bridge":
+        result[60:64, 30:52] = True  # the two lines joined by a 4 px neck
+    elif edit == "missing_contact":
+        result[17:35, 81:99] = False
+    elif edit == "sidelobe":
+        result[60:65, 38:43] = True  # a 5 x 5 blob between the lines: 25 px, within the older 40 px limit
+    elif edit == "pinched_off":
+        result[60:62, :40] = False  # the first line cut in two
+    else:
+        result[80:116, 76:116] = True
+    verdict = judged(library, result, 6)
+    assert not verdict.accepted and verdict.topology == topology
+    if edit == "sidelobe":
+        assert verdict.mismatch_px <= 40  # only the topology check refuses it
+
+
+def test_a_feature_mostly_outside_the_overlap_is_left_out_of_the_topology() -> None:
+    library, result = layout_print(), layout_print()
+    library[60:64, :2] = True  # a line end just entering the window on one side only
+    verdict = judge_prints(library, result, tolerance_px=2, mismatch_max_px=40, edge_band_px=4)
+    assert verdict.accepted and verdict.topology == "same"
+
+
+def print_hotspot(printed: np.ndarray, window: tuple[slice, slice], edit: str) -> np.ndarray:
+    """``printed`` with a missing feature, a printed sidelobe or a bridge well inside ``window``."""
+    binary = printed > 0.5
+    inside = np.zeros(binary.shape, dtype=bool)
+    inside[window] = True
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((25, 25), np.uint8), borderValue=0) > 0
+    n, labels = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8)
+    out = binary.astype(np.uint8)
+    if edit == "missing":
+        first = next(i for i in range(1, n) if inside[labels == i].all())
+        out[labels == first] = 0
+    elif edit == "sidelobe":  # a blob of radius 3 px (24-28 nm) at least 10 px from any printed feature
+        free = (cv2.distanceTransform(1 - out, cv2.DIST_L2, 5) >= 10) & inside
+        ys, xs = np.nonzero(free)
+        cv2.circle(out, (int(xs[0]), int(ys[0])), 3, 1, -1)
+    else:  # bridge: the closest two features joined by a 3 px wide neck
+        best: tuple[float, tuple[int, int], tuple[int, int]] | None = None
+        for i in range(1, n):
+            dist = cv2.distanceTransform((labels != i).astype(np.uint8), cv2.DIST_L2, 5)
+            other = (labels > 0) & (labels != i) & inside
+            if other.any():
+                at = np.unravel_index(int(np.argmin(np.where(other, dist, np.inf))), dist.shape)
+                ys, xs = np.nonzero(labels == i)
+                j = int(np.argmin((ys - at[0]) ** 2 + (xs - at[1]) ** 2))
+                if best is None or dist[at] < best[0]:
+                    best = (float(dist[at]), (int(xs[j]), int(ys[j])), (int(at[1]), int(at[0])))
+        assert best is not None
+        cv2.line(out, best[1], best[2], 1, 3)
+    return out.astype(np.float32)
+
+
+def test_a_defocused_resimulation_is_confirmed_and_a_print_only_hotspot_of_it_refused() -> None:
+    farm = FarmGenerator(seed=CASE_SEED, families=(CASE_FAMILY,))
+    layout = farm.new_layout()
+    group = farm.group_id(layout)
+    library = farm.render(layout, group)
+    resim = farm.render(layout, group, CASE_VARIANT)
+    lib, res = Clip(library.mask, library.simulated), Clip(resim.mask, resim.simulated)
+    # the print edges moved beyond the dedupe stage's slivers: the older check alone refuses
+    assert confirm_pair(lib, res, SETTINGS.model_copy(update={"print_edge_band_px": 0})) is None
+    found = confirm_pair(lib, res, SETTINGS)
+    assert found is not None and found.details["shift_px"] == list(CASE_VARIANT.shift_px)
+    assert found.details["print_topology"] == "same" and found.details["print_edge_px"] > 2 * 2
+    window = overlap_windows(lib.mask.shape, *CASE_VARIANT.shift_px)[1]
+    for edit in ("missing", "sidelobe", "bridge"):
+        hotspot = Clip(resim.mask, print_hotspot(resim.simulated, window, edit))  # the mask is unchanged
+        assert confirm_pair(lib, hotspot, SETTINGS) is None, edit
