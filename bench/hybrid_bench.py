@@ -6,7 +6,16 @@ library (nominal window). Each is re-simulated once with a large window shift
 dose (+-5 %) and another focus: the "true re-simulations". ``--distinct`` new
 layouts of the same families (nominal) are the "distinct" queries; ``--defects``
 library layouts are re-simulated with a small shift *and a mask defect*: those
-must never be confirmed.
+must never be confirmed. So must the *print-only hotspots* (``--print-only``
+layouts, default ``--defects``): a layout's clean mask with the print of a
+bridge, a merged or missing contact or a printed sidelobe (same window, dose
+and focus), which no mask check can see; and the re-simulations that are
+confirmed, with one topology edit to the print inside the overlap (a feature
+removed, a 3 px sidelobe blob, a 3 px bridge), the mask unchanged. The missed
+re-simulations and the print-only hotspots are also run with
+``print_edge_band_px`` 0 (no topology check) as the baseline of the same run,
+and the missed re-simulations are split by whether their print keeps its
+topology at the true shift.
 
 Steps, one run, nothing asserted:
 0. the gate: ``--gate calibrated`` (default) reads it off re-simulation pairs of
@@ -46,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -53,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.dedupe.core import DedupeCore
 from services.dedupe.store import InMemoryDedupeStore
+from services.novelty.blind_spot import overlap_windows
 from services.novelty.confirm import (
     Clip,
     ConfirmSettings,
@@ -62,6 +73,7 @@ from services.novelty.confirm import (
     descriptor_path,
     hash_path,
 )
+from services.novelty.print_check import topology_change
 from shared.calibration.near_identity import near_identity_gate
 from shared.calibration.thresholds_file import NearIdentityGate
 from shared.contracts import SimResult, UniqueResult
@@ -73,6 +85,9 @@ from shared.model.checkpoint import load_encoder
 from shared.model.encoder import Encoder, build_untrained
 
 DEFOCUS_NM = (-60.0, -40.0, -20.0, 20.0, 40.0, 60.0)
+# defects that change the print's topology (bridge, contact gone or merged, a blob printed)
+PRINT_ONLY_DEFECTS = ("bridge", "missing_contact", "merged_contact", "sidelobe")
+EDITS = ("missing", "sidelobe", "bridge")
 
 
 def large_shift(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
@@ -109,6 +124,65 @@ def resimulation(rng: np.random.Generator, lo: int, hi: int) -> Variant:
         dose=round(float(rng.uniform(0.95, 1.05)), 3),
         defocus_nm=float(rng.choice(DEFOCUS_NM)),
     )
+
+
+def print_only_defect(
+    farm: FarmGenerator, layout: Any, group: str, variant: Variant, defect: str
+) -> ClipSample:
+    """The layout's *clean* mask with the print of ``defect`` (same window, dose and focus): a print-only
+    hotspot, which no mask check can see."""
+    defective = farm.render(layout, group, variant, defect)
+    clean_mask, _ = farm.simulate_window(layout, variant, variant.dose)
+    labels = {**defective.labels, "print_only": True}
+    return ClipSample(defective.id + "-p", clean_mask, defective.simulated, defective.nm_per_px, labels)
+
+
+def edited_print(
+    printed: np.ndarray, edit: str, rng: np.random.Generator, window: tuple[slice, slice]
+) -> np.ndarray | None:
+    """``printed`` with one topology edit (``missing``, ``sidelobe`` or ``bridge``) well inside ``window``
+    (the part of the clip its library entry also shows: outside it nothing can be compared), or None when
+    the print offers no site there. The mask stays as it is: these are print-only hotspots."""
+    binary = printed > 0.5
+    margin = 12
+    inside = np.zeros(binary.shape, dtype=bool)
+    inside[window] = True
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8),
+                       borderValue=0) > 0
+    n, labels = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8)
+    out = binary.copy()
+    order = [int(i) for i in rng.permutation(np.arange(1, n))]
+    if edit == "missing":  # a feature (contact, island) does not print
+        for i in order:
+            ys, xs = np.nonzero(labels == i)
+            if inside[ys, xs].all():
+                out[ys, xs] = False
+                return out.astype(np.float32)
+        return None
+    if edit == "sidelobe":  # a blob prints in free space (radius 3 px: 24-28 nm at 4 nm/px)
+        to_print = cv2.distanceTransform((~binary).astype(np.uint8), cv2.DIST_L2, 5)
+        free = (to_print >= 10) & inside
+        ys, xs = np.nonzero(free)
+        if len(ys) == 0:
+            return None
+        k = int(rng.integers(len(ys)))
+        cv2.circle(out.view(np.uint8), (int(xs[k]), int(ys[k])), 3, 1, -1)
+        return out.astype(np.float32)
+    if edit == "bridge":  # two neighbouring features joined by a 3 px wide neck
+        for i in order:
+            ys, xs = np.nonzero(labels == i)
+            dist = cv2.distanceTransform((labels != i).astype(np.uint8), cv2.DIST_L2, 5)
+            other = (labels > 0) & (labels != i) & (dist <= 16) & inside
+            if not other.any():
+                continue
+            oy, ox = np.unravel_index(int(np.argmin(np.where(other, dist, np.inf))), dist.shape)
+            j = int(np.argmin((ys - oy) ** 2 + (xs - ox) ** 2))
+            if not inside[ys[j], xs[j]]:
+                continue
+            cv2.line(out.view(np.uint8), (int(xs[j]), int(ys[j])), (int(ox), int(oy)), 1, 3)
+            return out.astype(np.float32)
+        return None
+    raise ValueError(edit)
 
 
 def chosen_families(args: argparse.Namespace) -> tuple[str, ...]:
@@ -155,8 +229,15 @@ def main() -> int:
         "--pool", type=int, default=None, help="candidate_pool (default: the settings' default)"
     )
     parser.add_argument("--model", type=Path, default=None, help="encoder checkpoint (default: untrained)")
+    parser.add_argument("--print-edge-band", type=int, default=None,
+                        help="print_edge_band_px (default: the settings' default); the missed re-sims and the"
+                        " print-only hotspots are also run with 0 (no topology check) as the baseline")
+    parser.add_argument("--print-only", type=int, default=None,
+                        help="layouts whose print-only hotspots are made (default: --defects)")
     args = parser.parse_args()
     overrides: dict[str, Any] = {}
+    if args.print_edge_band is not None:
+        overrides["print_edge_band_px"] = args.print_edge_band
     if args.pool is not None:
         overrides["candidate_pool"] = args.pool
     encoder = (
@@ -179,6 +260,7 @@ def main() -> int:
 
     library: list[ClipSample] = []
     resims: list[ClipSample] = []
+    resim_shifts: list[tuple[int, int]] = []
     defective: list[ClipSample] = []
     layouts = []
     for i in tqdm(range(args.layouts), desc="library + re-simulations"):
@@ -188,6 +270,7 @@ def main() -> int:
         library.append(farm.render(layout, group))
         variant = resimulation(rng, args.min_shift, args.max_shift)
         resims.append(farm.render(layout, group, variant))
+        resim_shifts.append(variant.shift_px)
         if i < args.defects:
             small = Variant(shift_px=(int(rng.integers(-8, 9)), int(rng.integers(-8, 9))))
             options = applicable_defects(layout, farm.window_nm(small.shift_px), farm.rng)
@@ -196,6 +279,22 @@ def main() -> int:
                     defective.append(farm.render(layout, group, small, str(farm.rng.choice(options))))
     new_layouts = (farm.new_layout() for _ in tqdm(range(args.distinct), desc="distinct layouts"))
     distinct = [farm.render(layout, farm.group_id(layout)) for layout in new_layouts]
+    # print-only hotspots: a library layout's clean mask, the print of a defect (same small shift,
+    # the defect's dose); made last, so every other set is the same as without them
+    hotspot_rng = np.random.default_rng(args.seed + 2)
+    print_only: list[ClipSample] = []
+    print_only_of: list[int] = []
+    n_print_only = args.defects if args.print_only is None else args.print_only
+    for i in tqdm(range(min(n_print_only, len(layouts))), desc="print-only hotspots"):
+        layout, group = layouts[i]
+        small = Variant(shift_px=(int(hotspot_rng.integers(-8, 9)), int(hotspot_rng.integers(-8, 9))))
+        options = [d for d in applicable_defects(layout, farm.window_nm(small.shift_px), farm.rng)
+                   if d in PRINT_ONLY_DEFECTS]
+        if options:
+            with contextlib.suppress(ContractError):
+                print_only.append(print_only_defect(farm, layout, group, small,
+                                                    str(hotspot_rng.choice(options))))
+                print_only_of.append(i)
 
     # 1. what the dedupe stage misses
     dedupe = DedupeCore(InMemoryDedupeStore())
@@ -207,7 +306,7 @@ def main() -> int:
 
     # 2. embeddings
     lib_vectors = encoder.embed([s.mask for s in library], [s.simulated for s in library])
-    everything = resims + distinct + defective
+    everything = resims + distinct + defective + print_only
     query_vectors, embed_ms = timed(
         lambda: encoder.embed([s.mask for s in everything], [s.simulated for s in everything])
     )
@@ -235,7 +334,8 @@ def main() -> int:
     ncc_rank: list[int] = []  # rank of the true entry in the pool after the coarse NCC ranking
     misses: dict[str, int] = {"below gate": 0, "not in pool": 0, "ranked out": 0, "pixels refused": 0}
 
-    def hybrid(q: int, true_li: int | None = None) -> tuple[int | None, str, float]:
+    def hybrid(q: int, true_li: int | None = None, settings: ConfirmSettings = settings
+               ) -> tuple[int | None, str, float]:
         """Gated confirmation as the service does it: (library index, path, ms).
 
         The service's FAISS search for the pool (``candidate_pool`` instead of the
@@ -271,7 +371,27 @@ def main() -> int:
         "missed re-simulations": [hybrid(i, i) for i in tqdm(missed, desc="hybrid: missed re-sims")],
         "distinct layouts": [hybrid(n_r + j) for j in tqdm(range(n_d), desc="hybrid: distinct")],
         "defective re-sims": [hybrid(n_r + n_d + k) for k in range(len(defective))],
+        "print-only hotspots": [hybrid(n_r + n_d + len(defective) + k) for k in range(len(print_only))],
     }
+    # the baseline in the same run: the print check without the topology-aware edge band
+    baseline = settings.model_copy(update={"print_edge_band_px": 0})
+    counted = (len(ranking_ms), len(best_ncc["true"]), len(best_ncc["other"]))
+    baseline_rows = {
+        "missed re-simulations": [hybrid(i, None, baseline) for i in missed],
+        "print-only hotspots": [hybrid(n_r + n_d + len(defective) + k, None, baseline)
+                                for k in range(len(print_only))],
+    }
+    del ranking_ms[counted[0]:], best_ncc["true"][counted[1]:], best_ncc["other"][counted[2]:]
+    baseline_right = sum(li == i for (li, _, _), i in zip(baseline_rows["missed re-simulations"], missed,
+                                                           strict=True))
+    # which missed re-sims keep their print's topology at the true shift (the window shift is known):
+    # under the topology-aware check the others are process-window hotspots, scored by design
+    def keeps_topology(i: int) -> bool:
+        in_lib, in_q = overlap_windows(clips_lib[i].mask.shape, *resim_shifts[i])
+        return topology_change(clips_lib[i].print_binary[in_lib], clips_q[i].print_binary[in_q],
+                               max(1, settings.print_edge_band_px)) == "same"
+
+    kept = {i for i in missed if keeps_topology(i)}
     missed_rows = list(zip(rows["missed re-simulations"], missed, strict=True))
     confirmed_right = sum(li == i for (li, _, _), i in missed_rows)
     confirmed_wrong = sum(li is not None and li != i for (li, _, _), i in missed_rows)
@@ -297,7 +417,28 @@ def main() -> int:
             li = next(i for i, s in enumerate(library) if s.labels["group"] == defective[k].labels["group"])
             ok, _ = fn(clips_lib[li], clips_q[n_r + n_d + k], settings)
             stats["defect_ok"].append(float(ok))
+        stats["print_only_ok"] = [
+            float(fn(clips_lib[li], clips_q[n_r + n_d + len(defective) + k], settings)[0])
+            for k, li in enumerate(print_only_of)
+        ]
         path_stats[name] = stats
+
+    # hard negatives on the door this opens: re-sims at another dose and focus that ARE confirmed
+    # (ungated, against their own entry), with one topology edit to the print and the mask unchanged
+    edit_rng = np.random.default_rng(args.seed + 3)
+    edit_counts: dict[str, list[int]] = {e: [0, 0, 0] for e in EDITS}  # made, confirmed, old check
+    for i in tqdm(range(n_r), desc="edited prints"):
+        if confirm_pair(clips_lib[i], clips_q[i], settings) is None:
+            continue
+        for edit in EDITS:
+            edited = edited_print(resims[i].simulated, edit, edit_rng,
+                                  overlap_windows(clips_lib[i].mask.shape, *resim_shifts[i])[1])
+            if edited is None:
+                continue
+            hot = Clip(resims[i].mask, edited)
+            edit_counts[edit][0] += 1
+            edit_counts[edit][1] += confirm_pair(clips_lib[i], hot, settings) is not None
+            edit_counts[edit][2] += confirm_pair(clips_lib[i], hot, baseline) is not None
 
     # 4. report
     print()
@@ -360,10 +501,35 @@ def main() -> int:
         ms = float(np.mean([m for _, _, m in results])) if results else float("nan")
         print(f"{name:<24}{n:>5}{ok:>11}{ok / max(1, n):>8.3f}{via_hash:>10}{via_desc:>10}{ms:>11.2f}")
     print(
+        f"  baseline (print_edge_band_px 0: no topology check, old print limits), same run: missed re-sims"
+        f" confirmed to their own entry {baseline_right}/{len(missed)}"
+        f" ({baseline_right / max(1, len(missed)):.3f}); print-only hotspots confirmed"
+        f" {sum(li is not None for li, _, _ in baseline_rows['print-only hotspots'])}/{len(print_only)}"
+    )
+    by_kind: dict[str, list[int]] = {}
+    for (li, _, _), sample in zip(rows["print-only hotspots"], print_only, strict=True):
+        tally = by_kind.setdefault(str(sample.labels["defect"]), [0, 0])
+        tally[0] += li is not None
+        tally[1] += 1
+    print("  print-only hotspots by defect (confirmed/n): "
+          + ", ".join(f"{kind} {c}/{n}" for kind, (c, n) in sorted(by_kind.items())))
+    print(
+        f"  print_edge_band_px {settings.print_edge_band_px}, print_tolerance_px"
+        f" {settings.print_tolerance_px}, print_mismatch_max_px {settings.print_mismatch_max_px}"
+    )
+    print(
         f"  missed re-sims confirmed to their own entry: {confirmed_right}/{len(missed)}"
         f" ({confirmed_right / max(1, len(missed)):.3f}); to a wrong entry: {confirmed_wrong}"
     )
     print("  missed re-sims not confirmed: " + ", ".join(f"{k} {v}" for k, v in misses.items()))
+    kept_right = sum(li == i for (li, _, _), i in missed_rows if i in kept)
+    print(
+        f"  missed re-sims whose print keeps its topology at the true shift: {len(kept)}/{len(missed)};"
+        f" of those confirmed {kept_right}/{len(kept)} ({kept_right / max(1, len(kept)):.3f});"
+        f" of the {len(missed) - len(kept)} whose print lost or gained a feature (bridged, pinched off,"
+        f" vanished, appeared) confirmed"
+        f" {sum(li == i for (li, _, _), i in missed_rows if i not in kept)}"
+    )
     t, o = best_ncc["true"], best_ncc["other"]
     print(
         f"  true entry first after the NCC ranking: {sum(r == 0 for r in ncc_rank)}/{len(ncc_rank)}"
@@ -383,15 +549,21 @@ def main() -> int:
         " same-family entry):"
     )
     print(
-        f"{'path':<14}{'true recall':>12}{'false conf.':>13}{'defect conf.':>14}{'ms/pair mean':>14}"
-        f"{'p95':>8}"
+        f"{'path':<14}{'true recall':>12}{'false conf.':>13}{'defect conf.':>14}{'print-only':>12}"
+        f"{'ms/pair mean':>14}{'p95':>8}"
     )
     for name, s in path_stats.items():
         print(
             f"{name:<14}{np.mean(s['true_ok']):>12.3f}{int(sum(s['false_ok'])):>9}/{n_d:<3}"
-            f"{int(sum(s['defect_ok'])):>10}/{len(defective):<3}{np.mean(s['ms']):>14.2f}"
+            f"{int(sum(s['defect_ok'])):>10}/{len(defective):<3}"
+            f"{int(sum(s['print_only_ok'])):>8}/{len(print_only):<3}{np.mean(s['ms']):>14.2f}"
             f"{pct(s['ms'], 95):>8.2f}"
         )
+    print(
+        "confirmed re-sims with one topology edit to the print, mask unchanged, ungated against their own"
+        " entry (confirmed/made; old check in brackets): " + ", ".join(
+            f"{e} {c[1]}/{c[0]} ({c[2]})" for e, c in edit_counts.items())
+    )
     print(f"baseline: the encoder itself costs {embed_ms:.2f} ms/result (batched, CPU)")
     return 0
 
