@@ -112,6 +112,22 @@ def _overlap(shape: tuple[int, int], dx: int, dy: int) -> tuple[tuple[slice, sli
     return in_a, in_b
 
 
+def tied_shifts(mask_a: np.ndarray, mask_b: np.ndarray, max_shift_px: int) -> list[tuple[int, int]]:
+    """Shifts at which ``b``'s central mask matches ``a`` as well as at the best one, smallest
+    first, at most ``MAX_TIED_SHIFTS`` (``b[y, x] == a[y + dy, x + dx]``; 8-bit masks of one shape)."""
+    h, w = mask_a.shape
+    margin = min(max_shift_px, (min(h, w) - 8) // 2)
+    if margin < 0:
+        return []
+    a = mask_a.astype(np.float32) / 255.0
+    template = mask_b[margin:h - margin, margin:w - margin].astype(np.float32) / 255.0
+    scores = cv2.matchTemplate(a, template, cv2.TM_SQDIFF)
+    ys, xs = np.nonzero(scores <= float(scores.min()) + TIE_SLACK)
+    shifts = sorted(zip((xs - margin).tolist(), (ys - margin).tolist(), strict=True),
+                    key=lambda s: (max(abs(s[0]), abs(s[1])), abs(s[0]) + abs(s[1])))
+    return [(int(dx), int(dy)) for dx, dy in shifts[:MAX_TIED_SHIFTS]]
+
+
 def verify_shifted_match(mask_a: np.ndarray, print_a: np.ndarray, mask_b: np.ndarray, print_b: np.ndarray,
                          settings: DedupeSettings) -> dict[str, Any] | None:
     """Whether result ``b`` is result ``a`` seen through a shifted window (details) or not (None).
@@ -126,16 +142,7 @@ def verify_shifted_match(mask_a: np.ndarray, print_a: np.ndarray, mask_b: np.nda
     if mask_a.shape != mask_b.shape or print_a.shape != mask_a.shape or print_b.shape != mask_b.shape:
         return None
     h, w = mask_a.shape
-    margin = min(settings.verify_max_shift_px, (min(h, w) - 8) // 2)
-    if margin < 0:
-        return None
-    a = mask_a.astype(np.float32) / 255.0
-    template = mask_b[margin:h - margin, margin:w - margin].astype(np.float32) / 255.0
-    scores = cv2.matchTemplate(a, template, cv2.TM_SQDIFF)
-    ys, xs = np.nonzero(scores <= float(scores.min()) + TIE_SLACK)
-    shifts = sorted(zip((xs - margin).tolist(), (ys - margin).tolist(), strict=True),
-                    key=lambda s: (max(abs(s[0]), abs(s[1])), abs(s[0]) + abs(s[1])))
-    for dx, dy in shifts[:MAX_TIED_SHIFTS]:
+    for dx, dy in tied_shifts(mask_a, mask_b, settings.verify_max_shift_px):
         in_a, in_b = _overlap((h, w), dx, dy)
         diff = np.abs(mask_a[in_a].astype(np.int16) - mask_b[in_b].astype(np.int16))
         mask_mismatch = int(np.count_nonzero(diff > settings.mask_tolerance_levels))

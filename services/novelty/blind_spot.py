@@ -24,7 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from services.dedupe.core import MAX_TIED_SHIFTS, TIE_SLACK
+from services.dedupe.core import tied_shifts
 from services.novelty.print_check import judge_prints
 
 Window = tuple[slice, slice]
@@ -41,21 +41,6 @@ def overlap_windows(shape: tuple[int, int], dx: int, dy: int) -> tuple[Window, W
 def _area(shape: tuple[int, int], dx: int, dy: int) -> int:
     h, w = shape
     return max(0, h - abs(dy)) * max(0, w - abs(dx))
-
-
-def tied_shifts(mask_a: np.ndarray, mask_b: np.ndarray, max_shift_px: int) -> list[tuple[int, int]]:
-    """Shifts at which ``b``'s central mask matches ``a`` as well as at the best one (smallest first)."""
-    h, w = mask_a.shape
-    margin = min(max_shift_px, (min(h, w) - 8) // 2)
-    if margin < 0:
-        return []
-    a = mask_a.astype(np.float32) / 255.0
-    template = mask_b[margin:h - margin, margin:w - margin].astype(np.float32) / 255.0
-    scores = cv2.matchTemplate(a, template, cv2.TM_SQDIFF)
-    ys, xs = np.nonzero(scores <= float(scores.min()) + TIE_SLACK)
-    shifts = sorted(zip((xs - margin).tolist(), (ys - margin).tolist(), strict=True),
-                    key=lambda s: (max(abs(s[0]), abs(s[1])), abs(s[0]) + abs(s[1])))
-    return [(int(dx), int(dy)) for dx, dy in shifts[:MAX_TIED_SHIFTS]]
 
 
 def _print_diff(print_a: np.ndarray, print_b: np.ndarray, tolerance_px: int) -> np.ndarray:

@@ -63,8 +63,8 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from services.dedupe.core import DedupeSettings
-from services.novelty.blind_spot import blind_spot_conflict, tied_shifts
+from services.dedupe.core import DedupeSettings, tied_shifts
+from services.novelty.blind_spot import blind_spot_conflict
 from services.novelty.blind_spot import overlap_windows as _overlap
 from services.novelty.confirm_settings import ConfirmSettings
 from services.novelty.print_check import PrintJudgement, judge_prints
