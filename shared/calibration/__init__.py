@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     "NOVELTY_SCORE_DEFINITION": "shared.calibration.thresholds_file",
     "PairSample": "shared.calibration.pairs",
     "Recommendation": "shared.calibration.thresholds",
-    "ThresholdCandidate": "shared.calibration.thresholds",
+    "CandidateThreshold": "shared.calibration.thresholds_file",
     "ThresholdPolicy": "shared.calibration.policy",
     "ThresholdsFile": "shared.calibration.thresholds_file",
     "auroc": "shared.calibration.roc",

@@ -39,7 +39,6 @@ from shared.calibration.split import CalibrationSplit, split_for_calibration
 from shared.calibration.thresholds import Recommendation, recommend_threshold
 from shared.calibration.thresholds_file import (
     CONFORMAL_SCORES_MAX,
-    CandidateThreshold,
     ClusterThreshold,
     ConformalCalibration,
     NearIdentityGate,
@@ -287,7 +286,7 @@ def run_calibration(
         global_threshold=rec.threshold,
         method=rec.method,
         method_reason=rec.reason,
-        candidates=[CandidateThreshold.model_validate(c.as_dict()) for c in rec.candidates],
+        candidates=list(rec.candidates),
         clusters=clusters,
         cluster_rule=cluster_model.k_rule if cluster_model is not None else None,
         conformal=conformal,
@@ -302,7 +301,7 @@ def run_calibration(
         "threshold": rec.threshold,
         "method": rec.method,
         "reason": rec.reason,
-        "candidates": [c.as_dict() for c in rec.candidates],
+        "candidates": [c.model_dump() for c in rec.candidates],
         "split": split.describe(),
         "calibration_split": cal_report,
         "test_split": test_report,

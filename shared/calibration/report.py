@@ -121,7 +121,7 @@ def write_calibration_report(report_dir: str | Path, run: CalibrationRun) -> Pat
             *(f"Warning: {warning}" for warning in summary.get("warnings", [])),
         ],
         tables=[
-            Table("candidates (scored on the calibration split)", [c.as_dict() for c in rec.candidates]),
+            Table("candidates (scored on the calibration split)", [c.model_dump() for c in rec.candidates]),
             Table("chosen threshold on each split (best_f1: the best any threshold reaches there)", [
                 _split_row("calibration", summary["calibration_split"]),
                 _split_row("test", summary["test_split"]),

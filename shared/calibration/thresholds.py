@@ -19,13 +19,14 @@ Candidates (positives score higher; ``score >= threshold`` is positive):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.special import ndtr
 
 from shared.calibration.roc import Sweep, auroc, check_scores, confusion_at, sweep
+from shared.calibration.thresholds_file import CandidateThreshold
 from shared.errors import ContractError
 
 MIN_POPULATION_DEFAULT = 10
@@ -37,32 +38,16 @@ SMOOTH_CHUNK = 256
 
 
 @dataclass(frozen=True)
-class ThresholdCandidate:
-    """One way of placing the threshold, with what it scores on the data it was fitted on."""
-
-    method: str
-    threshold: float | None
-    precision: float | None = None
-    recall: float | None = None
-    f1: float | None = None
-    fpr: float | None = None
-    note: str = ""
-
-    def as_dict(self) -> dict[str, float | str | None]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class Recommendation:
     method: str
     threshold: float
     reason: str
-    candidates: tuple[ThresholdCandidate, ...]
+    candidates: tuple[CandidateThreshold, ...]
     auroc: float
     n_positive: int
     n_negative: int
 
-    def candidate(self, method: str) -> ThresholdCandidate | None:
+    def candidate(self, method: str) -> CandidateThreshold | None:
         return next((c for c in self.candidates if c.method == method), None)
 
 
@@ -71,8 +56,8 @@ def _middle_of_best(values: np.ndarray) -> int:
     return int(best[best.size // 2])
 
 
-def _scored(method: str, sw: Sweep, index: int, note: str) -> ThresholdCandidate:
-    return ThresholdCandidate(
+def _scored(method: str, sw: Sweep, index: int, note: str) -> CandidateThreshold:
+    return CandidateThreshold(
         method=method,
         threshold=float(sw.thresholds[index]),
         precision=float(sw.precision[index]),
@@ -83,7 +68,7 @@ def _scored(method: str, sw: Sweep, index: int, note: str) -> ThresholdCandidate
     )
 
 
-def f1_max_threshold(sw: Sweep) -> ThresholdCandidate:
+def f1_max_threshold(sw: Sweep) -> CandidateThreshold:
     index = _middle_of_best(sw.f1)
     return _scored("f1_max", sw, index, f"highest F1 over {sw.thresholds.size} cut points")
 
@@ -110,7 +95,7 @@ def smoothed_f1(
     return 2 * tp / (tp + fp + positives.size)
 
 
-def f1_smooth_threshold(positives: np.ndarray, negatives: np.ndarray, sw: Sweep) -> ThresholdCandidate:
+def f1_smooth_threshold(positives: np.ndarray, negatives: np.ndarray, sw: Sweep) -> CandidateThreshold:
     """The cut point with the highest smoothed F1, scored (unsmoothed) on the data it was fitted on.
 
     Only cut points whose raw F1 is within one standard error of the raw best
@@ -136,18 +121,18 @@ def f1_smooth_threshold(positives: np.ndarray, negatives: np.ndarray, sw: Sweep)
     )
 
 
-def youden_threshold(sw: Sweep) -> ThresholdCandidate:
+def youden_threshold(sw: Sweep) -> CandidateThreshold:
     j = sw.recall - sw.fpr
     index = _middle_of_best(j)
     return _scored("youden_j", sw, index, f"max TPR - FPR = {j[index]:.3f}")
 
 
-def precision_target_threshold(sw: Sweep, target: float) -> ThresholdCandidate:
+def precision_target_threshold(sw: Sweep, target: float) -> CandidateThreshold:
     """The lowest (highest-recall) cut point whose precision is at least ``target``."""
     ok = np.flatnonzero((sw.precision >= target) & (sw.tp > 0))
     if ok.size == 0:
-        return ThresholdCandidate(
-            "precision_target", None, note=f"no threshold reaches precision {target:.3f}"
+        return CandidateThreshold(
+            method="precision_target", threshold=None, note=f"no threshold reaches precision {target:.3f}"
         )
     index = int(ok[0])
     recall = float(sw.recall[index])
@@ -186,26 +171,30 @@ def smoothed_densities(
     return centres, densities[0], densities[1]
 
 
-def valley_threshold(positives: np.ndarray, negatives: np.ndarray) -> ThresholdCandidate:
+def valley_threshold(positives: np.ndarray, negatives: np.ndarray) -> CandidateThreshold:
     """Minimum of the equal-weight mixture density between the negative and positive modes."""
     centres, f_pos, f_neg = smoothed_densities(positives, negatives)
     mode_neg, mode_pos = int(np.argmax(f_neg)), int(np.argmax(f_pos))
     if mode_pos <= mode_neg:
-        return ThresholdCandidate("valley", None, note="positive mode is not above the negative mode")
+        return CandidateThreshold(
+            method="valley", threshold=None, note="positive mode is not above the negative mode"
+        )
     mixture = 0.5 * (f_pos + f_neg)
     between = mixture[mode_neg : mode_pos + 1]
     index = mode_neg + int(np.argmin(between))
     lower_peak = float(min(mixture[mode_neg], mixture[mode_pos]))
     depth_ratio = float(mixture[index]) / lower_peak if lower_peak > 0 else 1.0
     if depth_ratio >= VALLEY_MAX_DEPTH_RATIO:
-        return ThresholdCandidate(
-            "valley", None, note=f"no clear valley (density {depth_ratio:.2f} of the lower peak)"
+        return CandidateThreshold(
+            method="valley",
+            threshold=None,
+            note=f"no clear valley (density {depth_ratio:.2f} of the lower peak)",
         )
     threshold = float(centres[index])
     scored = confusion_at(positives, negatives, threshold)
-    return ThresholdCandidate(
-        "valley",
-        threshold,
+    return CandidateThreshold(
+        method="valley",
+        threshold=threshold,
         precision=scored["precision"],
         recall=scored["recall"],
         f1=scored["f1"],
@@ -218,7 +207,7 @@ def candidate_thresholds(
     positives: np.ndarray | list[float],
     negatives: np.ndarray | list[float],
     precision_target: float | None = None,
-) -> tuple[ThresholdCandidate, ...]:
+) -> tuple[CandidateThreshold, ...]:
     pos = check_scores(positives, "positive scores")
     neg = check_scores(negatives, "negative scores")
     sw = sweep(pos, neg)
@@ -260,7 +249,7 @@ def recommend_threshold(
     candidates = candidate_thresholds(pos, neg, precision_target)
     by_method = {c.method: c for c in candidates}
     sizes = f"{pos.size} {positive_name} and {neg.size} {negative_name}"
-    chosen: ThresholdCandidate
+    chosen: CandidateThreshold
     target = by_method.get("precision_target")
     f1_smooth = by_method["f1_smooth"]
     if target is not None and target.threshold is not None:
