@@ -41,6 +41,7 @@ from shared.registration import (
     Registration,
     corner_errors_px,
     orb_ransac_baseline,
+    rotation_scale_shift,
 )
 
 Method = Callable[[np.ndarray, np.ndarray], Registration]
@@ -55,17 +56,6 @@ class Pair:
     simulated: np.ndarray
     truth: np.ndarray  # print -> mask homography
     identifiable: bool
-
-
-def true_homography(size_px: int, shift: tuple[float, float], angle_deg: float, scale: float) -> np.ndarray:
-    """Print -> mask: rotate/scale about the clip centre, then shift."""
-    c = (size_px - 1) / 2.0
-    a = math.radians(angle_deg)
-    linear = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    h = np.eye(3)
-    h[:2, :2] = linear
-    h[:2, 2] = np.array([c + shift[0], c + shift[1]]) - linear @ np.array([c, c])
-    return h
 
 
 def identifiable(mask: np.ndarray, max_shift_px: int) -> bool:
@@ -114,11 +104,11 @@ def generate_pairs(args: argparse.Namespace) -> Iterator[Pair]:
                                           defocus_nm=float(rng.uniform(-40.0, 40.0)))
             t = (float(rng.uniform(-shift, shift)), float(rng.uniform(-shift, shift)))
             yield make_pair(family, "shift", big_mask, big_print, size, pad,
-                            true_homography(size, t, 0.0, 1.0), shift)
+                            rotation_scale_shift(size, t, 0.0, 1.0), shift)
             t = (float(rng.uniform(-shift, shift)), float(rng.uniform(-shift, shift)))
             angle, scale = float(rng.uniform(-2.0, 2.0)), float(rng.uniform(0.98, 1.02))
             yield make_pair(family, "rst", big_mask, big_print, size, pad,
-                            true_homography(size, t, angle, scale), shift)
+                            rotation_scale_shift(size, t, angle, scale), shift)
 
 
 def phase_correlation(mask: np.ndarray, simulated: np.ndarray) -> Registration:

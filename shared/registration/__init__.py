@@ -11,7 +11,7 @@ from __future__ import annotations
 from shared.registration.aligner import Aligner, warp_to_mask
 from shared.registration.images import AerialModel, approximate_print
 from shared.registration.keypoints import orb_ransac_baseline
-from shared.registration.model import AlignSettings, Registration, corner_errors_px
+from shared.registration.model import AlignSettings, Registration, corner_errors_px, rotation_scale_shift
 
 __all__ = [
     "AerialModel",
@@ -21,5 +21,6 @@ __all__ = [
     "approximate_print",
     "corner_errors_px",
     "orb_ransac_baseline",
+    "rotation_scale_shift",
     "warp_to_mask",
 ]

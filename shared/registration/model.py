@@ -102,6 +102,18 @@ def translation_matrix(dx: float, dy: float) -> np.ndarray:
     return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]], dtype=np.float64)
 
 
+def rotation_scale_shift(size_px: int, shift: tuple[float, float], angle_deg: float = 0.0,
+                         scale: float = 1.0) -> np.ndarray:
+    """Print -> mask homography: rotate and scale about the centre of a square clip, then shift."""
+    c = (size_px - 1) / 2.0
+    a = math.radians(angle_deg)
+    linear = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    h = np.eye(3)
+    h[:2, :2] = linear
+    h[:2, 2] = np.array([c + shift[0], c + shift[1]]) - linear @ np.array([c, c])
+    return h
+
+
 def corner_errors_px(estimated: np.ndarray, truth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Displacement of the four image corners between two homographies (px, length 4)."""
     h, w = shape

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from shared.registration import (
     approximate_print,
     corner_errors_px,
     orb_ransac_baseline,
+    rotation_scale_shift,
 )
 
 SIZE_PX = 160
@@ -46,14 +45,7 @@ def resist_print(mask: np.ndarray) -> np.ndarray:
 
 
 def homography(shift: tuple[float, float], angle_deg: float = 0.0, scale: float = 1.0) -> np.ndarray:
-    """Print -> mask: rotate/scale about the clip centre, then shift."""
-    c = (SIZE_PX - 1) / 2.0
-    a = math.radians(angle_deg)
-    linear = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    h = np.eye(3)
-    h[:2, :2] = linear
-    h[:2, 2] = np.array([c + shift[0], c + shift[1]]) - linear @ np.array([c, c])
-    return h
+    return rotation_scale_shift(SIZE_PX, shift, angle_deg, scale)
 
 
 def make_pair(seed: int, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
