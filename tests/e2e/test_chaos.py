@@ -21,13 +21,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from farm_streams import known_farm, stream_settings
 
-from services.simfarm.core import FarmSettings, FarmStream
 from services.simfarm.main import publish
-from shared.blobstore import LocalBlobStore
 from shared.contracts import AlertRecord, DuplicateRecord, ExplanationRecord, ScoreRecord, SimResult, Topics
-from shared.demo.assets import KNOWN_FAMILIES, NOVEL_FAMILY
-from shared.settings import CommonSettings
 from shared.supervisor import Pipeline
 from shared.testing import collect
 
@@ -62,19 +59,8 @@ def test_kill9_every_stage_mid_stream_loses_nothing(pipeline: Pipeline) -> None:
     rate_per_second = 2.5
     rng = random.Random(int(os.environ.get("LITHOWATCH_CHAOS_SEED", "7")))
     stack = pipeline.stack
-    settings = CommonSettings(kafka_bootstrap=stack.bootstrap, blob_root=stack.workdir / "blobs")
-    farm = FarmStream(
-        FarmSettings(
-            seed=11,
-            families=KNOWN_FAMILIES,
-            novel_families=(NOVEL_FAMILY,),
-            novel_fraction=0.1,
-            duplicate_fraction=0.15,
-            size_px=256,
-            job_id="chaos",
-        ),
-        store=LocalBlobStore(settings.blob_root),
-    )
+    settings = stream_settings(stack)
+    farm = known_farm(settings, seed=11, novel_fraction=0.1, job_id="chaos")
     published: list[str] = []
     labels: dict[str, dict[str, Any]] = {}
 

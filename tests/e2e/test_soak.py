@@ -17,15 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from farm_streams import known_farm, stream_settings
 
-from services.simfarm.core import FarmSettings, FarmStream
 from services.simfarm.main import publish
-from shared.blobstore import LocalBlobStore
 from shared.contracts import SimResult
-from shared.demo.assets import KNOWN_FAMILIES, NOVEL_FAMILY
 from shared.demo.watch import OutputWatcher, metric_sum, scrape
 from shared.launcher import wait_until
-from shared.settings import CommonSettings
 from shared.supervisor import Pipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.soak]
@@ -66,19 +63,8 @@ def test_soak_memory_flat_and_lag_bounded(pipeline: Pipeline) -> None:
     warmup_seconds = min(60.0, duration_seconds / 4)
     count = int(duration_seconds * RATE_PER_SECOND)
     stack = pipeline.stack
-    settings = CommonSettings(kafka_bootstrap=stack.bootstrap, blob_root=stack.workdir / "blobs")
-    farm = FarmStream(
-        FarmSettings(
-            seed=3,
-            families=KNOWN_FAMILIES,
-            novel_families=(NOVEL_FAMILY,),
-            novel_fraction=0.05,
-            duplicate_fraction=0.15,
-            size_px=256,
-            job_id="soak",
-        ),
-        store=LocalBlobStore(settings.blob_root),
-    )
+    settings = stream_settings(stack)
+    farm = known_farm(settings, seed=3, novel_fraction=0.05, job_id="soak")
     published: list[str] = []
 
     def recorded() -> Iterator[SimResult]:
