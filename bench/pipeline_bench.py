@@ -226,10 +226,6 @@ class Profiler:
             self.process.kill()
             self.process.wait()
 
-    def top_frames(self, count: int = 4) -> list[tuple[str, float]]:
-        """The frames with the most samples on top of the stack (self time), as shares."""
-        return hottest_frames(self.path, count)
-
 
 IDLE_FRAMES = ("select (selectors.py", "wait (threading.py", "poll (selectors.py")
 
@@ -316,7 +312,7 @@ def stream_run(
     pct = (lambda q: float(np.percentile(latencies, q))) if len(latencies) else (lambda q: float("nan"))
     return RunFigures(
         prefix, rate, len(items), seconds, steady_rate(outs), dups, pct(50), pct(95), pct(99), cpu,
-        {p.name: p.top_frames() for p in profilers},
+        {p.name: hottest_frames(p.path, 4) for p in profilers},
     )
 
 
