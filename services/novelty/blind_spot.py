@@ -56,6 +56,7 @@ def blind_spot_conflict(
     mask_a: np.ndarray, print_a: np.ndarray, mask_b: np.ndarray, print_b: np.ndarray,
     shift: tuple[int, int], *, max_shift_px: int, mask_tolerance_levels: int, mask_mismatch_max_px: int,
     print_tolerance_px: int, print_mismatch_max_px: int, print_edge_band_px: int = 0,
+    marginal_width_fraction: float = 0.0,
 ) -> tuple[int, int] | None:
     """A tied shift with a larger overlap whose disagreement lies wholly in ``shift``'s blind spot, or None.
 
@@ -63,7 +64,8 @@ def blind_spot_conflict(
     shape; ``shift`` = ``(dx, dy)`` with ``b[y, x] == a[y + dy, x + dx]``. With
     ``print_edge_band_px`` > 0 the prints are judged as
     :func:`services.novelty.print_check.judge_prints` does (topology and edge
-    band), at ``T`` on its whole overlap and on the part ``shift`` verified.
+    band, marginal features forgiven with ``marginal_width_fraction`` > 0), at
+    ``T`` on its whole overlap and on the part ``shift`` verified.
     """
     shape = (int(mask_a.shape[0]), int(mask_a.shape[1]))
     dx, dy = shift
@@ -87,9 +89,10 @@ def blind_spot_conflict(
         masks_agree = int(mask_bad.sum()) <= mask_mismatch_max_px
         if print_edge_band_px > 0:
             def judged(window_a: Window, window_b: Window) -> bool:
+                drawn = mask_a[window_a] > 127 if marginal_width_fraction > 0 else None
                 return judge_prints(print_a[window_a], print_b[window_b], tolerance_px=print_tolerance_px,
-                                    mismatch_max_px=print_mismatch_max_px,
-                                    edge_band_px=print_edge_band_px).accepted
+                                    mismatch_max_px=print_mismatch_max_px, edge_band_px=print_edge_band_px,
+                                    drawn=drawn, marginal_width_fraction=marginal_width_fraction).accepted
 
             if masks_agree and judged(in_a, in_b):
                 continue  # both shifts agree: a periodic layout, the same story either way

@@ -28,7 +28,11 @@ downsampled masks cached) and the best ``max_candidates`` are checked:
    print-only hotspot is scored) and differ only within that band of both
    prints' edges plus slivers up to ``print_tolerance_px`` wide, up to
    ``print_mismatch_max_px`` pixels (:mod:`services.novelty.print_check`; with
-   0, only the latter, as the dedupe stage judges prints); then the
+   0, only the latter, as the dedupe stage judges prints). Between results whose
+   labels name different process conditions (``process_labels``), a feature at
+   the resolution limit that vanished or appeared is forgiven
+   (``marginal_width_fraction``; a bridge, a pinch, a sidelobe or a feature
+   printing near its drawn width never is); then the
    shift-robust spectral hash of the two mask overlaps must agree within
    ``mask_hash_radius_bits``. The pHash of
    the print overlaps is recorded but does not decide: on sparse prints
@@ -56,7 +60,7 @@ failed confirmation, or an image that cannot be loaded, never loses a result.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -82,12 +86,25 @@ Path_ = Literal["exact", "hash", "descriptors"]
 REFINE_PX = 2  # integer shifts tried around the RANSAC translation
 
 
+Process = tuple[object, ...]
+
+
+def process_of(labels: Mapping[str, object] | None, keys: Sequence[str]) -> Process | None:
+    """The values of ``keys`` in a result's labels (its process condition), or None when one is missing."""
+    if not keys or labels is None or any(labels.get(key) is None for key in keys):
+        return None
+    return tuple(labels[key] for key in keys)
+
+
 @dataclass(frozen=True)
 class Clip:
-    """A (mask, print) pair as the confirmation compares it: float [0, 1], one shape."""
+    """A (mask, print) pair as the confirmation compares it: float [0, 1], one shape.
+
+    ``process`` is the result's process condition (:func:`process_of`), None when unknown."""
 
     mask: np.ndarray
     printed: np.ndarray
+    process: Process | None = None
     mask_u8: np.ndarray = field(init=False, repr=False)
     print_binary: np.ndarray = field(init=False, repr=False)
 
@@ -154,11 +171,26 @@ def coarse_score(library_coarse: np.ndarray, query_coarse: np.ndarray, settings:
 # -- the hash path -----------------------------------------------------------------------------
 
 
-def judge(library_print: np.ndarray, query_print: np.ndarray, settings: ConfirmSettings) -> PrintJudgement:
-    """The prints of one overlap (masks agreeing there), judged as ``settings`` say."""
+def other_process(library: Clip, query: Clip) -> bool:
+    """Whether both results name their process condition and the two differ."""
+    return library.process is not None and query.process is not None and library.process != query.process
+
+
+def marginal_fraction(library: Clip, query: Clip, settings: ConfirmSettings) -> float:
+    """``marginal_width_fraction`` when the pair's process conditions differ, else 0 (nothing forgiven)."""
+    return settings.marginal_width_fraction if other_process(library, query) else 0.0
+
+
+def judge(
+    library_print: np.ndarray, query_print: np.ndarray, settings: ConfirmSettings,
+    drawn: np.ndarray | None = None, marginal: float = 0.0,
+) -> PrintJudgement:
+    """The prints of one overlap (masks agreeing there, ``drawn`` the mask), judged as ``settings`` say;
+    ``marginal`` > 0 forgives marginal features (:func:`marginal_fraction`)."""
     return judge_prints(library_print, query_print, tolerance_px=settings.print_tolerance_px,
                         mismatch_max_px=settings.print_mismatch_max_px,
-                        edge_band_px=settings.print_edge_band_px)
+                        edge_band_px=settings.print_edge_band_px,
+                        drawn=drawn if marginal > 0 else None, marginal_width_fraction=marginal)
 
 
 def register(library: Clip, query: Clip, settings: ConfirmSettings) -> dict[str, Any] | None:
@@ -169,13 +201,15 @@ def register(library: Clip, query: Clip, settings: ConfirmSettings) -> dict[str,
     if library.mask.shape != query.mask.shape:
         return None
     tolerance = DedupeSettings().mask_tolerance_levels
+    marginal = marginal_fraction(library, query, settings)
     for dx, dy in tied_shifts(library.mask_u8, query.mask_u8, min(settings.max_shift_px, 96)):
         in_lib, in_query = _overlap(library.mask.shape, dx, dy)
         diff = np.abs(library.mask_u8[in_lib].astype(np.int16) - query.mask_u8[in_query].astype(np.int16))
         mask_mismatch = int(np.count_nonzero(diff > tolerance))
         if mask_mismatch > settings.mask_mismatch_max_px:
             continue
-        verdict = judge(library.print_binary[in_lib], query.print_binary[in_query], settings)
+        verdict = judge(library.print_binary[in_lib], query.print_binary[in_query], settings,
+                        library.mask_u8[in_lib] > 127, marginal)
         if verdict.accepted:
             return {"shift_px": [int(dx), int(dy)], "mask_mismatch_px": mask_mismatch, **verdict.details()}
     return None
@@ -191,6 +225,7 @@ def _blind_spot(
         mask_tolerance_levels=DedupeSettings().mask_tolerance_levels,
         mask_mismatch_max_px=settings.mask_mismatch_max_px, print_tolerance_px=settings.print_tolerance_px,
         print_mismatch_max_px=settings.print_mismatch_max_px, print_edge_band_px=settings.print_edge_band_px,
+        marginal_width_fraction=marginal_fraction(library, query, settings),
     )
     if found is None:
         return None
@@ -285,7 +320,8 @@ def descriptor_path(library: Clip, query: Clip, settings: ConfirmSettings) -> tu
     details["mask_mismatch_px"], details["shift_px"] = mismatch, [best[1], best[2]]
     if mismatch > settings.descriptor_mask_mismatch_max_px:
         return False, details
-    verdict = judge(library.print_binary[in_lib], query.print_binary[in_query], settings)
+    verdict = judge(library.print_binary[in_lib], query.print_binary[in_query], settings,
+                    library.mask_u8[in_lib] > 127, marginal_fraction(library, query, settings))
     details.update(verdict.details())
     if not verdict.accepted:
         return False, details
@@ -351,6 +387,9 @@ class HybridConfirmer:
         overrides: dict[str, Any] = {
             "candidate_pool": settings.confirm_candidate_pool,
             "max_candidates": settings.confirm_max_candidates,
+            "marginal_width_fraction": settings.confirm_marginal_width_fraction,
+            "process_labels": tuple(k.strip() for k in settings.confirm_process_labels.split(",")
+                                    if k.strip()),
         }
         if settings.near_identity_similarity is not None:
             overrides["near_identity_similarity"] = settings.near_identity_similarity
@@ -412,7 +451,8 @@ class HybridConfirmer:
             metrics.CONFIRMATIONS.labels("gate", "below_similarity").inc()
             return None
         try:
-            query = Clip(self.load(item.mask), self.load(item.aligned_simulated))
+            query = Clip(self.load(item.mask), self.load(item.aligned_simulated),
+                         process_of(item.labels, self.settings.process_labels))
         except InputError:
             metrics.CONFIRMATIONS.labels("gate", "image_error").inc()
             return None
@@ -432,7 +472,8 @@ class HybridConfirmer:
         ranked.sort(key=lambda r: -r[0])
         for score, neighbour, mask_ref, print_ref in ranked[: self.settings.max_candidates]:
             try:
-                library = Clip(self.load(mask_ref), self.load(print_ref))
+                library = Clip(self.load(mask_ref), self.load(print_ref),
+                               process_of(neighbour.labels, self.settings.process_labels))
             except InputError:
                 metrics.CONFIRMATIONS.labels("gate", "image_error").inc()
                 continue

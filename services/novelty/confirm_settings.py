@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 CANDIDATE_POOL_DEFAULT = 20
 MAX_CANDIDATES_DEFAULT = 3
 PRINT_EDGE_BAND_DEFAULT = 4
+MARGINAL_WIDTH_FRACTION_DEFAULT = 0.5
+PROCESS_LABELS_DEFAULT = ("dose", "defocus_nm")
 
 
 class ConfirmSettings(BaseModel):
@@ -33,6 +35,12 @@ class ConfirmSettings(BaseModel):
     # topology (nothing bridged, pinched off, vanished or appeared; services.novelty.print_check);
     # 0: no topology check, only the two limits above
     print_edge_band_px: int = Field(PRINT_EDGE_BAND_DEFAULT, ge=0, le=16)
+    # between results of different process conditions, a feature at the resolution limit (printed
+    # half-width at most this fraction of its drawn feature's) may vanish or appear; 0: never
+    marginal_width_fraction: float = Field(MARGINAL_WIDTH_FRACTION_DEFAULT, ge=0.0, le=1.0)
+    # the result labels naming the process condition: marginal features are forgiven only when both
+    # results carry every one of them and some differ
+    process_labels: tuple[str, ...] = PROCESS_LABELS_DEFAULT
     orb_features: int = Field(800, ge=50, le=5000)
     ratio_test: float = Field(0.8, gt=0.0, lt=1.0)
     ransac_threshold_px: float = Field(2.0, gt=0.0)

@@ -8,7 +8,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.novelty.confirm_settings import CANDIDATE_POOL_DEFAULT, MAX_CANDIDATES_DEFAULT
+from services.novelty.confirm_settings import (
+    CANDIDATE_POOL_DEFAULT,
+    MARGINAL_WIDTH_FRACTION_DEFAULT,
+    MAX_CANDIDATES_DEFAULT,
+    PROCESS_LABELS_DEFAULT,
+)
 from services.novelty.core import NoveltyConfig, NoveltyCore
 from services.novelty.library_feed import LibraryFeed
 from shared.calibration.policy import ThresholdPolicy
@@ -36,6 +41,10 @@ class NoveltySettings(StageSettings):
     near_identity_similarity: float | None = Field(None, ge=0.0, le=1.0)
     confirm_candidate_pool: int = Field(CANDIDATE_POOL_DEFAULT, ge=1, le=200)
     confirm_max_candidates: int = Field(MAX_CANDIDATES_DEFAULT, ge=1, le=20)
+    # results of different process conditions (these labels, comma-separated) may differ by features at
+    # the resolution limit; 0 forgives none
+    confirm_marginal_width_fraction: float = Field(MARGINAL_WIDTH_FRACTION_DEFAULT, ge=0.0, le=1.0)
+    confirm_process_labels: str = ",".join(PROCESS_LABELS_DEFAULT)
 
 
 class ThresholdsWatcher:
@@ -128,8 +137,10 @@ def main(settings_file: str | None = None) -> int:
         else:
             source = "the default: the thresholds file has no calibrated gate (run lithowatch calibrate)"
         log.info(
-            "hybrid confirmation: gate %.4f from %s; pool %d, %d checked on pixels",
+            "hybrid confirmation: gate %.4f from %s; pool %d, %d checked on pixels; marginal features"
+            " forgiven up to %.2f of their drawn width between process conditions %s",
             confirm.gate, source, confirm.settings.candidate_pool, confirm.settings.max_candidates,
+            confirm.settings.marginal_width_fraction, ",".join(confirm.settings.process_labels) or "(none)",
         )
     core = NoveltyCore(
         lambda: feed.state,
