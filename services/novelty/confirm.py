@@ -349,14 +349,22 @@ def confirm_pair(library: Clip, query: Clip, settings: ConfirmSettings) -> Confi
         agreed, details = hash_path(library, query, settings)
     metrics.CONFIRMATIONS.labels("hash", "confirmed" if agreed else "rejected").inc()
     if agreed:
+        _count_marginal(details)
         return Confirmation("hash", details)
     if library.mask.shape != query.mask.shape:
         return None
     agreed, found = descriptor_path(library, query, settings)
     metrics.CONFIRMATIONS.labels("descriptors", "confirmed" if agreed else "rejected").inc()
     if agreed:
+        _count_marginal(found)
         return Confirmation("descriptors", {**found, "hash_path": details})
     return None
+
+
+def _count_marginal(details: dict[str, Any]) -> None:
+    """A confirmation whose prints differed by marginal features only (``print``, ``marginal_forgiven``)."""
+    if details.get("print_topology") == "marginal":
+        metrics.CONFIRMATIONS.labels("print", "marginal_forgiven").inc()
 
 
 class HybridConfirmer:

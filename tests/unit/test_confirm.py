@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from services.dedupe.core import DedupeSettings, verify_shifted_match
 from services.explain.duplicates import duplicate_tiles, render_duplicate_panel
@@ -401,9 +402,16 @@ def test_a_resimulation_that_lost_a_marginal_feature_is_confirmed_only_across_pr
     assert process_of(library.labels, keys) == (1.0, 0.0) and process_of({"dose": 1.0}, keys) is None
     lib = Clip(library.mask, library.simulated, process_of(library.labels, keys))
     res = Clip(resim.mask, resim.simulated, process_of(resim.labels, keys))
+    def forgiven() -> float:
+        found = REGISTRY.get_sample_value("lithowatch_confirmations_total",
+                                          {"path": "print", "outcome": "marginal_forgiven"})
+        return found or 0.0
+
+    before = forgiven()
     found = confirm_pair(lib, res, SETTINGS)
     assert found is not None and found.details["shift_px"] == list(variant.shift_px)
     assert found.details["print_topology"] == "marginal" and found.details["print_marginal_vanished"] >= 1
+    assert forgiven() == before + 1  # the metric engineers watch
     # unknown or equal process conditions: a print that lost a feature under the same mask is scored
     assert confirm_pair(Clip(library.mask, library.simulated), Clip(resim.mask, resim.simulated),
                         SETTINGS) is None
