@@ -239,8 +239,17 @@ def main() -> int:
                         " print-only hotspots are also run with 0 (no topology check) as the baseline")
     parser.add_argument("--print-only", type=int, default=None,
                         help="layouts whose print-only hotspots are made (default: --defects)")
+    parser.add_argument("--marginal-width-fraction", type=float, default=None,
+                        help="marginal_width_fraction (default: the settings' default)")
+    parser.add_argument("--across-process", choices=("marginal", "mask_only"), default=None,
+                        help="across_process (default: the settings' default)")
     args = parser.parse_args()
     overrides: dict[str, Any] = {}
+    if args.across_process is not None:
+        overrides["across_process"] = args.across_process
+    if args.marginal_width_fraction is not None:
+        overrides["marginal_width_fraction"] = args.marginal_width_fraction
+
     if args.print_edge_band is not None:
         overrides["print_edge_band_px"] = args.print_edge_band
     if args.pool is not None:
@@ -388,7 +397,7 @@ def main() -> int:
     # the baselines in the same run: the print check without the topology-aware edge band, and the
     # topology check with no marginal feature forgiven
     baseline = settings.model_copy(update={"print_edge_band_px": 0})
-    strict = settings.model_copy(update={"marginal_width_fraction": 0.0})
+    strict = settings.model_copy(update={"marginal_width_fraction": 0.0, "across_process": "marginal"})
     counted = (len(ranking_ms), len(best_ncc["true"]), len(best_ncc["other"]))
     baseline_rows = {
         "missed re-simulations": [hybrid(i, None, baseline) for i in missed],

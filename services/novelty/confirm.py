@@ -32,7 +32,9 @@ downsampled masks cached) and the best ``max_candidates`` are checked:
    labels name different process conditions (``process_labels``), a feature at
    the resolution limit that vanished or appeared is forgiven
    (``marginal_width_fraction``; a bridge, a pinch, a sidelobe or a feature
-   printing near its drawn width never is); then the
+   printing near its drawn width never is; with ``across_process =
+   "mask_only"`` nothing the print shows refuses such a pair, it is only
+   recorded); then the
    shift-robust spectral hash of the two mask overlaps must agree within
    ``mask_hash_radius_bits``. The pHash of
    the print overlaps is recorded but does not decide: on sparse prints
@@ -193,15 +195,25 @@ def judge(
                         drawn=drawn if marginal > 0 else None, marginal_width_fraction=marginal)
 
 
+def mask_only(library: Clip, query: Clip, settings: ConfirmSettings) -> bool:
+    """Whether the hash path takes agreeing masks alone as the identity (``across_process``)."""
+    return settings.across_process == "mask_only" and other_process(library, query)
+
+
 def register(library: Clip, query: Clip, settings: ConfirmSettings) -> dict[str, Any] | None:
     """The smallest shift at which the masks agree on the overlap and the prints pass :func:`judge`.
 
     As :func:`services.dedupe.core.verify_shifted_match` (same tied shifts, same
-    order, same mask check), with the prints judged by :func:`judge`."""
+    order, same mask check), with the prints judged by :func:`judge`. Under
+    ``across_process = "mask_only"`` and other process conditions, when no shift's
+    prints pass, the smallest shift with agreeing masks, marked
+    ``print_refused_across_process``."""
     if library.mask.shape != query.mask.shape:
         return None
     tolerance = DedupeSettings().mask_tolerance_levels
     marginal = marginal_fraction(library, query, settings)
+    overridden = mask_only(library, query, settings)
+    fallback: dict[str, Any] | None = None  # another process condition: the print's change recorded
     for dx, dy in tied_shifts(library.mask_u8, query.mask_u8, min(settings.max_shift_px, 96)):
         in_lib, in_query = _overlap(library.mask.shape, dx, dy)
         diff = np.abs(library.mask_u8[in_lib].astype(np.int16) - query.mask_u8[in_query].astype(np.int16))
@@ -210,9 +222,12 @@ def register(library: Clip, query: Clip, settings: ConfirmSettings) -> dict[str,
             continue
         verdict = judge(library.print_binary[in_lib], query.print_binary[in_query], settings,
                         library.mask_u8[in_lib] > 127, marginal)
+        found = {"shift_px": [int(dx), int(dy)], "mask_mismatch_px": mask_mismatch, **verdict.details()}
         if verdict.accepted:
-            return {"shift_px": [int(dx), int(dy)], "mask_mismatch_px": mask_mismatch, **verdict.details()}
-    return None
+            return found
+        if overridden and fallback is None:  # kept unless a later shift's prints agree as well
+            fallback = {**found, "print_refused_across_process": True}
+    return fallback
 
 
 def _blind_spot(
@@ -362,8 +377,11 @@ def confirm_pair(library: Clip, query: Clip, settings: ConfirmSettings) -> Confi
 
 
 def _count_marginal(details: dict[str, Any]) -> None:
-    """A confirmation whose prints differed by marginal features only (``print``, ``marginal_forgiven``)."""
-    if details.get("print_topology") == "marginal":
+    """A confirmation whose prints differed by marginal features only (``print``, ``marginal_forgiven``),
+    or that the print check refused but ``across_process = "mask_only"`` let through (``mask_only``)."""
+    if details.get("print_refused_across_process"):
+        metrics.CONFIRMATIONS.labels("print", "mask_only").inc()
+    elif details.get("print_topology") == "marginal":
         metrics.CONFIRMATIONS.labels("print", "marginal_forgiven").inc()
 
 
@@ -398,6 +416,7 @@ class HybridConfirmer:
             "marginal_width_fraction": settings.confirm_marginal_width_fraction,
             "process_labels": tuple(k.strip() for k in settings.confirm_process_labels.split(",")
                                     if k.strip()),
+            "across_process": settings.confirm_across_process,
         }
         if settings.near_identity_similarity is not None:
             overrides["near_identity_similarity"] = settings.near_identity_similarity

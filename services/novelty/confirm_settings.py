@@ -6,6 +6,8 @@ without importing OpenCV.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 CANDIDATE_POOL_DEFAULT = 20
@@ -13,6 +15,8 @@ MAX_CANDIDATES_DEFAULT = 3
 PRINT_EDGE_BAND_DEFAULT = 4
 MARGINAL_WIDTH_FRACTION_DEFAULT = 0.5
 PROCESS_LABELS_DEFAULT = ("dose", "defocus_nm")
+AcrossProcess = Literal["marginal", "mask_only"]
+ACROSS_PROCESS_DEFAULT: AcrossProcess = "marginal"
 
 
 class ConfirmSettings(BaseModel):
@@ -41,6 +45,10 @@ class ConfirmSettings(BaseModel):
     # the result labels naming the process condition: marginal features are forgiven only when both
     # results carry every one of them and some differ
     process_labels: tuple[str, ...] = PROCESS_LABELS_DEFAULT
+    # between results of different process conditions, on the hash path (masks pixel-exact on the
+    # overlap): "marginal" refuses on the print as above; "mask_only" takes the agreeing masks as the
+    # layout's identity and records what the print check found without refusing on it
+    across_process: AcrossProcess = ACROSS_PROCESS_DEFAULT
     orb_features: int = Field(800, ge=50, le=5000)
     ratio_test: float = Field(0.8, gt=0.0, lt=1.0)
     ransac_threshold_px: float = Field(2.0, gt=0.0)

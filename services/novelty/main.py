@@ -9,10 +9,12 @@ from pathlib import Path
 from pydantic import Field
 
 from services.novelty.confirm_settings import (
+    ACROSS_PROCESS_DEFAULT,
     CANDIDATE_POOL_DEFAULT,
     MARGINAL_WIDTH_FRACTION_DEFAULT,
     MAX_CANDIDATES_DEFAULT,
     PROCESS_LABELS_DEFAULT,
+    AcrossProcess,
 )
 from services.novelty.core import NoveltyConfig, NoveltyCore
 from services.novelty.library_feed import LibraryFeed
@@ -45,6 +47,8 @@ class NoveltySettings(StageSettings):
     # the resolution limit; 0 forgives none
     confirm_marginal_width_fraction: float = Field(MARGINAL_WIDTH_FRACTION_DEFAULT, ge=0.0, le=1.0)
     confirm_process_labels: str = ",".join(PROCESS_LABELS_DEFAULT)
+    # "mask_only": between process conditions, agreeing masks alone confirm (the print's change is recorded)
+    confirm_across_process: AcrossProcess = ACROSS_PROCESS_DEFAULT
 
 
 class ThresholdsWatcher:
@@ -138,9 +142,10 @@ def main(settings_file: str | None = None) -> int:
             source = "the default: the thresholds file has no calibrated gate (run lithowatch calibrate)"
         log.info(
             "hybrid confirmation: gate %.4f from %s; pool %d, %d checked on pixels; marginal features"
-            " forgiven up to %.2f of their drawn width between process conditions %s",
+            " forgiven up to %.2f of their drawn width between process conditions %s (across: %s)",
             confirm.gate, source, confirm.settings.candidate_pool, confirm.settings.max_candidates,
             confirm.settings.marginal_width_fraction, ",".join(confirm.settings.process_labels) or "(none)",
+            confirm.settings.across_process,
         )
     core = NoveltyCore(
         lambda: feed.state,

@@ -150,11 +150,13 @@ def test_calibrated_gate_from_the_thresholds_file_applies_unless_the_setting_is_
         confirm_max_candidates = 2
         confirm_marginal_width_fraction = 0.4
         confirm_process_labels = " dose, defocus_nm,bias_nm "
+        confirm_across_process = "mask_only"
 
     explicit = HybridConfirmer.from_settings(ServiceSettings(), lambda: None, lambda: 0.5)
     assert explicit.gate == 0.9 and explicit.settings.candidate_pool == 7
     assert explicit.settings.max_candidates == 2 and explicit.settings.marginal_width_fraction == 0.4
     assert explicit.settings.process_labels == ("dose", "defocus_nm", "bias_nm")
+    assert explicit.settings.across_process == "mask_only"
     ServiceSettings.near_identity_similarity = None
     assert HybridConfirmer.from_settings(ServiceSettings(), lambda: None, lambda: 0.5).gate == 0.5
 
@@ -433,3 +435,33 @@ def test_a_resimulation_that_lost_a_marginal_feature_is_confirmed_only_across_pr
     assert out.value.details["print_topology"] == "marginal"
     unlabelled = query.model_copy(update={"labels": {"family": "routing"}})
     assert confirmer(unlabelled, np.ones(4, np.float32) / 2.0, [entry]) is None
+
+
+def test_mask_only_across_process_confirms_on_the_mask_and_records_what_the_print_showed() -> None:
+    variant = Variant(shift_px=(30, -26), dose=0.97, defocus_nm=60.0)
+    farm = FarmGenerator(seed=0, families=("routing",))
+    layout = farm.new_layout()
+    group = farm.group_id(layout)
+    library, resim = farm.render(layout, group), farm.render(layout, group, variant)
+    mask_only = SETTINGS.model_copy(update={"across_process": "mask_only"})
+    lib = Clip(library.mask, library.simulated, (1.0, 0.0))
+    window = overlap_windows(lib.mask.shape, *variant.shift_px)[1]
+    sidelobe = print_hotspot(resim.simulated, window, "sidelobe")
+    assert confirm_pair(lib, Clip(resim.mask, sidelobe, (0.97, 60.0)), SETTINGS) is None  # the default
+    before = REGISTRY.get_sample_value("lithowatch_confirmations_total",
+                                       {"path": "print", "outcome": "mask_only"}) or 0.0
+    found = confirm_pair(lib, Clip(resim.mask, sidelobe, (0.97, 60.0)), mask_only)
+    assert found is not None and found.path == "hash" and found.details["shift_px"] == list(variant.shift_px)
+    assert found.details["print_refused_across_process"] is True
+    assert found.details["print_topology"] == "components"  # recorded for the explanation
+    assert REGISTRY.get_sample_value("lithowatch_confirmations_total",
+                                     {"path": "print", "outcome": "mask_only"}) == before + 1
+    # the same or an unknown process condition: the print still refuses; so does another mask
+    assert confirm_pair(lib, Clip(resim.mask, sidelobe, (1.0, 0.0)), mask_only) is None
+    assert confirm_pair(lib, Clip(resim.mask, sidelobe), mask_only) is None
+    shapes, defective = samples()["library"], samples()["defective"]
+    assert confirm_pair(Clip(shapes.mask, shapes.simulated, (1.0, 0.0)),
+                        Clip(defective.mask, defective.simulated, (0.97, 60.0)), mask_only) is None
+    # prints that agree are confirmed without the mark
+    plain = confirm_pair(lib, Clip(resim.mask, resim.simulated, (0.97, 60.0)), mask_only)
+    assert plain is not None and "print_refused_across_process" not in plain.details
