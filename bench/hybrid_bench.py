@@ -17,9 +17,11 @@ re-simulations and the print-only hotspots are also run with
 and the missed re-simulations are split by how their print changed at the true
 shift (same topology; only marginal features came or went; a real topology
 change) and by defocus. Every clip carries its process condition (dose, focus)
-from its labels, as the service reads them, so marginal features are forgiven
-between a re-simulation and its entry (``marginal_width_fraction``); the strict
-check (fraction 0) is the baseline of the same run.
+from its labels, as the service reads them: between a re-simulation and its
+entry ``across_process`` applies (default ``mask_only``: agreeing masks confirm,
+the print's changes are recorded; ``--across-process marginal``: the print is
+judged, marginal features forgiven). The other policy and the strict check
+(``marginal``, fraction 0) are baselines of the same run.
 
 Steps, one run, nothing asserted:
 0. the gate: ``--gate calibrated`` (default) reads it off re-simulation pairs of
@@ -404,11 +406,15 @@ def main() -> int:
         "print-only hotspots": [hybrid(n_r + n_d + len(defective) + k, None, baseline)
                                 for k in range(len(print_only))],
         "missed, strict": [hybrid(i, None, strict) for i in missed],
+        "missed, marginal": [hybrid(i, None, settings.model_copy(update={"across_process": "marginal"}))
+                             for i in missed],
     }
     del ranking_ms[counted[0]:], best_ncc["true"][counted[1]:], best_ncc["other"][counted[2]:]
     baseline_right = sum(li == i for (li, _, _), i in zip(baseline_rows["missed re-simulations"], missed,
                                                            strict=True))
     strict_right = sum(li == i for (li, _, _), i in zip(baseline_rows["missed, strict"], missed, strict=True))
+    marginal_right = sum(li == i for (li, _, _), i in zip(baseline_rows["missed, marginal"], missed,
+                                                           strict=True))
     # how each missed re-sim's print changed at the true shift (the window shift is known): "same"
     # topology, only "marginal" features came or went, or a real topology change ("components",
     # "holes"), which the check scores as a process-window hotspot
@@ -558,8 +564,11 @@ def main() -> int:
     print("  missed re-sims not confirmed: " + ", ".join(f"{k} {v}" for k, v in misses.items()))
     kept_right = sum(li == i for (li, _, _), i in missed_rows if i in kept)
     print(
-        f"  strict topology (marginal_width_fraction 0), same run: missed re-sims confirmed to their own"
-        f" entry {strict_right}/{len(missed)} ({strict_right / max(1, len(missed)):.3f})"
+        f"  across_process {settings.across_process}; same run, across_process marginal: missed re-sims"
+        f" confirmed to their own entry {marginal_right}/{len(missed)}"
+        f" ({marginal_right / max(1, len(missed)):.3f}); strict topology (marginal,"
+        f" marginal_width_fraction 0): {strict_right}/{len(missed)}"
+        f" ({strict_right / max(1, len(missed)):.3f})"
     )
     print(
         f"  missed re-sims whose print keeps its topology at the true shift: {len(kept)}/{len(missed)};"

@@ -16,7 +16,7 @@ PRINT_EDGE_BAND_DEFAULT = 4
 MARGINAL_WIDTH_FRACTION_DEFAULT = 0.5
 PROCESS_LABELS_DEFAULT = ("dose", "defocus_nm")
 AcrossProcess = Literal["marginal", "mask_only"]
-ACROSS_PROCESS_DEFAULT: AcrossProcess = "marginal"
+ACROSS_PROCESS_DEFAULT: AcrossProcess = "mask_only"
 
 
 class ConfirmSettings(BaseModel):
@@ -46,8 +46,9 @@ class ConfirmSettings(BaseModel):
     # results carry every one of them and some differ
     process_labels: tuple[str, ...] = PROCESS_LABELS_DEFAULT
     # between results of different process conditions, on the hash path (masks pixel-exact on the
-    # overlap): "marginal" refuses on the print as above; "mask_only" takes the agreeing masks as the
-    # layout's identity and records what the print check found without refusing on it
+    # overlap): "mask_only" takes the agreeing masks as the layout's identity and records what the print
+    # check found without refusing on it; "marginal" refuses on the print as above, so a process-window
+    # hotspot (a bridge, a missing feature, a sidelobe) of a re-simulation is scored
     across_process: AcrossProcess = ACROSS_PROCESS_DEFAULT
     orb_features: int = Field(800, ge=50, le=5000)
     ratio_test: float = Field(0.8, gt=0.0, lt=1.0)

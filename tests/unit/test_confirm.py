@@ -410,19 +410,22 @@ def test_a_resimulation_that_lost_a_marginal_feature_is_confirmed_only_across_pr
         return found or 0.0
 
     before = forgiven()
-    found = confirm_pair(lib, res, SETTINGS)
+    marginal = SETTINGS.model_copy(update={"across_process": "marginal"})
+    found = confirm_pair(lib, res, marginal)
     assert found is not None and found.details["shift_px"] == list(variant.shift_px)
     assert found.details["print_topology"] == "marginal" and found.details["print_marginal_vanished"] >= 1
+    assert "print_refused_across_process" not in found.details
     assert forgiven() == before + 1  # the metric engineers watch
     # unknown or equal process conditions: a print that lost a feature under the same mask is scored
-    assert confirm_pair(Clip(library.mask, library.simulated), Clip(resim.mask, resim.simulated),
-                        SETTINGS) is None
-    assert confirm_pair(lib, Clip(resim.mask, resim.simulated, lib.process), SETTINGS) is None
-    assert confirm_pair(lib, res, SETTINGS.model_copy(update={"marginal_width_fraction": 0.0})) is None
+    for settings in (marginal, SETTINGS):
+        assert confirm_pair(Clip(library.mask, library.simulated), Clip(resim.mask, resim.simulated),
+                            settings) is None
+        assert confirm_pair(lib, Clip(resim.mask, resim.simulated, lib.process), settings) is None
+    assert confirm_pair(lib, res, marginal.model_copy(update={"marginal_width_fraction": 0.0})) is None
     window = overlap_windows(lib.mask.shape, *variant.shift_px)[1]
     for edit in ("missing", "sidelobe"):  # a line gone, a blob in free space: hotspots at any focus
         hotspot = Clip(resim.mask, print_hotspot(resim.simulated, window, edit), res.process)
-        assert confirm_pair(lib, hotspot, SETTINGS) is None, edit
+        assert confirm_pair(lib, hotspot, marginal) is None, edit
     # the service takes the process conditions from the result's and the library entry's labels
     confirmer = HybridConfirmer(ImageLoader(), ConfirmSettings(near_identity_similarity=0.9))
     entry = Neighbour(id="lib-0", similarity=0.95, labels=dict(library.labels),
@@ -443,11 +446,13 @@ def test_mask_only_across_process_confirms_on_the_mask_and_records_what_the_prin
     layout = farm.new_layout()
     group = farm.group_id(layout)
     library, resim = farm.render(layout, group), farm.render(layout, group, variant)
-    mask_only = SETTINGS.model_copy(update={"across_process": "mask_only"})
+    mask_only = SETTINGS
     lib = Clip(library.mask, library.simulated, (1.0, 0.0))
     window = overlap_windows(lib.mask.shape, *variant.shift_px)[1]
     sidelobe = print_hotspot(resim.simulated, window, "sidelobe")
-    assert confirm_pair(lib, Clip(resim.mask, sidelobe, (0.97, 60.0)), SETTINGS) is None  # the default
+    marginal = SETTINGS.model_copy(update={"across_process": "marginal"})
+    assert SETTINGS.across_process == "mask_only"  # the default
+    assert confirm_pair(lib, Clip(resim.mask, sidelobe, (0.97, 60.0)), marginal) is None
     before = REGISTRY.get_sample_value("lithowatch_confirmations_total",
                                        {"path": "print", "outcome": "mask_only"}) or 0.0
     found = confirm_pair(lib, Clip(resim.mask, sidelobe, (0.97, 60.0)), mask_only)
