@@ -192,7 +192,7 @@ def judge(
     return judge_prints(library_print, query_print, tolerance_px=settings.print_tolerance_px,
                         mismatch_max_px=settings.print_mismatch_max_px,
                         edge_band_px=settings.print_edge_band_px,
-                        drawn=drawn if marginal > 0 else None, marginal_width_fraction=marginal)
+                        drawn=drawn, marginal_width_fraction=marginal)
 
 
 def mask_only(library: Clip, query: Clip, settings: ConfirmSettings) -> bool:
@@ -364,19 +364,19 @@ def confirm_pair(library: Clip, query: Clip, settings: ConfirmSettings) -> Confi
         agreed, details = hash_path(library, query, settings)
     metrics.CONFIRMATIONS.labels("hash", "confirmed" if agreed else "rejected").inc()
     if agreed:
-        _count_marginal(details)
+        _count_print_override(details)
         return Confirmation("hash", details)
     if library.mask.shape != query.mask.shape:
         return None
     agreed, found = descriptor_path(library, query, settings)
     metrics.CONFIRMATIONS.labels("descriptors", "confirmed" if agreed else "rejected").inc()
     if agreed:
-        _count_marginal(found)
+        _count_print_override(found)
         return Confirmation("descriptors", {**found, "hash_path": details})
     return None
 
 
-def _count_marginal(details: dict[str, Any]) -> None:
+def _count_print_override(details: dict[str, Any]) -> None:
     """A confirmation whose prints differed by marginal features only (``print``, ``marginal_forgiven``),
     or that the print check refused but ``across_process = "mask_only"`` let through (``mask_only``)."""
     if details.get("print_refused_across_process"):

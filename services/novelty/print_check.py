@@ -135,15 +135,24 @@ def _holes_match(
     return bool(hole_b[of_b[judged_a[of_a]]].all())  # ... or opened to the border
 
 
-def topology_change(print_a: np.ndarray, print_b: np.ndarray, border_px: int) -> Topology:
-    """``"same"``, or what changed: ``"components"`` (bridged, pinched, vanished, appeared), ``"holes"``."""
-    shape = (int(print_a.shape[0]), int(print_a.shape[1]))
-    near = _near_border(shape, border_px)
+def _judged_components(
+    print_a: np.ndarray, print_b: np.ndarray, near: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+    """Per print: the number of labels, the 8-connected foreground labels, and per label whether it is
+    judged (not lying wholly in the ``near`` border band; the background label 0 never is)."""
     n_a, fg_a = _labels(print_a, 8)
     n_b, fg_b = _labels(print_b, 8)
     judged_a = ~_ignorable(fg_a, n_a, near)
     judged_b = ~_ignorable(fg_b, n_b, near)
     judged_a[0] = judged_b[0] = False
+    return n_a, fg_a, judged_a, n_b, fg_b, judged_b
+
+
+def topology_change(print_a: np.ndarray, print_b: np.ndarray, border_px: int) -> Topology:
+    """``"same"``, or what changed: ``"components"`` (bridged, pinched, vanished, appeared), ``"holes"``."""
+    shape = (int(print_a.shape[0]), int(print_a.shape[1]))
+    near = _near_border(shape, border_px)
+    n_a, fg_a, judged_a, n_b, fg_b, judged_b = _judged_components(print_a, print_b, near)
     if not _one_to_one(fg_a, n_a, judged_a, fg_b, n_b, judged_b):
         return "components"
     # holes: background components (4-connected, the dual of 8) that do not touch the border;
@@ -204,13 +213,8 @@ def _without_marginal(
 
     None when some other component change is there (a bridge, a pinch, a component
     matched to several) or a vanished or appeared component is not marginal."""
-    shape = (int(print_a.shape[0]), int(print_a.shape[1]))
-    near = _near_border(shape, border_px)
-    n_a, fg_a = _labels(print_a, 8)
-    n_b, fg_b = _labels(print_b, 8)
-    judged_a = ~_ignorable(fg_a, n_a, near)
-    judged_b = ~_ignorable(fg_b, n_b, near)
-    judged_a[0] = judged_b[0] = False
+    near = _near_border((int(print_a.shape[0]), int(print_a.shape[1])), border_px)
+    n_a, fg_a, judged_a, n_b, fg_b, judged_b = _judged_components(print_a, print_b, near)
     partners_a, partners_b = _partners(fg_a, n_a, fg_b, n_b)
     if (partners_a[judged_a] > 1).any() or (partners_b[judged_b] > 1).any():
         return None
