@@ -1,6 +1,7 @@
 """The embed stage's pure core: micro-batches of (mask, aligned print) -> unit vectors.
 
 No Kafka, no settings from the environment: the runtime hands in decoded images
+(with each clip's ``nm_per_px``, which an encoder with a canonical scale needs)
 and gets vectors back. The core also keeps the time spent inside the model, so
 the runtime can export a busy ratio (model seconds / wall seconds) and tell a
 model-bound stage from one starved of input.
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import ImageError
 from shared.model.encoder import Encoder
-from shared.model.preprocess import check_pair
+from shared.model.preprocess import check_pair, check_scales, scaled_shape
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -80,29 +81,40 @@ class EmbedCore:
     def dim(self) -> int:
         return self.encoder.dim
 
-    @staticmethod
-    def validate_item(mask: np.ndarray, aligned_print: np.ndarray) -> None:
-        """Raise :class:`ImageError` for a pair the model cannot take (send it to the DLQ)."""
-        check_pair(mask, aligned_print)
+    def validate_item(
+        self, mask: np.ndarray, aligned_print: np.ndarray, nm_per_px: float | None = None
+    ) -> None:
+        """Raise :class:`ImageError` for a pair the model cannot take (send it to the DLQ).
 
-    def embed_batch(self, items: Sequence[Pair]) -> np.ndarray:
+        With a canonical scale in the encoder's spec the clip's ``nm_per_px`` must be
+        given, and the clip must be resamplable to it (reason ``image_scale``).
+        """
+        check_pair(mask, aligned_print)
+        canonical = self.encoder.nm_per_px
+        if canonical is not None:
+            scaled_shape(mask.shape, nm_per_px, canonical, self.encoder.input_size)
+
+    def embed_batch(self, items: Sequence[Pair], nm_per_px: Sequence[float] | None = None) -> np.ndarray:
         """``(len(items), dim)`` float32 unit vectors, in input order.
 
-        Raises :class:`ImageError` naming the first invalid item; the runtime may
-        call :meth:`validate_item` per message first to keep good ones flowing.
+        ``nm_per_px`` holds one scale per item (needed when the encoder has a canonical
+        scale). Raises :class:`ImageError` naming the first invalid item; the runtime
+        may call :meth:`validate_item` per message first to keep good ones flowing.
         """
+        check_scales(nm_per_px, len(items), self.encoder.nm_per_px)
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         for i, (mask, aligned_print) in enumerate(items):
             try:
-                check_pair(mask, aligned_print)
+                self.validate_item(mask, aligned_print, None if nm_per_px is None else nm_per_px[i])
             except ImageError as exc:
                 raise ImageError(f"item {i}: {exc}", reason=exc.reason) from exc
         step = self.settings.max_batch_size
         parts: list[np.ndarray] = []
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
-            x = self.encoder.preprocess([m for m, _ in chunk], [p for _, p in chunk])
+            scales = None if nm_per_px is None else nm_per_px[start : start + step]
+            x = self.encoder.preprocess([m for m, _ in chunk], [p for _, p in chunk], scales)
             began = self._clock()
             vectors = self.encoder.embed_tensor(x)
             spent = self._clock() - began

@@ -1,4 +1,9 @@
-"""The embed stage as the runtime sees it: decode a micro-batch, embed it, attach vectors."""
+"""The embed stage as the runtime sees it: decode a micro-batch, embed it, attach vectors.
+
+Each message's ``nm_per_px`` goes with its images; a clip the encoder cannot take
+(bad image, or a scale it cannot be resampled from) is rejected on its own, so it
+is dead-lettered with its reason while the rest of the batch flows.
+"""
 
 from __future__ import annotations
 
@@ -29,18 +34,20 @@ class EmbedStage:
     def process_batch(self, items: Sequence[AlignedResult]) -> list[ItemResult]:
         results: list[ItemResult | None] = [None] * len(items)
         pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        scales: list[float] = []
         positions: list[int] = []
         for i, item in enumerate(items):
             try:
                 mask = self.load(item.mask)
                 aligned = self.load(item.aligned_simulated)
-                self.core.validate_item(mask, aligned)
+                self.core.validate_item(mask, aligned, item.nm_per_px)
             except InputError as exc:
                 results[i] = exc
                 continue
             pairs.append((mask, aligned))
+            scales.append(item.nm_per_px)
             positions.append(i)
-        vectors = self.core.embed_batch(pairs)
+        vectors = self.core.embed_batch(pairs, scales)
         for row, i in enumerate(positions):
             item = items[i]
             embedded = EmbeddedResult(

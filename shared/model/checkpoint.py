@@ -4,8 +4,9 @@ Layout (all names fixed)::
 
     <ckpt>/model.safetensors   the network's state dict (safetensors: no pickle)
     <ckpt>/metadata.json       :class:`CheckpointMetadata` (architecture, channels,
-                               input size, normalisation, dim, objective, training
-                               data fingerprint, metrics, model_version, weights sha256)
+                               input size, canonical nm_per_px if any, normalisation,
+                               dim, objective, training data fingerprint, metrics,
+                               model_version, weights sha256)
     <ckpt>/loss_curve.png      written by training (optional, never read)
 
 Loading checks, in order: the metadata parses and validates, the weights file's
@@ -55,6 +56,9 @@ class CheckpointMetadata(BaseModel):
     arch: str
     channels: list[str]
     input_size: int
+    # Canonical input scale (nm per input px). Absent in legacy checkpoints (and not
+    # written for them): the whole clip is resized to input_size, whatever its scale.
+    nm_per_px: float | None = Field(default=None, gt=0)
     normalisation: Normalisation
     embedding_dim: int = Field(gt=0)
     projection_dim: int = Field(ge=0)
@@ -75,6 +79,7 @@ class CheckpointMetadata(BaseModel):
             std=tuple(self.normalisation.std),
             projection_dim=self.projection_dim,
             objective=self.objective,
+            nm_per_px=self.nm_per_px,
         )
 
 
@@ -109,7 +114,7 @@ def save_encoder(
         raise ConfigError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.net.state_dict().items()}
-    model_version = make_model_version(encoder.spec.arch, objective, state)
+    model_version = make_model_version(encoder.spec.arch, objective, state, encoder.spec.nm_per_px)
     tmp_weights = out / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp_weights), metadata={"format": "pt", "model_version": model_version})
     digest = _file_sha256(tmp_weights)
@@ -118,6 +123,7 @@ def save_encoder(
         arch=encoder.spec.arch,
         channels=list(encoder.spec.channels),
         input_size=encoder.spec.input_size,
+        nm_per_px=encoder.spec.nm_per_px,
         normalisation=Normalisation(mean=list(encoder.spec.mean), std=list(encoder.spec.std)),
         embedding_dim=encoder.dim,
         projection_dim=encoder.spec.projection_dim,
@@ -128,10 +134,11 @@ def save_encoder(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         torch_version=str(torch.__version__),
     )
+    document = meta.model_dump(mode="json")
+    if document["nm_per_px"] is None:
+        del document["nm_per_px"]  # a legacy checkpoint stays readable by readers that predate the field
     tmp_meta = out / (METADATA_NAME + ".tmp")
-    tmp_meta.write_text(
-        json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    tmp_meta.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp_weights, out / WEIGHTS_NAME)
     os.replace(tmp_meta, out / METADATA_NAME)
     return meta
@@ -193,7 +200,7 @@ def load_encoder(path: str | Path, device: str = "auto", batch_size: int = 64) -
         ) from exc
     if net_dim(net) != meta.embedding_dim:
         raise ConfigError(f"{ckpt}: metadata says dim {meta.embedding_dim}, the network gives {net_dim(net)}")
-    expected_version = make_model_version(spec.arch, spec.objective, state)
+    expected_version = make_model_version(spec.arch, spec.objective, state, spec.nm_per_px)
     if expected_version != meta.model_version:
         raise ConfigError(
             f"{ckpt}: model_version {meta.model_version!r} does not match its weights ({expected_version!r})"

@@ -13,13 +13,22 @@ from shared.model.train import TRAIN_OBJECTIVES, TrainConfig, train_encoder
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train an encoder (supervised, contrastive or autoencoder) and write a checkpoint",
+        help="train an encoder (supervised, contrastive, crossview, contrastive+crossview or "
+        "autoencoder) and write a checkpoint",
         description="Train an encoder on a data set folder (manifest.jsonl). Whole layouts (label "
         "'group') are held out for validation; P@5 by group on them is reported for the trained "
         "and the untrained network. Writes <out>/model.safetensors, metadata.json, loss_curve.png.",
     )
     p.add_argument("--dataset", required=True, help="data set folder with manifest.jsonl")
-    p.add_argument("--objective", choices=TRAIN_OBJECTIVES, default="contrastive")
+    p.add_argument(
+        "--objective",
+        choices=TRAIN_OBJECTIVES,
+        default="contrastive",
+        help="contrastive: two farm variants of a layout are one thing (default); crossview: a mask "
+        "and its own print are one thing (shared trunk, mask-only and print-only views, the full "
+        "input pulled to both); contrastive+crossview: both on the same batch; supervised: label "
+        "heads; autoencoder: reconstruction",
+    )
     p.add_argument(
         "--backbone",
         choices=ARCHS,
@@ -35,9 +44,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="projection head output size; 0 = pooled features (autoencoder: bottleneck, default 128)",
     )
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128, help="contrastive: anchors + partners")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="items per step; contrastive and contrastive+crossview: anchors + partners (the anchors "
+        "also give the single views); crossview: items, each seen as three views",
+    )
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate")
-    p.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature (contrastive)")
+    p.add_argument(
+        "--temperature", type=float, default=0.1, help="InfoNCE temperature (contrastive, crossview)"
+    )
+    p.add_argument(
+        "--crossview-weight",
+        type=float,
+        default=0.5,
+        help="contrastive+crossview: weight of the crossview loss against the variant loss "
+        "(default 0.5, in (0, 10])",
+    )
     p.add_argument(
         "--augment-shift-px",
         type=float,
@@ -84,6 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         temperature=args.temperature,
+        crossview_weight=args.crossview_weight,
         max_shift_px=args.augment_shift_px,
         print_jitter=args.print_jitter,
         val_fraction=args.val_fraction,

@@ -1,4 +1,8 @@
-"""Training data in memory: a data set folder decoded once, resized to the input size.
+"""Training data in memory: a data set folder decoded once, brought to the input size.
+
+Each clip is resized whole (legacy) or, given the encoder's canonical ``nm_per_px``,
+resampled from its own scale and centre-cropped or padded exactly as
+:meth:`shared.model.encoder.Encoder.preprocess` does, so training sees what inference sees.
 
 The whole set is held as two ``(N, S, S)`` float32 stacks (masks and aligned prints)
 plus integer codes for the labels training uses. At 64 px that is 32 KiB per item,
@@ -16,7 +20,7 @@ from tqdm import tqdm
 
 from shared.dataset import Dataset
 from shared.errors import ConfigError, ImageError
-from shared.model.preprocess import resize_pairs
+from shared.model.preprocess import check_nm_per_px, resize_pairs
 
 NO_LABEL = -1
 
@@ -72,14 +76,31 @@ class TrainingSet:
         )
 
 
-def load_training_set(dataset: Dataset, input_size: int, progress: bool = True) -> TrainingSet:
-    """Decode every item of ``dataset`` at ``input_size`` px; errors name the item."""
+def load_training_set(
+    dataset: Dataset, input_size: int, progress: bool = True, nm_per_px: float | None = None
+) -> TrainingSet:
+    """Decode every item of ``dataset`` at ``input_size`` px; errors name the item.
+
+    ``nm_per_px`` is the canonical input scale (None: resize each clip whole); an
+    item that cannot be brought to it is a :class:`ConfigError` naming the item.
+    """
+    if nm_per_px is not None:
+        try:
+            check_nm_per_px(nm_per_px, "the canonical scale")
+        except ImageError as exc:
+            raise ConfigError(str(exc)) from exc
     n = len(dataset)
     masks = np.empty((n, input_size, input_size), dtype=np.float32)
     prints = np.empty_like(masks)
     for i, item in enumerate(tqdm(dataset.items, desc="loading images", unit="item", disable=not progress)):
         try:
-            m, p = resize_pairs([item.load_mask()], [item.load_simulated()], input_size)
+            m, p = resize_pairs(
+                [item.load_mask()],
+                [item.load_simulated()],
+                input_size,
+                [item.nm_per_px],
+                canonical_nm_per_px=nm_per_px,
+            )
         except ImageError as exc:
             raise ConfigError(f"data set item {item.id!r}: {exc}") from exc
         masks[i], prints[i] = m[0], p[0]

@@ -29,8 +29,10 @@ def embed_dataset(
 
     ``ckpt_path`` may also be an already loaded :class:`Encoder`. The simulated
     images of a data set are taken as aligned to their masks (same frame), which is
-    how farms and ``shared.litho`` write them. Images of the next batch are decoded
-    on a worker thread while the model runs.
+    how farms and ``shared.litho`` write them. Each item's ``nm_per_px`` goes with
+    its images, so an encoder with a canonical scale resamples every clip to it (a
+    legacy encoder ignores it). Images of the next batch are decoded on a worker
+    thread while the model runs.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
@@ -51,7 +53,8 @@ def embed_dataset(
             pairs = pending.result() if pending is not None else []
             pending = pool.submit(load_batch, starts[n + 1]) if n + 1 < len(starts) else None
             try:
-                vectors = encoder.embed([p[0] for p in pairs], [p[1] for p in pairs])
+                scales = [item.nm_per_px for item in items[start : start + len(pairs)]]
+                vectors = encoder.embed([p[0] for p in pairs], [p[1] for p in pairs], scales)
             except ImageError as exc:
                 raise ConfigError(f"{dataset.root}: items {start}..{start + len(pairs) - 1}: {exc}") from exc
             out[start : start + len(pairs)] = vectors

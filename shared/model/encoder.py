@@ -1,9 +1,10 @@
 """The encoder the pipeline runs: a network plus everything needed to feed it.
 
-:class:`Encoder` owns the preprocessing (resize, channel composition,
-normalisation), the device placement and the batching. Its ``model_version``
-(``<arch>-<objective>-<hash of weights>``) travels with every vector, so a
-consumer never compares vectors of two different models.
+:class:`Encoder` owns the preprocessing (resize or resampling to the canonical
+scale, channel composition, normalisation), the device placement and the
+batching. Its ``model_version`` (``<arch>-<objective>-<hash of weights>``; the
+hash also covers the canonical scale when the spec has one) travels with every
+vector, so a consumer never compares vectors of two different models.
 
 CUDA path: bf16 autocast, channels_last, pinned host memory, a warm-up pass.
 CPU path: float32, channels_last, ``torch.inference_mode``.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +27,7 @@ from shared.errors import ConfigError, ContractError
 from shared.model.nets import ARCHS, ConvAutoEncoder, build_net, net_dim
 from shared.model.preprocess import (
     check_input_size,
+    check_scales,
     compose_channels,
     default_normalisation,
     normalise,
@@ -37,7 +40,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lithowatch.model")
 
-OBJECTIVES: tuple[str, ...] = ("untrained", "supervised", "contrastive", "autoencoder")
+OBJECTIVES: tuple[str, ...] = (
+    "untrained",
+    "supervised",
+    "contrastive",
+    "crossview",
+    "contrastive+crossview",
+    "autoencoder",
+)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -64,8 +74,18 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def make_model_version(arch: str, objective: str, state: dict[str, torch.Tensor]) -> str:
-    return f"{arch}-{objective}-{weights_digest(state)[:12]}"
+def make_model_version(
+    arch: str, objective: str, state: dict[str, torch.Tensor], nm_per_px: float | None = None
+) -> str:
+    """``<arch>-<objective>-<12 hex>``: the weights' digest, mixed with the canonical scale if any.
+
+    Legacy encoders (no canonical scale) keep their version; the same weights run at
+    two canonical scales give different vectors, so they get different versions.
+    """
+    digest = weights_digest(state)
+    if nm_per_px is not None:
+        digest = hashlib.sha256(f"{digest}|nm_per_px={float(nm_per_px)!r}".encode()).hexdigest()
+    return f"{arch}-{objective}-{digest[:12]}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +99,7 @@ class EncoderSpec:
     std: tuple[float, ...]
     projection_dim: int = 0
     objective: str = "untrained"
+    nm_per_px: float | None = None  # canonical scale of the input (nm per input px); None = legacy resize
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -93,6 +114,18 @@ class EncoderSpec:
             raise ConfigError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
         if self.arch == "autoencoder" and self.input_size % 16:
             raise ConfigError(f"the autoencoder needs an input size divisible by 16, got {self.input_size}")
+        if self.nm_per_px is not None and not (
+            isinstance(self.nm_per_px, int | float)
+            and not isinstance(self.nm_per_px, bool)
+            and math.isfinite(self.nm_per_px)
+            and self.nm_per_px > 0
+        ):
+            raise ConfigError(f"the canonical nm_per_px must be finite and positive, got {self.nm_per_px!r}")
+
+    @property
+    def window_nm(self) -> float | None:
+        """Side of the physical window the network sees, or None for a legacy encoder."""
+        return None if self.nm_per_px is None else self.input_size * self.nm_per_px
 
     @property
     def channels_str(self) -> str:
@@ -115,7 +148,9 @@ class Encoder:
         self.batch_size = int(batch_size)
         self.net = net.eval().to(self.device).to(memory_format=torch.channels_last)
         state = {k: v for k, v in self.net.state_dict().items()}
-        self.model_version = model_version or make_model_version(spec.arch, spec.objective, state)
+        self.model_version = model_version or make_model_version(
+            spec.arch, spec.objective, state, spec.nm_per_px
+        )
         self.dim = net_dim(net)
         self.metadata: CheckpointMetadata | None = None  # set when loaded from a checkpoint
         self.fused = False
@@ -160,26 +195,44 @@ class Encoder:
     def is_autoencoder(self) -> bool:
         return isinstance(self.net, ConvAutoEncoder)
 
-    def preprocess(self, masks: Sequence[np.ndarray], prints: Sequence[np.ndarray]) -> torch.Tensor:
-        """Check, resize, stack and normalise -> ``(N, C, S, S)`` float32 on the host.
+    @property
+    def nm_per_px(self) -> float | None:
+        """The canonical input scale (nm per input px); None for a legacy (resize-all) encoder."""
+        return self.spec.nm_per_px
 
-        Raises :class:`shared.errors.ImageError` naming the first bad item.
+    def preprocess(
+        self,
+        masks: Sequence[np.ndarray],
+        prints: Sequence[np.ndarray],
+        nm_per_px: Sequence[float] | None = None,
+    ) -> torch.Tensor:
+        """Check, resample, stack and normalise -> ``(N, C, S, S)`` float32 on the host.
+
+        ``nm_per_px`` (one per item) is required when the spec has a canonical scale
+        (each clip is resampled to it, then centre-cropped or zero-padded) and
+        ignored otherwise (each clip is resized whole). Raises
+        :class:`shared.errors.ImageError` naming the first bad item.
         """
-        m, p = resize_pairs(masks, prints, self.spec.input_size)
+        m, p = resize_pairs(
+            masks, prints, self.spec.input_size, nm_per_px, canonical_nm_per_px=self.spec.nm_per_px
+        )
         x = compose_channels(torch.from_numpy(m), torch.from_numpy(p), self.spec.channels)
         x = normalise(x, self.spec.mean, self.spec.std).contiguous(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             x = x.pin_memory()
         return x
 
-    def embed(self, masks: Sequence[np.ndarray], prints: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, dim)`` float32, L2-normalised, in batches of ``batch_size``."""
+    def embed(
+        self,
+        masks: Sequence[np.ndarray],
+        prints: Sequence[np.ndarray],
+        nm_per_px: Sequence[float] | None = None,
+    ) -> np.ndarray:
+        """``(N, dim)`` float32, L2-normalised, in batches of ``batch_size``; see :meth:`preprocess`."""
         if len(masks) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         parts = [
-            self.embed_tensor(
-                self.preprocess(masks[i : i + self.batch_size], prints[i : i + self.batch_size])
-            )
+            self.embed_tensor(self.preprocess(*self._slice(masks, prints, nm_per_px, i)))
             for i in range(0, len(masks), self.batch_size)
         ]
         return np.concatenate(parts, axis=0)
@@ -196,7 +249,12 @@ class Encoder:
             )
         return out
 
-    def reconstruction_error(self, masks: Sequence[np.ndarray], prints: Sequence[np.ndarray]) -> np.ndarray:
+    def reconstruction_error(
+        self,
+        masks: Sequence[np.ndarray],
+        prints: Sequence[np.ndarray],
+        nm_per_px: Sequence[float] | None = None,
+    ) -> np.ndarray:
         """Per-item mean squared reconstruction error (normalised input space), autoencoders only."""
         if not isinstance(self.net, ConvAutoEncoder):
             raise ConfigError(
@@ -204,9 +262,7 @@ class Encoder:
             )
         errors: list[np.ndarray] = []
         for i in range(0, len(masks), self.batch_size):
-            x = self.preprocess(masks[i : i + self.batch_size], prints[i : i + self.batch_size]).to(
-                self.device
-            )
+            x = self.preprocess(*self._slice(masks, prints, nm_per_px, i)).to(self.device)
             with torch.inference_mode(), self._autocast():
                 recon = self.net.reconstruct(x)
             err = (recon.float() - x.float()).pow(2).mean(dim=(1, 2, 3))
@@ -214,6 +270,18 @@ class Encoder:
         return np.concatenate(errors) if errors else np.zeros((0,), dtype=np.float32)
 
     # -- internals ---------------------------------------------------------------------------
+    def _slice(
+        self,
+        masks: Sequence[np.ndarray],
+        prints: Sequence[np.ndarray],
+        nm_per_px: Sequence[float] | None,
+        start: int,
+    ) -> tuple[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[float] | None]:
+        """One batch of the inputs; a missing or mis-sized scale list is refused before slicing."""
+        check_scales(nm_per_px, len(masks), self.spec.nm_per_px)
+        stop = start + self.batch_size
+        return masks[start:stop], prints[start:stop], None if nm_per_px is None else nm_per_px[start:stop]
+
     def _autocast(self) -> torch.autocast:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -234,11 +302,18 @@ def build_untrained(
     seed: int = 0,
     projection_dim: int = 0,
     device: str = "auto",
+    nm_per_px: float | None = None,
 ) -> Encoder:
-    """The baseline: a freshly initialised network (deterministic in ``seed``)."""
+    """The baseline: a freshly initialised network (deterministic in ``seed``).
+
+    ``nm_per_px`` is the canonical input scale (see :class:`EncoderSpec`); None keeps
+    the legacy resize-the-whole-clip preprocessing.
+    """
     names = parse_channels(channels)
     mean, std = default_normalisation(names)
-    spec = EncoderSpec(arch, names, check_input_size(input_size), mean, std, projection_dim, "untrained")
+    spec = EncoderSpec(
+        arch, names, check_input_size(input_size), mean, std, projection_dim, "untrained", nm_per_px
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_net(arch, len(names), input_size, projection_dim)

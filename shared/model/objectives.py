@@ -14,6 +14,21 @@
   channels instead of reading the mask alone, which is what a defect that shows
   only in the print needs.
 - ``autoencoder``: mean squared reconstruction error of the (augmented) input.
+- ``crossview``: the unified encoder. One shared trunk sees three views of each item:
+  the full (mask, print) input, a *mask-only* view (the print and difference channels
+  replaced by a learnable "absent" plane, the mask view token) and a *print-only* view
+  (mask and difference replaced, the print view token). InfoNCE pulls an item's mask
+  view to its own print view (both directions), with the rest of the batch as
+  negatives: the trunk must learn what a mask prints as, so a print that its mask does
+  not explain stands out. The full view, the only one inference sees, is pulled to
+  both single views, so it is trained too. The tokens live in the objective, not the
+  network: checkpoints keep their state-dict layout.
+- ``contrastive+crossview``: the ``contrastive`` loss plus ``crossview_weight`` times the
+  ``crossview`` loss on the same batch; the anchors' full views serve both, so a step
+  costs one contrastive step plus the anchors' two single views.
+
+In every InfoNCE here, other items of the anchor's variant group (``variant_keys``)
+are left out of the negatives: they are the same layout, not something to push away.
 """
 
 from __future__ import annotations
@@ -42,6 +57,22 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, groups: torch.Tensor, temperatur
     exclude[torch.arange(2 * b, device=z.device), target] = False
     logits = logits.masked_fill(exclude, float("-inf"))
     return F.cross_entropy(logits, target)
+
+
+def info_nce(
+    queries: torch.Tensor, keys: torch.Tensor, groups: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """InfoNCE from ``B`` queries to ``B`` keys (unit vectors); query ``i``'s positive is key ``i``.
+
+    The other keys are the negatives, except those of another item of the query's
+    group, which are left out (neither positive nor negative).
+    """
+    b = queries.shape[0]
+    logits = (queries @ keys.T) / temperature
+    own = torch.eye(b, dtype=torch.bool, device=queries.device)
+    exclude = (groups[:, None] == groups[None, :]) & ~own
+    logits = logits.masked_fill(exclude, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(b, device=queries.device))
 
 
 class Views:
@@ -136,6 +167,106 @@ class ContrastiveObjective(TrainingObjective):
         groups = self.views.labels(self.data.variant_keys[batch])
         loss = nt_xent(z[: len(batch)], z[len(batch) :], groups, self.temperature)
         return loss, {"nt_xent": float(loss.detach())}
+
+
+class CrossView(nn.Module):
+    """The view tokens and the loss of the ``crossview`` objective.
+
+    A single view keeps one channel of the normalised input and fills every other
+    channel with its view token, one learnable constant per filled channel. The
+    difference channel is filled in both single views: it carries the mask too.
+    """
+
+    def __init__(self, channels: tuple[str, ...], temperature: float) -> None:
+        super().__init__()
+        self.channels = channels
+        self.temperature = temperature
+        self.mask_view_token = nn.Parameter(torch.zeros(len(channels) - 1))
+        self.print_view_token = nn.Parameter(torch.zeros(len(channels) - 1))
+
+    def mask_view(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, S, S)`` input -> the same with only the mask channel left."""
+        return self._keep_only(x, "mask", self.mask_view_token)
+
+    def print_view(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, S, S)`` input -> the same with only the print channel left."""
+        return self._keep_only(x, "print", self.print_view_token)
+
+    def _keep_only(self, x: torch.Tensor, channel: str, token: torch.Tensor) -> torch.Tensor:
+        k = self.channels.index(channel)
+        fill = torch.cat([token[:k], token.new_zeros(1), token[k:]]).to(x.dtype).view(1, -1, 1, 1)
+        keep = torch.zeros(len(self.channels), dtype=torch.bool, device=x.device)
+        keep[k] = True
+        out = torch.where(keep.view(1, -1, 1, 1), x, fill)
+        return out.contiguous(memory_format=torch.channels_last)
+
+    def loss(
+        self, z_full: torch.Tensor, z_mask: torch.Tensor, z_print: torch.Tensor, groups: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Symmetric mask<->print InfoNCE plus half of (full->mask + full->print)."""
+        t = self.temperature
+        parts = {
+            "mask_print": 0.5 * (info_nce(z_mask, z_print, groups, t) + info_nce(z_print, z_mask, groups, t)),
+            "full_mask": info_nce(z_full, z_mask, groups, t),
+            "full_print": info_nce(z_full, z_print, groups, t),
+        }
+        total = parts["mask_print"] + 0.5 * (parts["full_mask"] + parts["full_print"])
+        return total, parts
+
+
+class CrossViewObjective(TrainingObjective):
+    """Batches of ``batch_size`` items, each seen as its full, mask-only and print-only view
+    (three independent augmentations), in one forward pass so BatchNorm sees all three."""
+
+    def __init__(self, views: Views, net: nn.Module, temperature: float = 0.1) -> None:
+        super().__init__(views)
+        self.net = net
+        self.crossview = CrossView(views.channels, temperature)
+
+    def loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        x = torch.cat(
+            [
+                self.view(batch, gen),
+                self.crossview.mask_view(self.view(batch, gen)),
+                self.crossview.print_view(self.view(batch, gen)),
+            ]
+        )
+        z_full, z_mask, z_print = self.net(x).split(len(batch))
+        groups = self.views.labels(self.data.variant_keys[batch])
+        total, parts = self.crossview.loss(z_full, z_mask, z_print, groups)
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+class ContrastiveCrossViewObjective(ContrastiveObjective):
+    """``contrastive`` plus ``crossview_weight`` times ``crossview`` on the anchors.
+
+    One forward pass over anchors, partners and the anchors' mask-only and print-only
+    views; the anchors' full views serve both losses.
+    """
+
+    def __init__(
+        self, views: Views, net: nn.Module, temperature: float = 0.1, crossview_weight: float = 0.5
+    ) -> None:
+        super().__init__(views, net, temperature)
+        self.crossview = CrossView(views.channels, temperature)
+        self.crossview_weight = crossview_weight
+
+    def loss(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        partners = self._partners(batch)
+        x = torch.cat(
+            [
+                self.view(batch, gen),
+                self.view(partners, gen),
+                self.crossview.mask_view(self.view(batch, gen)),
+                self.crossview.print_view(self.view(batch, gen)),
+            ]
+        )
+        z_anchor, z_partner, z_mask, z_print = self.net(x).split(len(batch))
+        groups = self.views.labels(self.data.variant_keys[batch])
+        variant = nt_xent(z_anchor, z_partner, groups, self.temperature)
+        crossview, parts = self.crossview.loss(z_anchor, z_mask, z_print, groups)
+        total = variant + self.crossview_weight * crossview
+        return total, {"nt_xent": float(variant.detach())} | {k: float(v.detach()) for k, v in parts.items()}
 
 
 class SupervisedObjective(TrainingObjective):

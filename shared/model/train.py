@@ -29,7 +29,9 @@ from shared.model.evaluate import precision_at_k
 from shared.model.nets import ARCHS, ConvAutoEncoder, ResNetEmbedder, build_net
 from shared.model.objectives import (
     AutoencoderObjective,
+    ContrastiveCrossViewObjective,
     ContrastiveObjective,
+    CrossViewObjective,
     SupervisedObjective,
     TrainingObjective,
     Views,
@@ -37,7 +39,14 @@ from shared.model.objectives import (
 from shared.model.plots import write_loss_curve
 from shared.model.preprocess import check_input_size, default_normalisation, parse_channels
 
-TRAIN_OBJECTIVES: tuple[str, ...] = ("supervised", "contrastive", "autoencoder")
+TRAIN_OBJECTIVES: tuple[str, ...] = (
+    "supervised",
+    "contrastive",
+    "crossview",
+    "contrastive+crossview",
+    "autoencoder",
+)
+MAX_CROSSVIEW_WEIGHT = 10.0
 
 
 def available_cores() -> int:
@@ -61,6 +70,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1
+    crossview_weight: float = 0.5
     max_shift_px: float = 1.5
     print_jitter: float = 1.0
     val_fraction: float = 0.2
@@ -86,6 +96,8 @@ class TrainConfig:
             raise ConfigError("--max-minutes must be positive")
         if not self.lr > 0 or not self.temperature > 0:
             raise ConfigError("learning rate and temperature must be positive")
+        if not 0.0 < self.crossview_weight <= MAX_CROSSVIEW_WEIGHT:
+            raise ConfigError(f"--crossview-weight must lie in (0, {MAX_CROSSVIEW_WEIGHT:g}]")
         if not 0.0 <= self.max_shift_px <= self.input_size / 4:
             raise ConfigError(f"--augment-shift-px must lie in [0, {self.input_size / 4:g}] (input / 4)")
         if not 0.0 <= self.print_jitter <= 2.0:
@@ -103,6 +115,12 @@ class TrainResult:
 def _make_objective(cfg: TrainConfig, net: torch.nn.Module, views: Views) -> TrainingObjective:
     if cfg.objective == "contrastive":
         return ContrastiveObjective(views, net, temperature=cfg.temperature)
+    if cfg.objective == "crossview":
+        return CrossViewObjective(views, net, temperature=cfg.temperature)
+    if cfg.objective == "contrastive+crossview":
+        return ContrastiveCrossViewObjective(
+            views, net, temperature=cfg.temperature, crossview_weight=cfg.crossview_weight
+        )
     if cfg.objective == "supervised":
         if not isinstance(net, ResNetEmbedder):
             raise ConfigError("the supervised objective needs a ResNet backbone")
