@@ -1,9 +1,16 @@
-"""Which items form the library, the known queries and the novel queries (seeded)."""
+"""Which items form the library, the known queries and the novel queries (seeded).
+
+Three ways to choose the novel queries: a random share of groups (the default),
+every item whose ``holdout_label`` is in ``holdout_values`` (e.g. a whole family),
+or, with ``holdout_within``, a random share of the values of a label (``cell``,
+``group``) inside each family: new members of a known library. The library and
+the known queries always come from the remaining items in the same way.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +27,7 @@ class CalibrationSplit:
     novel_cal: np.ndarray
     novel_test: np.ndarray
     novel_rule: str
+    details: Mapping[str, Any] = field(default_factory=dict)  # how the novel queries were chosen
 
     @property
     def n_queries(self) -> int:
@@ -33,6 +41,7 @@ class CalibrationSplit:
             "n_known_test": int(self.known_test.size),
             "n_novel_cal": int(self.novel_cal.size),
             "n_novel_test": int(self.novel_test.size),
+            **self.details,
         }
 
 
@@ -64,23 +73,85 @@ def _split_by_group(
     return np.sort(items[in_cal]), np.sort(items[~in_cal])
 
 
+NO_FAMILY = "(no family)"
+
+
+def _held_out_within_families(
+    labels: Sequence[Mapping[str, LabelValue]],
+    holdout_within: str,
+    family_label: str,
+    share: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """Items whose ``holdout_within`` value was drawn as novel, and per family [held out, values].
+
+    Items without a family label form one family of their own (:data:`NO_FAMILY`);
+    items without a ``holdout_within`` value are never held out.
+    """
+    if not 0.0 < share < 1.0:
+        raise ConfigError(f"holdout share must be in (0, 1), got {share}")
+    families = [NO_FAMILY if row.get(family_label) is None else str(row[family_label]) for row in labels]
+    values_of: dict[str, set[str]] = {}
+    for family, row in zip(families, labels, strict=True):
+        value = row.get(holdout_within)
+        values_of.setdefault(family, set())
+        if value is not None:
+            values_of[family].add(str(value))
+    if not any(values_of.values()):
+        raise ConfigError(f"no item carries the label {holdout_within!r}: nothing to hold out in families")
+    thin = {family: len(values) for family, values in values_of.items() if len(values) < 2}
+    if thin:
+        shown = ", ".join(f"{family!r} ({n})" for family, n in sorted(thin.items())[:12])
+        raise ConfigError(
+            f"holding out {holdout_within!r} values within each {family_label!r} needs two or more values "
+            f"per family (one on each side); too few in: {shown}"
+        )
+    chosen: set[tuple[str, str]] = set()
+    counts: dict[str, list[int]] = {}
+    for family in sorted(values_of):
+        values = sorted(values_of[family])
+        n_out = min(max(1, round(share * len(values))), len(values) - 1)
+        chosen.update((family, values[j]) for j in rng.choice(len(values), n_out, replace=False))
+        counts[family] = [n_out, len(values)]
+    novel = np.zeros(len(labels), dtype=bool)
+    for i, (family, row) in enumerate(zip(families, labels, strict=True)):
+        value = row.get(holdout_within)
+        novel[i] = value is not None and (family, str(value)) in chosen
+    return novel, counts
+
+
 def split_for_calibration(
     labels: Sequence[Mapping[str, LabelValue]],
     *,
     group_label: str = "group",
     holdout_label: str | None = None,
     holdout_values: Sequence[str] | None = None,
+    holdout_within: str | None = None,
+    holdout_share: float = 0.3,
+    family_label: str = "family",
     query_fraction: float = 0.3,
     novel_group_fraction: float = 0.15,
     cal_fraction: float = 0.5,
     seed: int = 0,
 ) -> CalibrationSplit:
+    """Library, known queries (other members of library groups) and novel queries, each query
+    population halved into calibration and test parts with no group in both.
+
+    Novel queries are, in order of precedence: items with ``holdout_label`` in
+    ``holdout_values``; with ``holdout_within``, every item carrying one of the
+    ``holdout_share`` of that label's values drawn within each ``family_label``
+    value (each family keeps at least one value on each side); otherwise
+    ``novel_group_fraction`` of the ``group_label`` values.
+    """
+    if holdout_label is not None and holdout_within is not None:
+        raise ConfigError("hold out either by --holdout-label/--holdout-values or within families, not both")
     if not 0.0 < query_fraction < 1.0:
         raise ConfigError(f"query fraction must be in (0, 1), got {query_fraction}")
     if not 0.0 < cal_fraction < 1.0:
         raise ConfigError(f"calibration fraction must be in (0, 1), got {cal_fraction}")
     rng = np.random.default_rng(seed)
     n = len(labels)
+    details: dict[str, Any] = {}
     keys = group_keys(labels, group_label)
     if holdout_label is not None:
         if not holdout_values:
@@ -92,6 +163,20 @@ def split_for_calibration(
             seen = sorted({str(v) for v in values if v is not None})[:12]
             raise ConfigError(f"no item has {holdout_label} in {sorted(wanted)}; values seen: {seen}")
         rule = f"{holdout_label} in {sorted(wanted)}"
+    elif holdout_within is not None:
+        novel, counts = _held_out_within_families(labels, holdout_within, family_label, holdout_share, rng)
+        n_out = sum(c[0] for c in counts.values())
+        n_values = sum(c[1] for c in counts.values())
+        rule = (
+            f"{holdout_share:.0%} of the {holdout_within} values within each {family_label} held out at "
+            f"random ({n_out} of {n_values} values in {len(counts)} families, seed {seed})"
+        )
+        details = {
+            "holdout_within": holdout_within,
+            "holdout_share": holdout_share,
+            "family_label": family_label,
+            "held_out_per_family": {f: {"held_out": c[0], "values": c[1]} for f, c in counts.items()},
+        }
     else:
         if not 0.0 < novel_group_fraction < 1.0:
             raise ConfigError(f"novel group fraction must be in (0, 1), got {novel_group_fraction}")
@@ -124,4 +209,6 @@ def split_for_calibration(
     known_cal, known_test = _split_by_group(np.array(known_queries), keys, cal_fraction, rng)
     novel_cal, novel_test = _split_by_group(np.flatnonzero(novel), keys, cal_fraction, rng)
     del n
-    return CalibrationSplit(np.sort(np.array(library)), known_cal, known_test, novel_cal, novel_test, rule)
+    return CalibrationSplit(
+        np.sort(np.array(library)), known_cal, known_test, novel_cal, novel_test, rule, details
+    )

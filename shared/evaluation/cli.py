@@ -7,15 +7,25 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from shared.calibration.cli import add_embedding_args, emit, split_values
 from shared.calibration.data import baseline_features, dataset_labels, embed
+from shared.calibration.pairs import LabelValue
 from shared.calibration.thresholds_file import load_thresholds
 from shared.dataset import Dataset, read_dataset
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ImageError
 from shared.evaluation import commands
 from shared.evaluation.maps import MapMethod
+from shared.evaluation.novelty import NoveltyScoring
 from shared.evaluation.retrieval import Metric
+
+NOVELTY_PROTOCOLS: dict[str, tuple[str, ...]] = {
+    "groups": ("groups",),
+    "within-family": ("within-family",),
+    "families": ("families",),
+    "both": ("within-family", "families"),
+}
 
 
 def register_eval(subparsers: argparse._SubParsersAction) -> None:
@@ -35,8 +45,21 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--label", default="group", help="group label (known queries keep group members)")
     n.add_argument("--report", default=None)
     n.add_argument("--thresholds", default=None, help="thresholds file to judge (default: F1-max)")
-    n.add_argument("--holdout-label", default=None)
-    n.add_argument("--holdout-values", default=None)
+    n.add_argument(
+        "--protocol", choices=tuple(NOVELTY_PROTOCOLS), default="groups",
+        help="novel queries: groups = a random share of groups (or --holdout-label/--holdout-values); "
+        "within-family = a share of the --holdout-within values inside each family (new cells of a known "
+        "library); families = each family held out in turn (mean AUROC); both = within-family and families",
+    )
+    n.add_argument("--holdout-label", default=None, help="with --protocol groups: hold out by this label")
+    n.add_argument("--holdout-values", default=None, help="comma-separated values of --holdout-label")
+    n.add_argument("--holdout-within", default=None,
+                   help="label held out within each family (default: cell when items carry it, else --label)")
+    n.add_argument("--holdout-share", type=float, default=0.3,
+                   help="share of the --holdout-within values held out in each family")
+    n.add_argument("--family-label", default="family")
+    n.add_argument("--no-reconstruction", action="store_true",
+                   help="with an autoencoder checkpoint, skip its reconstruction error as a novelty score")
     n.add_argument("--no-baselines", action="store_true")
     n.add_argument("--pixel-size", type=int, default=32)
     n.set_defaults(func=run_eval_novelty)
@@ -99,18 +122,61 @@ def run_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def reconstruction_errors(dataset: Dataset, model: str, *, batch_size: int, device: str) -> np.ndarray | None:
+    """Per-item reconstruction error of an autoencoder checkpoint; None for any other encoder."""
+    from shared.model import load_encoder  # torch: only when a checkpoint is used
+
+    encoder = load_encoder(model, device=device, batch_size=batch_size)
+    if not encoder.is_autoencoder:
+        return None
+    items = dataset.items
+    errors = np.empty(len(items), dtype=np.float64)
+    for start in tqdm(range(0, len(items), batch_size), desc="reconstruction error", unit="batch"):
+        batch = items[start : start + batch_size]
+        try:
+            errors[start : start + len(batch)] = encoder.reconstruction_error(
+                [item.load_mask() for item in batch], [item.load_simulated() for item in batch]
+            )
+        except ImageError as exc:
+            raise ConfigError(f"{dataset.root}: items {start}..{start + len(batch) - 1}: {exc}") from exc
+    return errors
+
+
+def default_holdout_within(labels: list[dict[str, LabelValue]], group_label: str) -> str:
+    """``cell`` when items carry it (imported real layouts), else the group label."""
+    return "cell" if any(row.get("cell") is not None for row in labels) else group_label
+
+
 def run_eval_novelty(args: argparse.Namespace) -> int:
+    protocols = NOVELTY_PROTOCOLS[args.protocol]
+    if (args.holdout_label is not None or args.holdout_values is not None) and args.protocol != "groups":
+        raise ConfigError(f"--holdout-label/--holdout-values go with --protocol groups, not {args.protocol}")
+    if args.holdout_within is not None and "within-family" not in protocols:
+        raise ConfigError(f"--holdout-within goes with --protocol within-family or both, not {args.protocol}")
     thresholds = load_thresholds(args.thresholds) if args.thresholds else None
     dataset, embeddings, version = _load(args)
     if thresholds is not None and args.model and thresholds.model_version != version:
         raise ConfigError(
             f"{args.thresholds}: calibrated for model {thresholds.model_version!r}, not {version!r}"
         )
-    summary = commands.eval_novelty(
-        _feature_sets(args, dataset, embeddings), dataset_labels(dataset), thresholds=thresholds,
-        group_label=args.label, holdout_label=args.holdout_label,
-        holdout_values=split_values(args.holdout_values), seed=args.seed, report_dir=_report_dir(args),
-    )
+    sets: dict[str, tuple[np.ndarray, NoveltyScoring]] = dict(_feature_sets(args, dataset, embeddings))
+    if args.model and not args.no_reconstruction:
+        errors = reconstruction_errors(dataset, args.model, batch_size=args.batch_size, device=args.device)
+        if errors is not None:
+            sets["reconstruction"] = (errors, "precomputed")
+    labels = dataset_labels(dataset)
+    if args.protocol == "groups":
+        summary = commands.eval_novelty(
+            sets, labels, thresholds=thresholds, group_label=args.label, holdout_label=args.holdout_label,
+            holdout_values=split_values(args.holdout_values), seed=args.seed, report_dir=_report_dir(args),
+        )
+    else:
+        summary = commands.eval_novelty_protocols(
+            sets, labels, protocols=protocols, thresholds=thresholds, group_label=args.label,
+            holdout_within=args.holdout_within or default_holdout_within(labels, args.label),
+            holdout_share=args.holdout_share, family_label=args.family_label, seed=args.seed,
+            report_dir=_report_dir(args),
+        )
     emit({**summary, "model_version": version, "dataset": str(dataset.root)}, args.json_out)
     return 0
 
