@@ -188,3 +188,17 @@ def window_mask(
     if abs(size - round(size)) > 1e-6:
         raise ConfigError(f"window {window_nm} nm is not a whole number of {nm_per_px} nm pixels")
     return rasterize(layout, origin_nm, round(size), nm_per_px)
+
+
+def scaled(layout: Layout, shrink: float) -> Layout:
+    """``layout`` with every coordinate multiplied by ``shrink`` (offsets too); 1 returns it as it is."""
+    if not 0.0 < shrink <= 1.0:
+        raise ConfigError(f"--shrink must lie in (0, 1], got {shrink}")
+    if shrink == 1.0:
+        return layout
+    params = dict(layout.params)
+    for key in ("offset_x_nm", "offset_y_nm"):
+        if key in params:
+            params[key] = float(params[key]) * shrink
+    params["shrink"] = shrink
+    return Layout(layout.rects * shrink, layout.extent_nm * shrink, layout.family, params)

@@ -192,7 +192,9 @@ def test_from_layout_cli(tmp_path: Path) -> None:
     dataset = read_dataset(out)
     assert len(dataset) == 4  # the 900 x 800 nm clip tiles as 2 x 2 windows of 512 nm
     assert all(item.load_mask().shape == (64, 64) for item in dataset.items)
-    assert {item.labels["group"] for item in dataset.items} == {"clip"}
+    # each window is a layout of its own (a group); the file is the source
+    assert {item.labels["group"] for item in dataset.items} == {f"clip-{i:04d}" for i in range(4)}
+    assert {item.labels["source"] for item in dataset.items} == {"clip.glp"}
     assert (
         _run_cli(
             [
