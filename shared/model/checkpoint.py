@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from shared.errors import ConfigError
+from shared.model.descriptors import DescriptorSpec
 from shared.model.encoder import OBJECTIVES, Encoder, EncoderSpec, make_model_version
 from shared.model.nets import build_net, net_dim
 
@@ -59,6 +60,7 @@ class CheckpointMetadata(BaseModel):
     # Canonical input scale (nm per input px). Absent in legacy checkpoints (and not
     # written for them): the whole clip is resized to input_size, whatever its scale.
     nm_per_px: float | None = Field(default=None, gt=0)
+    descriptor: DescriptorSpec | None = None
     normalisation: Normalisation
     embedding_dim: int = Field(gt=0)
     projection_dim: int = Field(ge=0)
@@ -80,6 +82,7 @@ class CheckpointMetadata(BaseModel):
             projection_dim=self.projection_dim,
             objective=self.objective,
             nm_per_px=self.nm_per_px,
+            descriptor=self.descriptor,
         )
 
 
@@ -114,7 +117,9 @@ def save_encoder(
         raise ConfigError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.net.state_dict().items()}
-    model_version = make_model_version(encoder.spec.arch, objective, state, encoder.spec.nm_per_px)
+    model_version = make_model_version(
+        encoder.spec.arch, objective, state, encoder.spec.nm_per_px, encoder.spec.descriptor
+    )
     tmp_weights = out / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp_weights), metadata={"format": "pt", "model_version": model_version})
     digest = _file_sha256(tmp_weights)
@@ -124,6 +129,7 @@ def save_encoder(
         channels=list(encoder.spec.channels),
         input_size=encoder.spec.input_size,
         nm_per_px=encoder.spec.nm_per_px,
+        descriptor=encoder.spec.descriptor,
         normalisation=Normalisation(mean=list(encoder.spec.mean), std=list(encoder.spec.std)),
         embedding_dim=encoder.dim,
         projection_dim=encoder.spec.projection_dim,
@@ -135,8 +141,9 @@ def save_encoder(
         torch_version=str(torch.__version__),
     )
     document = meta.model_dump(mode="json")
-    if document["nm_per_px"] is None:
-        del document["nm_per_px"]  # a legacy checkpoint stays readable by readers that predate the field
+    for key in ("nm_per_px", "descriptor"):
+        if document[key] is None:
+            del document[key]  # a legacy checkpoint stays readable by readers that predate the field
     tmp_meta = out / (METADATA_NAME + ".tmp")
     tmp_meta.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp_weights, out / WEIGHTS_NAME)
@@ -198,9 +205,10 @@ def load_encoder(path: str | Path, device: str = "auto", batch_size: int = 64) -
             f"{weights}: weights do not fit {spec.arch} with channels {spec.channels_str} "
             f"and input {spec.input_size} px ({_first_mismatch(net, state)})"
         ) from exc
-    if net_dim(net) != meta.embedding_dim:
-        raise ConfigError(f"{ckpt}: metadata says dim {meta.embedding_dim}, the network gives {net_dim(net)}")
-    expected_version = make_model_version(spec.arch, spec.objective, state, spec.nm_per_px)
+    dim = net_dim(net) if spec.descriptor is None else sum(spec.descriptor.dims(net_dim(net), planes=2))
+    if dim != meta.embedding_dim:
+        raise ConfigError(f"{ckpt}: metadata says dim {meta.embedding_dim}, the model gives {dim}")
+    expected_version = make_model_version(spec.arch, spec.objective, state, spec.nm_per_px, spec.descriptor)
     if expected_version != meta.model_version:
         raise ConfigError(
             f"{ckpt}: model_version {meta.model_version!r} does not match its weights ({expected_version!r})"

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from typing import Literal
 
 from shared.model.nets import ARCHS
 from shared.model.preprocess import CHANNEL_SETS
 from shared.model.train import TRAIN_OBJECTIVES, TrainConfig, train_encoder
+
+
+def _scale(text: str) -> float | Literal["auto"] | None:
+    """``--input-nm-per-px``: a positive number, ``auto`` or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected nm per pixel or 'none', got {text!r}") from exc
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +80,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default 0.5, in (0, 10])",
     )
     p.add_argument(
+        "--input-nm-per-px",
+        type=_scale,
+        default="auto",
+        help="canonical input scale: every clip is resampled from its own nm_per_px to this before the "
+        "network, which then sees --input-size x this nm; recorded with the model. 'auto' (default): "
+        "the median clip of the data set fills the input (1024 nm clips at 64 px: 16); 'none' = resize "
+        "each clip whole (the scale then depends on the clip)",
+    )
+    p.add_argument(
         "--augment-shift-px",
         type=float,
         default=1.5,
@@ -109,6 +135,7 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         temperature=args.temperature,
         crossview_weight=args.crossview_weight,
+        input_nm_per_px=args.input_nm_per_px,
         max_shift_px=args.augment_shift_px,
         print_jitter=args.print_jitter,
         val_fraction=args.val_fraction,

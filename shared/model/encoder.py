@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from shared.errors import ConfigError, ContractError
+from shared.model.descriptors import DescriptorSpec, hybrid_vector
 from shared.model.nets import ARCHS, ConvAutoEncoder, build_net, net_dim
 from shared.model.preprocess import (
     check_input_size,
@@ -75,17 +76,25 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def make_model_version(
-    arch: str, objective: str, state: dict[str, torch.Tensor], nm_per_px: float | None = None
+    arch: str,
+    objective: str,
+    state: dict[str, torch.Tensor],
+    nm_per_px: float | None = None,
+    descriptor: DescriptorSpec | None = None,
 ) -> str:
-    """``<arch>-<objective>-<12 hex>``: the weights' digest, mixed with the canonical scale if any.
+    """``<arch>-<objective>-<12 hex>``: the weights' digest, mixed with the canonical scale and
+    the hybrid descriptor settings if any.
 
-    Legacy encoders (no canonical scale) keep their version; the same weights run at
-    two canonical scales give different vectors, so they get different versions.
+    Legacy encoders (neither) keep their version; the same weights run at two canonical
+    scales, or with other descriptor weights, give different vectors, so other versions.
     """
     digest = weights_digest(state)
     if nm_per_px is not None:
         digest = hashlib.sha256(f"{digest}|nm_per_px={float(nm_per_px)!r}".encode()).hexdigest()
-    return f"{arch}-{objective}-{digest[:12]}"
+    if descriptor is not None:
+        digest = hashlib.sha256(f"{digest}|descriptor={descriptor.model_dump_json()}".encode()).hexdigest()
+    kind = objective if descriptor is None else f"{objective}+hybrid"
+    return f"{arch}-{kind}-{digest[:12]}"
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class EncoderSpec:
     projection_dim: int = 0
     objective: str = "untrained"
     nm_per_px: float | None = None  # canonical scale of the input (nm per input px); None = legacy resize
+    descriptor: DescriptorSpec | None = None  # fixed descriptors beside the learned vector (hybrid)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -121,6 +131,13 @@ class EncoderSpec:
             and self.nm_per_px > 0
         ):
             raise ConfigError(f"the canonical nm_per_px must be finite and positive, got {self.nm_per_px!r}")
+        if self.descriptor is not None:
+            if "mask" not in self.channels or "print" not in self.channels:
+                raise ConfigError("a hybrid descriptor needs the mask and print channels")
+            try:
+                self.descriptor.check_input(self.input_size)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
 
     @property
     def window_nm(self) -> float | None:
@@ -149,9 +166,14 @@ class Encoder:
         self.net = net.eval().to(self.device).to(memory_format=torch.channels_last)
         state = {k: v for k, v in self.net.state_dict().items()}
         self.model_version = model_version or make_model_version(
-            spec.arch, spec.objective, state, spec.nm_per_px
+            spec.arch, spec.objective, state, spec.nm_per_px, spec.descriptor
         )
-        self.dim = net_dim(net)
+        self.learned_dim = net_dim(net)
+        self.dim = (
+            self.learned_dim
+            if spec.descriptor is None
+            else sum(spec.descriptor.dims(self.learned_dim, planes=2))
+        )
         self.metadata: CheckpointMetadata | None = None  # set when loaded from a checkpoint
         self.fused = False
         if self.device.type == "cuda":
@@ -240,7 +262,13 @@ class Encoder:
     def embed_tensor(self, x: torch.Tensor) -> np.ndarray:
         """Run the network on an already preprocessed batch."""
         with torch.inference_mode(), self._autocast():
-            z = self.net(x.to(self.device, non_blocking=True, memory_format=torch.channels_last))
+            x = x.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+            descriptor = self.spec.descriptor
+            learned = descriptor is None or descriptor.learned_weight > 0
+            z = self.net(x) if learned else x.new_zeros((x.shape[0], self.learned_dim))
+            if descriptor is not None:
+                planes = self._planes(x.float())
+                z = hybrid_vector(z, planes[:, 0], planes, descriptor)
         z = torch.nn.functional.normalize(z.float(), dim=1)
         out = z.cpu().numpy().astype(np.float32, copy=False)
         if out.shape != (x.shape[0], self.dim) or not np.isfinite(out).all():
@@ -270,6 +298,14 @@ class Encoder:
         return np.concatenate(errors) if errors else np.zeros((0,), dtype=np.float32)
 
     # -- internals ---------------------------------------------------------------------------
+    def _planes(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 2, S, S)`` mask and print, unnormalised, from the network's input."""
+        names = self.spec.channels
+        picked = [names.index("mask"), names.index("print")]
+        mean = torch.as_tensor([self.spec.mean[i] for i in picked], dtype=x.dtype, device=x.device)
+        std = torch.as_tensor([self.spec.std[i] for i in picked], dtype=x.dtype, device=x.device)
+        return x[:, picked] * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+
     def _slice(
         self,
         masks: Sequence[np.ndarray],
@@ -303,6 +339,7 @@ def build_untrained(
     projection_dim: int = 0,
     device: str = "auto",
     nm_per_px: float | None = None,
+    descriptor: DescriptorSpec | None = None,
 ) -> Encoder:
     """The baseline: a freshly initialised network (deterministic in ``seed``).
 
@@ -312,7 +349,15 @@ def build_untrained(
     names = parse_channels(channels)
     mean, std = default_normalisation(names)
     spec = EncoderSpec(
-        arch, names, check_input_size(input_size), mean, std, projection_dim, "untrained", nm_per_px
+        arch,
+        names,
+        check_input_size(input_size),
+        mean,
+        std,
+        projection_dim,
+        "untrained",
+        nm_per_px,
+        descriptor,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

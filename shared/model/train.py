@@ -13,14 +13,15 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from shared.dataset import read_dataset
+from shared.dataset import Dataset, read_dataset
 from shared.errors import ConfigError
 from shared.model.checkpoint import CheckpointMetadata, save_encoder
 from shared.model.data import TrainingSet, dataset_fingerprint, load_training_set, split_by_group
@@ -71,6 +72,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.1
     crossview_weight: float = 0.5
+    # canonical input scale (nm per input px); "auto": the data set's median clip extent / input
+    # size, recorded as a number; None: resize each clip whole (legacy)
+    input_nm_per_px: float | Literal["auto"] | None = None
     max_shift_px: float = 1.5
     print_jitter: float = 1.0
     val_fraction: float = 0.2
@@ -96,6 +100,9 @@ class TrainConfig:
             raise ConfigError("--max-minutes must be positive")
         if not self.lr > 0 or not self.temperature > 0:
             raise ConfigError("learning rate and temperature must be positive")
+        scale = self.input_nm_per_px
+        if scale is not None and scale != "auto" and not (math.isfinite(scale) and scale > 0):
+            raise ConfigError(f"--input-nm-per-px must be a positive number, 'auto' or 'none', got {scale!r}")
         if not 0.0 < self.crossview_weight <= MAX_CROSSVIEW_WEIGHT:
             raise ConfigError(f"--crossview-weight must lie in (0, {MAX_CROSSVIEW_WEIGHT:g}]")
         if not 0.0 <= self.max_shift_px <= self.input_size / 4:
@@ -138,9 +145,19 @@ def _lr_factor(progress: float, warmup: float = 0.05) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def auto_input_scale(dataset: Dataset, input_size: int, sample: int = 64) -> float:
+    """The canonical scale at which the data set's median clip fills the input (nm per input px)."""
+    items = dataset.items[:: max(1, len(dataset.items) // sample)][:sample]
+    if not items:
+        raise ConfigError(f"{dataset.root}: no items")
+    extents = [max(item.load_mask().shape) * item.nm_per_px for item in items]
+    return round(float(np.median(extents)) / input_size, 4)
+
+
 def evaluate_groups(encoder: Encoder, data: TrainingSet, k: int = 5) -> float:
     """Precision at ``k`` by group over ``data`` (already at the input size)."""
-    vectors = encoder.embed(list(data.masks), list(data.prints))
+    scales = None if encoder.nm_per_px is None else [encoder.nm_per_px] * len(data)  # already resampled
+    vectors = encoder.embed(list(data.masks), list(data.prints), nm_per_px=scales)
     return precision_at_k(vectors, data.groups.tolist(), k=k)
 
 
@@ -166,14 +183,19 @@ def _train(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress:
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     dataset = read_dataset(dataset_dir)
-    full = load_training_set(dataset, cfg.input_size, progress=progress)
+    if cfg.input_nm_per_px == "auto":
+        cfg = replace(cfg, input_nm_per_px=auto_input_scale(dataset, cfg.input_size))
+    assert cfg.input_nm_per_px != "auto"
+    full = load_training_set(dataset, cfg.input_size, progress=progress, nm_per_px=cfg.input_nm_per_px)
     train_idx, val_idx = split_by_group(full.groups, cfg.val_fraction, cfg.seed)
     train_set = full.subset(train_idx)
     if len(train_set) < 2:
         raise ConfigError(f"{dataset_dir}: needs at least 2 training items after the validation split")
     channels = parse_channels(cfg.channels)
     mean, std = default_normalisation(channels)
-    spec = EncoderSpec(cfg.arch, channels, cfg.input_size, mean, std, cfg.projection_dim, cfg.objective)
+    spec = EncoderSpec(
+        cfg.arch, channels, cfg.input_size, mean, std, cfg.projection_dim, cfg.objective, cfg.input_nm_per_px
+    )
     net = build_net(cfg.arch, len(channels), cfg.input_size, cfg.projection_dim)
     net = net.to(memory_format=torch.channels_last)  # ~25 % faster convolutions on CPU
     untrained_state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -226,7 +248,10 @@ def _train(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress:
         baseline_net.load_state_dict(untrained_state)
         baseline = Encoder(
             baseline_net,
-            EncoderSpec(cfg.arch, channels, cfg.input_size, mean, std, cfg.projection_dim, "untrained"),
+            EncoderSpec(
+                cfg.arch, channels, cfg.input_size, mean, std, cfg.projection_dim, "untrained",
+                cfg.input_nm_per_px,
+            ),
             device=device,
         )
         metrics.update(
