@@ -23,7 +23,7 @@ from shared.litho.cell_rows import LayerSpec, place_rows, read_cell, row_cells, 
 from shared.litho.families import FAMILIES
 from shared.litho.farm import FarmGenerator, LabelValue, context_pad_px
 from shared.litho.kernel_io import CONTEST_PERIOD_NM, read_kernel_dir
-from shared.litho.layout_import import CellLibraryImport, VariantPlan
+from shared.litho.layout_import import CellLibraryImport, VariantPlan, WindowPatterns
 from shared.litho.layout_io import GDS_SUFFIXES, layout_windows, read_layout, scaled
 from shared.litho.simulator import LithoSimulator, ResistSettings
 
@@ -299,22 +299,28 @@ def _from_cell_rows(args: argparse.Namespace, files: list[Path]) -> int:
     train, held = split_kinds(cells, args.eval_share, args.seed)
     splits = [("train", train), ("eval", held)] if args.eval_share > 0 else [("all", cells)]
     rng = np.random.default_rng(args.seed)
+    patterns = {spec.name: WindowPatterns() for spec in layers}  # across splits: eval shows no train pattern
     for split, members in splits:
         out = args.out / split if args.eval_share > 0 else args.out
         placements = place_rows(members, args.row_width_nm, rng, args.copies)
         kinds = len({c.kind for c in members})
-        count = blank = 0
+        count = blank = repeated = 0
         with DatasetWriter(out, image_format=args.format) as writer:
             for spec in layers:
                 importer = CellLibraryImport(simulator, size_px, pad_px, plan, rng, dose)
                 prefix = f"{spec.name}-{split}"
-                samples = importer.samples(placements, spec.name, spec.name, split, args.window_nm, prefix)
+                samples = importer.samples(
+                    placements, spec.name, spec.name, split, args.window_nm, prefix, patterns[spec.name]
+                )
                 for sample in tqdm(samples, desc=f"{split} {spec.name}", unit="result"):
                     sample.labels.update(shrink=args.shrink, source=sample.labels["cell"])
                     writer.add(sample.id, sample.mask, sample.simulated, sample.nm_per_px, sample.labels)
                     count += 1
                     blank += float(sample.simulated.max()) < 0.5
+                repeated += importer.repeated_windows
         print(f"wrote {count} results ({len(members)} cells of {kinds} kinds, {len(layers)} layers) to {out}")
+        if repeated:
+            print(f"note: {repeated} windows left out: their pattern repeats a window already written")
         if blank:
             print(f"note: {blank} results print nothing at this dose and threshold")
     return 0

@@ -20,11 +20,11 @@ needs a far higher dose than a dense routing layer under one resist threshold).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from shared.errors import ConfigError
@@ -82,6 +82,64 @@ def dose_to_size(
     return round(float(np.median(doses)), 3)
 
 
+class WindowPatterns:
+    """The drawn patterns of the windows kept so far, to skip one that repeats another.
+
+    Cells of one library share layout (a scan flip-flop with and without its inverted
+    output, one gate at two drive strengths): windows over them can show the same
+    pattern at another offset. Such a window is not a new layout, so it must not be a
+    second group (nor a "new" layout on the evaluation side of a split). Two windows
+    repeat when the normalised cross-correlation of their masks, at the best shift
+    within a quarter window, reaches ``min_ncc``. Masks are compared at ``grid_px``.
+    """
+
+    def __init__(self, grid_px: int = 64, min_ncc: float = 0.92) -> None:
+        self.grid_px = grid_px
+        self.min_ncc = min_ncc
+        self.max_shift = grid_px // 4
+        self._spectra: list[np.ndarray] = []
+        self._energy: list[float] = []
+        self._fill: list[float] = []
+
+    def _prepare(self, mask: np.ndarray) -> tuple[np.ndarray, float, float]:
+        small = cv2.resize(
+            mask.astype(np.float32), (self.grid_px, self.grid_px), interpolation=cv2.INTER_AREA
+        )
+        padded = np.zeros((2 * self.grid_px, 2 * self.grid_px), np.float32)
+        padded[: self.grid_px, : self.grid_px] = small
+        return np.fft.rfft2(padded), float((small * small).sum()), float(small.mean())
+
+    def best_ncc(self, mask: np.ndarray) -> float:
+        """The highest normalised cross-correlation with a kept pattern (0 when none is near)."""
+        spectrum, energy, fill = self._prepare(mask)
+        if energy <= 0 or not self._spectra:
+            return 0.0
+        fills = np.asarray(self._fill)
+        near = np.flatnonzero(np.abs(fills - fill) <= 0.25 * max(fill, 1e-6))
+        best = 0.0
+        s = self.max_shift
+        for start in range(0, near.size, 256):
+            chunk = near[start : start + 256]
+            kept = np.stack([self._spectra[i] for i in chunk])
+            corr = np.fft.irfft2(kept * np.conj(spectrum)[None], s=(2 * self.grid_px,) * 2)
+            window = np.concatenate([corr[:, : s + 1], corr[:, -s:]], axis=1)
+            window = np.concatenate([window[:, :, : s + 1], window[:, :, -s:]], axis=2)
+            peaks = window.reshape(len(chunk), -1).max(axis=1)
+            norm = np.sqrt(energy * np.asarray([self._energy[i] for i in chunk]))
+            best = max(best, float((peaks / np.maximum(norm, 1e-12)).max()))
+        return best
+
+    def add(self, mask: np.ndarray) -> bool:
+        """Keep ``mask``'s pattern and return True, or False when it repeats a kept one."""
+        if self.best_ncc(mask) >= self.min_ncc:
+            return False
+        spectrum, energy, fill = self._prepare(mask)
+        self._spectra.append(spectrum)
+        self._energy.append(energy)
+        self._fill.append(fill)
+        return True
+
+
 class CellLibraryImport:
     """Simulates the windows of placed cell rows; one instance per (layer, split)."""
 
@@ -118,23 +176,27 @@ class CellLibraryImport:
         return shift, dose, defocus, bias, index == 2 and many and self.plan.defects
 
     def samples(
-        self, placements: Sequence[Placement], family: str, layer: str, split: str, window_nm: float,
+        self,
+        placements: Sequence[Placement],
+        family: str,
+        layer: str,
+        split: str,
+        window_nm: float,
         id_prefix: str,
+        patterns: WindowPatterns | None = None,
     ) -> Iterator[ClipSample]:
-        """Every window of the rows under every variant, in window order."""
+        """Every window of the rows under every variant, in window order; with ``patterns``, a
+        window whose drawn pattern is already there (up to a shift) is skipped."""
         layout = placed_layout(placements, layer, family)
         windows = list(row_windows(placements, layout, window_nm))
         if not windows:
             raise ConfigError(f"layer {layer}: no window holds enough drawn area")
         base_dose = self.dose or dose_to_size(self.simulator, layout, windows, self.size_px, self.pad_px)
-        seen: set[bytes] = set()
         for w_index, window in enumerate(windows):
             drawn = rasterize(layout, (window.x_nm, window.y_nm), self.size_px, self.nm_per_px)
-            key = hashlib.sha256(np.round(drawn * 64).astype(np.uint8).tobytes()).digest()
-            if key in seen:  # the same pattern drawn again (a repeated cell or an empty stretch of rail)
-                self.repeated_windows += 1
+            if patterns is not None and not patterns.add(drawn):
+                self.repeated_windows += 1  # a pattern already drawn (a cell sharing another's layout)
                 continue
-            seen.add(key)
             labels: dict[str, LabelValue] = {
                 "family": family,
                 "cell": window.centre_cell,
@@ -147,7 +209,11 @@ class CellLibraryImport:
             yield from self.window_variants(layout, origin, f"{id_prefix}-w{w_index:05d}", base_dose, labels)
 
     def window_variants(
-        self, layout: Layout, origin_nm: tuple[float, float], group: str, base_dose: float,
+        self,
+        layout: Layout,
+        origin_nm: tuple[float, float],
+        group: str,
+        base_dose: float,
         labels: dict[str, LabelValue],
     ) -> Iterator[ClipSample]:
         """The window at ``origin_nm`` under every variant of the plan; one ``group``."""
@@ -182,7 +248,12 @@ class CellLibraryImport:
         return simulate_clip(self.simulator, layout, origin, self.size_px, self.pad_px, dose, defocus, bias)
 
     def _defective(
-        self, layout: Layout, origin: tuple[float, float], dose: float, defocus: float, bias: float,
+        self,
+        layout: Layout,
+        origin: tuple[float, float],
+        dose: float,
+        defocus: float,
+        bias: float,
         labels: dict[str, LabelValue],
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Mask and print with the strongest defect found (labels updated), or None without a site."""
@@ -201,9 +272,7 @@ class CellLibraryImport:
                 break
             d = dose * injection.dose_factor
             clean_at = (
-                clean
-                if injection.dose_factor == 1.0
-                else self._simulate(layout, origin, d, defocus, bias)[1]
+                clean if injection.dose_factor == 1.0 else self._simulate(layout, origin, d, defocus, bias)[1]
             )
             mask, printed = simulate_clip(
                 self.simulator, injection.layout, origin, self.size_px, self.pad_px, d, defocus, bias
