@@ -7,6 +7,9 @@ import json
 import math
 from typing import Literal
 
+from pydantic import ValidationError
+
+from shared.model.descriptors import DescriptorSpec
 from shared.model.nets import ARCHS
 from shared.model.preprocess import CHANNEL_SETS
 from shared.model.train import TRAIN_OBJECTIVES, TrainConfig, train_encoder
@@ -27,6 +30,19 @@ def _scale(text: str) -> float | Literal["auto"] | None:
     return value
 
 
+def _hybrid(text: str) -> DescriptorSpec | None:
+    """``--hybrid-weights``: ``L,P,S`` or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        learned, pixels, spectral = (float(v) for v in text.split(","))
+        return DescriptorSpec(learned_weight=learned, pixel_weight=pixels, spectral_weight=spectral)
+    except (ValueError, ValidationError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected three non-negative weights LEARNED,PIXELS,SPECTRAL (not all 0) or 'none', got {text!r}"
+        ) from exc
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
@@ -36,7 +52,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'group') are held out for validation; P@5 by group on them is reported for the trained "
         "and the untrained network. Writes <out>/model.safetensors, metadata.json, loss_curve.png.",
     )
-    p.add_argument("--dataset", required=True, help="data set folder with manifest.jsonl")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        action="append",
+        help="data set folder with manifest.jsonl; repeat to train on several as one (generated + real)",
+    )
+    p.add_argument(
+        "--eval-dataset",
+        default=None,
+        help="data set of layouts never trained on (e.g. the eval half of dataset from-layout --rows): "
+        "training ends with a table on it (the trained vector, the learned part alone, the fixed "
+        "descriptors alone, pixel and pHash baselines) and a verdict against the bars",
+    )
+    p.add_argument(
+        "--hybrid-weights",
+        type=_hybrid,
+        default=DescriptorSpec(),
+        help="the model's vector: LEARNED,PIXELS,SPECTRAL weights of the learned features, the blurred "
+        "pixel descriptor and the Fourier-magnitude descriptor (default 1,1,1); 'none' = learned alone",
+    )
     p.add_argument(
         "--objective",
         choices=TRAIN_OBJECTIVES,
@@ -120,6 +155,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "can be several times faster)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--recipe", default=None, help="how this model was made (e.g. the command), kept in its metadata"
+    )
     p.set_defaults(func=run_train)
 
 
@@ -143,10 +181,21 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         max_minutes=args.max_minutes,
         threads=args.threads,
+        descriptor=args.hybrid_weights,
     )
-    result = train_encoder(args.dataset, args.out, cfg, progress=not args.no_progress)
+    result = train_encoder(
+        args.dataset,
+        args.out,
+        cfg,
+        progress=not args.no_progress,
+        eval_dataset=args.eval_dataset,
+        recipe=args.recipe,
+    )
     meta = result.metadata
     print(f"checkpoint  {result.checkpoint}  ({meta.model_version}, dim {meta.embedding_dim})")
     print(f"loss curve  {result.checkpoint / 'loss_curve.png'}")
-    print("metrics     " + json.dumps(meta.metrics, sort_keys=True))
+    print("metrics     " + json.dumps({k: v for k, v in meta.metrics.items() if k != "eval"}, sort_keys=True))
+    if result.eval_table:
+        print(f"\non {args.eval_dataset} (layouts never trained on):")
+        print(result.eval_table)
     return 0

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -178,6 +178,13 @@ class Encoder:
         self.fused = False
         if self.device.type == "cuda":
             self._warm_up()
+
+    def with_descriptor(self, descriptor: DescriptorSpec | None) -> Encoder:
+        """The same network with other hybrid descriptor settings (None: the learned vector alone)."""
+        if self.fused:
+            raise ConfigError("set the descriptor before fusing the encoder for inference")
+        spec = replace(self.spec, descriptor=descriptor)
+        return Encoder(self.net, spec, device=self.device, batch_size=self.batch_size)
 
     def fuse_for_inference(self) -> bool:
         """Fold each BatchNorm into the convolution before it; True when done.

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from shared.dataset import Dataset, read_dataset
 from shared.errors import ConfigError
 from shared.model.checkpoint import CheckpointMetadata, save_encoder
 from shared.model.data import TrainingSet, dataset_fingerprint, load_training_set, split_by_group
+from shared.model.descriptors import DescriptorSpec
 from shared.model.encoder import Encoder, EncoderSpec, resolve_device
 from shared.model.evaluate import precision_at_k
 from shared.model.nets import ARCHS, ConvAutoEncoder, ResNetEmbedder, build_net
@@ -40,6 +42,7 @@ from shared.model.objectives import (
 from shared.model.plots import write_loss_curve
 from shared.model.preprocess import check_input_size, default_normalisation, parse_channels
 
+DatasetDirs = str | Path | Sequence[str | Path]
 TRAIN_OBJECTIVES: tuple[str, ...] = (
     "supervised",
     "contrastive",
@@ -75,6 +78,7 @@ class TrainConfig:
     # canonical input scale (nm per input px); "auto": the data set's median clip extent / input
     # size, recorded as a number; None: resize each clip whole (legacy)
     input_nm_per_px: float | Literal["auto"] | None = None
+    descriptor: DescriptorSpec | None = None  # the saved model's vector: learned + fixed descriptors
     max_shift_px: float = 1.5
     print_jitter: float = 1.0
     val_fraction: float = 0.2
@@ -117,6 +121,7 @@ class TrainResult:
     metadata: CheckpointMetadata
     checkpoint: Path
     losses: list[float] = field(default_factory=list)
+    eval_table: str = ""
 
 
 def _make_objective(cfg: TrainConfig, net: torch.nn.Module, views: Views) -> TrainingObjective:
@@ -162,7 +167,12 @@ def evaluate_groups(encoder: Encoder, data: TrainingSet, k: int = 5) -> float:
 
 
 def train_encoder(
-    dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress: bool = True
+    dataset_dir: DatasetDirs,
+    out: str | Path,
+    cfg: TrainConfig,
+    progress: bool = True,
+    eval_dataset: str | Path | None = None,
+    recipe: str | None = None,
 ) -> TrainResult:
     """Load, split, train, validate, save. Returns the trained encoder and its metadata.
 
@@ -173,16 +183,44 @@ def train_encoder(
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads or available_cores())
     try:
-        return _train(dataset_dir, out, cfg, progress)
+        return _train(dataset_dir, out, cfg, progress, eval_dataset, recipe)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress: bool) -> TrainResult:
+def _as_dirs(dataset_dirs: DatasetDirs) -> list[Path]:
+    return [Path(dataset_dirs)] if isinstance(dataset_dirs, str | Path) else [Path(d) for d in dataset_dirs]
+
+
+def read_datasets(dataset_dirs: DatasetDirs) -> Dataset:
+    """One data set or several read as one (items keep their own folders; ids must not collide)."""
+    dirs = _as_dirs(dataset_dirs)
+    if not dirs:
+        raise ConfigError("no training data set given")
+    parts = [read_dataset(d) for d in dirs]
+    if len(parts) == 1:
+        return parts[0]
+    items = tuple(item for part in parts for item in part.items)
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"the data sets {', '.join(map(str, dirs))} share item ids: rename one of them")
+    return Dataset(parts[0].root, items)
+
+
+def _train(
+    dataset_dirs: DatasetDirs,
+    out: str | Path,
+    cfg: TrainConfig,
+    progress: bool,
+    eval_dataset: str | Path | None,
+    recipe: str | None,
+) -> TrainResult:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    dataset = read_dataset(dataset_dir)
+    dirs = _as_dirs(dataset_dirs)
+    dataset = read_datasets(dirs)
+    dataset_dir = ", ".join(map(str, dirs))
     if cfg.input_nm_per_px == "auto":
         cfg = replace(cfg, input_nm_per_px=auto_input_scale(dataset, cfg.input_size))
     assert cfg.input_nm_per_px != "auto"
@@ -235,8 +273,9 @@ def _train(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress:
             break
     bar.close()
     train_seconds = time.perf_counter() - started
-    encoder = Encoder(net, spec, device=device)
-    metrics: dict[str, float | int | None] = {
+    learned = Encoder(net, spec, device=device)
+    encoder = learned if cfg.descriptor is None else learned.with_descriptor(cfg.descriptor)
+    metrics: dict[str, Any] = {
         "train_steps": step,
         "train_seconds": round(train_seconds, 2),
         "final_loss": losses[-1] if losses else None,
@@ -249,7 +288,13 @@ def _train(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress:
         baseline = Encoder(
             baseline_net,
             EncoderSpec(
-                cfg.arch, channels, cfg.input_size, mean, std, cfg.projection_dim, "untrained",
+                cfg.arch,
+                channels,
+                cfg.input_size,
+                mean,
+                std,
+                cfg.projection_dim,
+                "untrained",
                 cfg.input_nm_per_px,
             ),
             device=device,
@@ -259,11 +304,15 @@ def _train(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress:
                 "val_items": len(val_set),
                 "val_groups": int(np.unique(val_set.groups).size),
                 "val_p_at_5": _rounded(evaluate_groups(encoder, val_set)),
+                "val_p_at_5_learned": _rounded(evaluate_groups(learned, val_set)),
                 "val_p_at_5_untrained": _rounded(evaluate_groups(baseline, val_set)),
             }
         )
+    eval_table = ""
+    if eval_dataset is not None:
+        metrics["eval"], eval_table = _evaluate_on(eval_dataset, encoder, learned, progress)
     training_record = {
-        "dataset": str(Path(dataset_dir).resolve()),
+        "dataset": [str(d.resolve()) for d in dirs],
         "dataset_fingerprint": dataset_fingerprint(dataset),
         "items": len(full),
         "train_items": len(train_set),
@@ -272,6 +321,8 @@ def _train(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress:
         "config": asdict(cfg),
         "threads": torch.get_num_threads(),
     }
+    if recipe:
+        training_record["recipe"] = recipe
     out_dir = Path(out)
     meta = save_encoder(
         encoder, out_dir, {"objective": cfg.objective, "training": training_record, "metrics": metrics}
@@ -279,7 +330,35 @@ def _train(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig, progress:
     encoder.model_version = meta.model_version
     encoder.metadata = meta
     write_loss_curve(losses, out_dir / "loss_curve.png", title=f"{cfg.arch} {cfg.objective}")
-    return TrainResult(encoder=encoder, metadata=meta, checkpoint=out_dir, losses=losses)
+    return TrainResult(
+        encoder=encoder, metadata=meta, checkpoint=out_dir, losses=losses, eval_table=eval_table
+    )
+
+
+def _evaluate_on(
+    eval_dataset: str | Path, encoder: Encoder, learned: Encoder, progress: bool
+) -> tuple[dict[str, Any], str]:
+    """The table on layouts never trained on: this model's vector, its parts, the baselines."""
+    from shared.evaluation.verdict import compare_embeddings, embed_with, format_table, verdict
+
+    dataset = read_dataset(eval_dataset)
+    candidates = {"this model": encoder}
+    descriptor = encoder.spec.descriptor
+    if descriptor is not None:
+        candidates["learned part alone"] = learned
+        if descriptor.pixel_weight > 0 or descriptor.spectral_weight > 0:
+            candidates["descriptors alone"] = learned.with_descriptor(
+                descriptor.model_copy(update={"learned_weight": 0.0})
+            )
+    rows, details = compare_embeddings(dataset, embed_with(candidates, dataset, progress), progress=progress)
+    lines = verdict(rows)
+    table = format_table(rows) + "\n" + "\n".join(lines)
+    return {
+        "dataset": str(Path(eval_dataset).resolve()),
+        **details,
+        "rows": [r.as_dict() for r in rows],
+        "verdict": lines,
+    }, table
 
 
 def _rounded(value: float) -> float | None:
