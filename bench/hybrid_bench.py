@@ -209,7 +209,9 @@ def calibrated_gate(
         samples.append(farm.render(layout, group))
         for _ in range(2):
             samples.append(farm.render(layout, group, resimulation(rng, args.min_shift, args.max_shift)))
-    vectors = encoder.embed([s.mask for s in samples], [s.simulated for s in samples])
+    vectors = encoder.embed(
+        [s.mask for s in samples], [s.simulated for s in samples], [s.nm_per_px for s in samples]
+    )
     return near_identity_gate(vectors, [dict(s.labels) for s in samples], quantile=quantile)
 
 
@@ -323,10 +325,14 @@ def main() -> int:
     defects_unique = sum(isinstance(o, UniqueResult) for o in defect_outcomes)
 
     # 2. embeddings
-    lib_vectors = encoder.embed([s.mask for s in library], [s.simulated for s in library])
+    lib_vectors = encoder.embed(
+        [s.mask for s in library], [s.simulated for s in library], [s.nm_per_px for s in library]
+    )
     everything = resims + distinct + defective + print_only
     query_vectors, embed_ms = timed(
-        lambda: encoder.embed([s.mask for s in everything], [s.simulated for s in everything])
+        lambda: encoder.embed(
+            [s.mask for s in everything], [s.simulated for s in everything], [s.nm_per_px for s in everything]
+        )
     )
     embed_ms /= max(1, len(everything))
     sims = query_vectors @ lib_vectors.T

@@ -170,9 +170,11 @@ def parse_model(spec: str) -> tuple[str, int]:
 
 
 def prepare_assets(root: Path, stream_known: int, arch: str, size_px: int) -> tuple[Path, Path, Path]:
-    """(library data set, untrained encoder of ``arch`` at ``size_px``, calibrated thresholds), cached."""
+    """(library data set, encoder: the shipped one for arch ``default``, else untrained ``arch`` at
+    ``size_px``, calibrated thresholds), cached."""
     from shared.demo.assets import DemoConfig, calibrate, make_datasets
-    from shared.model import build_untrained, save_encoder
+    from shared.model import build_untrained, read_metadata, save_encoder
+    from shared.model.default import default_model_path
 
     cfg = DemoConfig(
         stream_known=stream_known,
@@ -186,12 +188,17 @@ def prepare_assets(root: Path, stream_known: int, arch: str, size_px: int) -> tu
     library_dir = data / "library"
     if not ((library_dir / "manifest.jsonl").is_file() and (data / "stream" / "manifest.jsonl").is_file()):
         library_dir, _ = make_datasets(cfg, data, say)
-    tag = f"{arch}-{size_px}"
-    model_dir = root / f"model-untrained-{tag}"
-    if not (model_dir / "metadata.json").is_file():
-        encoder = build_untrained(arch, "mask,print", size_px, seed=cfg.seed)
-        save_encoder(encoder, model_dir, {"objective": "untrained", "metrics": {}})
-    say(f"encoder: untrained {arch} at {size_px} px ({model_dir})")
+    if arch == "default":
+        model_dir = default_model_path()
+        tag = read_metadata(model_dir).model_version
+        say(f"encoder: the shipped model {tag} ({model_dir})")
+    else:
+        tag = f"{arch}-{size_px}"
+        model_dir = root / f"model-untrained-{tag}"
+        if not (model_dir / "metadata.json").is_file():
+            encoder = build_untrained(arch, "mask,print", size_px, seed=cfg.seed)
+            save_encoder(encoder, model_dir, {"objective": "untrained", "metrics": {}})
+        say(f"encoder: untrained {arch} at {size_px} px ({model_dir})")
     thresholds = root / f"thresholds-{stream_known}-{tag}.json"
     if not thresholds.is_file():
         made, _ = calibrate(library_dir, model_dir, root / f"cal-{stream_known}-{tag}", say)
@@ -450,8 +457,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small stream, short rate runs")
     parser.add_argument(
         "--model",
-        default="resnet50@224",
-        help="untrained encoder ARCH@SIZE (resnet18, resnet18-w32, resnet34, resnet50; default resnet50@224)",
+        default="default",
+        help="'default' (the shipped model, as lithowatch up runs it) or an untrained encoder ARCH@SIZE "
+        "(resnet18, resnet18-w32, resnet34, resnet50, e.g. resnet50@224)",
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy samples of every service during the full-speed run"

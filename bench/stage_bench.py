@@ -97,7 +97,8 @@ def model_forward(model_dir: Path, threads: int, batch: int = 0, seconds: float 
     rng = np.random.default_rng(0)
     masks = [(rng.random((size, size)) > 0.5).astype(np.float32) for _ in range(batch)]
     prints = [rng.random((size, size)).astype(np.float32) for _ in range(batch)]
-    x = encoder.preprocess(masks, prints)
+    scales = None if encoder.nm_per_px is None else [encoder.nm_per_px] * batch  # images at the input scale
+    x = encoder.preprocess(masks, prints, scales)
     encoder.embed_tensor(x)  # warm-up
     counter = FlopCounterMode(display=False)
     with counter:
