@@ -10,7 +10,6 @@ from pydantic import Field
 from services.embed.core import EmbedCore, EmbedCoreSettings
 from services.embed.stage import EmbedStage
 from shared.blobstore import LocalBlobStore
-from shared.errors import ConfigError
 from shared.imageref import ImageLoader
 from shared.runtime import StageRunner
 from shared.settings import StageSettings, load_settings
@@ -33,15 +32,16 @@ class EmbedSettings(StageSettings):
 
 def main(settings_file: str | None = None) -> int:
     settings = load_settings(EmbedSettings, settings_file)
-    if settings.model_path is None:
-        raise ConfigError("LITHOWATCH_MODEL_PATH is not set: train an encoder first (lithowatch train)")
     import torch
 
     from shared.model import load_encoder
+    from shared.model.default import default_model_path
+
+    model_path = settings.model_path or default_model_path()  # the shipped model unless one is set
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    encoder = load_encoder(settings.model_path, device=settings.device)
+    encoder = load_encoder(model_path, device=settings.device)
     if settings.fuse_batchnorm:
         encoder.fuse_for_inference()
     if settings.batch_max_messages is None:

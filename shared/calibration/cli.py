@@ -21,8 +21,8 @@ from shared.errors import ConfigError
 
 def add_embedding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="data set folder with manifest.jsonl")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="encoder checkpoint directory")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", help="encoder checkpoint directory (default: the shipped model)")
     source.add_argument("--embeddings", help="saved (N, D) .npy embeddings in manifest order")
     p.add_argument("--model-version", default=None, help="model version of --embeddings")
     p.add_argument("--batch-size", type=int, default=64)

@@ -62,9 +62,12 @@ def embed(
         matrix = load_embeddings_file(embeddings_file, len(dataset))
         version = model_version or f"embeddings-{file_digest(embeddings_file)[:12]}"
         return matrix, version
-    if model is None or embeddings_file is not None:
-        raise ConfigError("give exactly one of --model CKPT or --embeddings FILE.npy")
+    if model is not None and embeddings_file is not None:
+        raise ConfigError("give one of --model CKPT or --embeddings FILE.npy, not both")
     from shared.model import embed_dataset, load_encoder  # torch: only when a checkpoint is used
+    from shared.model.default import default_model_path
+
+    model = model or str(default_model_path())
 
     print(f"loading encoder {model}", file=sys.stderr)
     encoder = load_encoder(model, device=device, batch_size=batch_size)

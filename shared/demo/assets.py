@@ -43,7 +43,7 @@ class DemoConfig:
     stream_novel_burst: int = 4
     stream_duplicates: int = 40
     duplicate_max_shift_px: int = 12
-    model: str = "train"  # "train", "untrained", or a checkpoint path
+    model: str = "default"  # "default" (shipped), "train", "untrained", or a checkpoint path
     train_minutes: float = 2.0
     train_epochs: int = 12
 
@@ -56,7 +56,6 @@ class DemoConfig:
             stream_novel_layouts=3,
             stream_novel_burst=3,
             stream_duplicates=10,
-            model="untrained",
         )
 
 
@@ -185,6 +184,12 @@ def prepare_model(cfg: DemoConfig, library_dir: Path, root: Path, say: Callable[
     from shared.model import build_untrained, save_encoder
     from shared.model.train import TrainConfig, train_encoder
 
+    if cfg.model == "default":
+        from shared.model.default import default_model_path
+
+        path = default_model_path()
+        say(f"encoder: the shipped default model ({path})")
+        return path
     if cfg.model not in ("train", "untrained"):
         say(f"encoder: using {cfg.model}")
         return Path(cfg.model)

@@ -31,8 +31,13 @@ STAGES = ("dedupe", "align", "embed", "novelty", "explain")
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="the whole pipeline on generated data, with a live view")
     demo.add_argument("--workdir", type=Path, default=Path(".lithowatch/demo"))
-    demo.add_argument("--quick", action="store_true", help="a small run with the untrained encoder")
-    demo.add_argument("--model", default=None, help="'train' (default), 'untrained' or a checkpoint path")
+    demo.add_argument("--quick", action="store_true", help="a small run (fewer results)")
+    demo.add_argument(
+        "--model",
+        default=None,
+        help="'default' (the shipped model, the default), 'train' (train one on the demo's data), "
+        "'untrained' or a checkpoint path",
+    )
     demo.add_argument("--rate", type=float, default=0.0, help="results per second (0: as fast as possible)")
     demo.add_argument("--exit", action="store_true", help="stop at the end instead of waiting for Ctrl-C")
     demo.add_argument("--seed", type=int, default=7)
