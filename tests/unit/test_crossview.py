@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from model_fixtures import layout_canvas, make_dataset, one_torch_thread, variant_window  # noqa: F401
 
-from shared.dataset import DatasetWriter
 from shared.errors import ConfigError
 from shared.model import load_encoder
 from shared.model.checkpoint import METADATA_NAME
@@ -31,29 +29,9 @@ from shared.model.objectives import (
 from shared.model.preprocess import default_normalisation, parse_channels
 from shared.model.train import TrainConfig, train_encoder
 
-CLIP_PX = 48
 INPUT_PX = 32
 TINY = "resnet18-w16"
 OBJECTIVES = ("crossview", "contrastive+crossview")
-
-
-def _layout(rng: np.random.Generator, extent_px: int = 96) -> np.ndarray:
-    canvas = np.zeros((extent_px, extent_px), dtype=np.float32)
-    for _ in range(int(rng.integers(3, 7))):
-        x0, y0 = rng.integers(0, extent_px - 12, size=2)
-        w, h = rng.integers(4, 24, size=2)
-        canvas[y0 : y0 + h, x0 : x0 + w] = 1.0
-    return canvas
-
-
-def _variant(canvas: np.ndarray, rng: np.random.Generator, size_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """A shifted window of the layout and a blurred, re-thresholded stand-in print."""
-    base = (canvas.shape[0] - size_px) // 2
-    dx, dy = rng.integers(-4, 5, size=2)
-    mask = np.ascontiguousarray(canvas[base + dy : base + dy + size_px, base + dx : base + dx + size_px])
-    blurred = cv2.GaussianBlur(mask, (0, 0), sigmaX=float(rng.uniform(1.0, 2.0)))
-    printed = (1.0 / (1.0 + np.exp(-(blurred - rng.uniform(0.4, 0.6)) / 0.05))).astype(np.float32)
-    return mask, printed
 
 
 def make_training_set(n_groups: int = 6, variants: int = 2, one_variant_key: bool = False) -> TrainingSet:
@@ -61,9 +39,9 @@ def make_training_set(n_groups: int = 6, variants: int = 2, one_variant_key: boo
     rng = np.random.default_rng(0)
     masks, prints, groups = [], [], []
     for g in range(n_groups):
-        canvas = _layout(rng)
+        canvas = layout_canvas(rng)
         for _ in range(variants):
-            mask, printed = _variant(canvas, rng, INPUT_PX)
+            mask, printed = variant_window(canvas, rng, INPUT_PX)
             masks.append(mask)
             prints.append(printed)
             groups.append(g)
@@ -93,28 +71,6 @@ def make_objective(
     if objective == "crossview":
         return CrossViewObjective(views, net, temperature=0.2)
     return ContrastiveCrossViewObjective(views, net, temperature=0.2, crossview_weight=0.5)
-
-
-def make_dataset(root: Path, n_groups: int = 12, variants: int = 4) -> Path:
-    rng = np.random.default_rng(0)
-    families = ("lines", "blocks", "dots")
-    with DatasetWriter(root) as writer:
-        for g in range(n_groups):
-            canvas = _layout(rng)
-            for v in range(variants):
-                mask, printed = _variant(canvas, rng, CLIP_PX)
-                labels = {"group": f"g{g}", "family": families[g % 3], "defect": "none" if v else "bridge"}
-                writer.add(f"g{g}-v{v}", mask, printed, 4.0, labels)
-    return root
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (and do not fight other work for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

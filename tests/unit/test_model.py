@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from model_fixtures import layout_canvas, make_dataset, one_torch_thread, variant_window  # noqa: F401
 
 from services.embed.core import EmbedCore, EmbedCoreSettings
-from shared.dataset import DatasetWriter, read_dataset
+from shared.dataset import read_dataset
 from shared.errors import ConfigError, ImageError
 from shared.model import (
     build_untrained,
@@ -27,49 +26,7 @@ from shared.model.checkpoint import METADATA_NAME, WEIGHTS_NAME
 from shared.model.cli import register
 from shared.model.train import TrainConfig, train_encoder
 
-SIZE_PX = 48
 TINY = "resnet18-w16"
-
-
-def _layout(rng: np.random.Generator, extent_px: int = 96) -> np.ndarray:
-    canvas = np.zeros((extent_px, extent_px), dtype=np.float32)
-    for _ in range(int(rng.integers(3, 7))):
-        x0, y0 = rng.integers(0, extent_px - 12, size=2)
-        w, h = rng.integers(4, 24, size=2)
-        canvas[y0 : y0 + h, x0 : x0 + w] = 1.0
-    return canvas
-
-
-def _variant(canvas: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A shifted window of the layout and a blurred, re-thresholded stand-in print."""
-    base = (canvas.shape[0] - SIZE_PX) // 2
-    dx, dy = rng.integers(-4, 5, size=2)
-    mask = np.ascontiguousarray(canvas[base + dy : base + dy + SIZE_PX, base + dx : base + dx + SIZE_PX])
-    blurred = cv2.GaussianBlur(mask, (0, 0), sigmaX=float(rng.uniform(1.0, 2.0)))
-    printed = (1.0 / (1.0 + np.exp(-(blurred - rng.uniform(0.4, 0.6)) / 0.05))).astype(np.float32)
-    return mask, printed
-
-
-def make_dataset(root: Path, n_groups: int = 12, variants: int = 4, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    families = ("lines", "blocks", "dots")
-    with DatasetWriter(root) as writer:
-        for g in range(n_groups):
-            canvas = _layout(rng)
-            for v in range(variants):
-                mask, printed = _variant(canvas, rng)
-                labels = {"group": f"g{g}", "family": families[g % 3], "defect": "none" if v else "bridge"}
-                writer.add(f"g{g}-v{v}", mask, printed, 4.0, labels)
-    return root
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (and do not fight other work for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +37,7 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def pairs() -> tuple[list[np.ndarray], list[np.ndarray]]:
     rng = np.random.default_rng(5)
-    out = [_variant(_layout(rng), rng) for _ in range(10)]
+    out = [variant_window(layout_canvas(rng), rng) for _ in range(10)]
     return [m for m, _ in out], [p for _, p in out]
 
 
@@ -323,8 +280,18 @@ def test_train_cli_runs_and_refuses_bad_options(tmp_path: Path, dataset_dir: Pat
     config = json.loads((tmp_path / "ckpt" / "metadata.json").read_text())["training"]["config"]
     assert config["max_shift_px"] == 4.0 and config["print_jitter"] == 0.5  # recorded with the model
     too_far = parser.parse_args(
-        ["train", "--dataset", str(dataset_dir), "--input-size", "32", "--augment-shift-px", "9",
-         "--out", str(tmp_path / "far"), "--no-progress"]
+        [
+            "train",
+            "--dataset",
+            str(dataset_dir),
+            "--input-size",
+            "32",
+            "--augment-shift-px",
+            "9",
+            "--out",
+            str(tmp_path / "far"),
+            "--no-progress",
+        ]
     )
     with pytest.raises(ConfigError, match="augment-shift-px"):
         too_far.func(too_far)

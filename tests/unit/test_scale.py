@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from model_fixtures import one_torch_thread  # noqa: F401
 
 from services.embed.core import EmbedCore, EmbedCoreSettings
 from services.embed.stage import EmbedStage
@@ -64,14 +64,6 @@ def printed(mask: np.ndarray, nm_per_px: float) -> np.ndarray:
     """A stand-in print: the mask blurred by a fixed physical width (12 nm)."""
     blurred = cv2.GaussianBlur(mask, (0, 0), sigmaX=12.0 / nm_per_px)
     return np.clip(blurred, 0.0, 1.0).astype(np.float32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- rescale_clip: known answers ---------------------------------------------------------------

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
-from test_crossview import make_dataset
+from model_fixtures import make_dataset
 
 from shared.dataset import DatasetWriter
 from shared.errors import ConfigError
