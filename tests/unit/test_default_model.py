@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from shared.dataset import DatasetWriter
 from shared.errors import ImageError
+from shared.evaluation.cli import register_eval
 from shared.litho import FarmGenerator, Variant
 from shared.model import load_encoder
 from shared.model.checkpoint import METADATA_NAME, WEIGHTS_NAME, read_metadata
@@ -43,3 +49,19 @@ def test_shipped_model_embeds_a_resimulation_next_to_its_layout() -> None:
     assert same > float(vectors[0] @ vectors[2]) and same > float(vectors[0] @ vectors[3])
     with pytest.raises(ImageError, match="nm_per_px"):
         encoder.embed([samples[0].mask], [samples[0].simulated])  # the model needs each clip's scale
+
+
+def test_eval_without_a_model_uses_the_shipped_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    farm = FarmGenerator(seed=3, size_px=256, nm_per_px=4.0)
+    with DatasetWriter(tmp_path / "data") as writer:
+        for sample in farm.samples(4, variants_per_layout=3, max_shift_px=8):
+            writer.add(sample.id, sample.mask, sample.simulated, sample.nm_per_px, sample.labels)
+    parser = argparse.ArgumentParser()
+    register_eval(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "retrieval", "--dataset", str(tmp_path / "data"), "--no-baselines"])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model_version"] == read_metadata(DEFAULT_MODEL_DIR).model_version
+    assert summary["results"]["encoder"]["precision_at"]["p@1"] == 1.0  # each result finds its own layout
