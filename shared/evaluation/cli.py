@@ -135,7 +135,9 @@ def reconstruction_errors(dataset: Dataset, model: str, *, batch_size: int, devi
         batch = items[start : start + batch_size]
         try:
             errors[start : start + len(batch)] = encoder.reconstruction_error(
-                [item.load_mask() for item in batch], [item.load_simulated() for item in batch]
+                [item.load_mask() for item in batch],
+                [item.load_simulated() for item in batch],
+                [item.nm_per_px for item in batch],
             )
         except ImageError as exc:
             raise ConfigError(f"{dataset.root}: items {start}..{start + len(batch) - 1}: {exc}") from exc

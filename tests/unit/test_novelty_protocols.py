@@ -289,7 +289,9 @@ def test_eval_novelty_with_an_autoencoder_checkpoint_adds_reconstruction(
 
     labels = catalogue({"fA": 3, "fB": 3}, windows=2, variants=2)
     write_catalogue(tmp_path / "data", labels)
-    save_encoder(build_untrained("autoencoder", "mask,print", input_size=32, device="cpu"), tmp_path / "ae")
+    # a canonical scale (32 px at 4 nm/px = the clips' own): each clip's nm_per_px must reach the model
+    autoencoder = build_untrained("autoencoder", "mask,print", input_size=32, device="cpu", nm_per_px=4.0)
+    save_encoder(autoencoder, tmp_path / "ae")
     code = main([
         "eval", "novelty", "--dataset", str(tmp_path / "data"), "--model", str(tmp_path / "ae"),
         "--device", "cpu", "--protocol", "within-family", "--holdout-within", "group", "--no-baselines",
