@@ -19,7 +19,15 @@ from tqdm import tqdm
 
 from shared.dataset import DatasetWriter
 from shared.errors import ConfigError
-from shared.litho.cell_rows import LayerSpec, place_rows, read_cell, row_cells, split_kinds
+from shared.litho.cell_rows import (
+    LayerSpec,
+    place_rows,
+    placed_layout,
+    read_cell,
+    row_cells,
+    row_windows,
+    split_kinds,
+)
 from shared.litho.families import FAMILIES
 from shared.litho.farm import FarmGenerator, LabelValue, context_pad_px
 from shared.litho.kernel_io import CONTEST_PERIOD_NM, read_kernel_dir
@@ -312,11 +320,16 @@ def _from_cell_rows(args: argparse.Namespace, files: list[Path]) -> int:
                 samples = importer.samples(
                     placements, spec.name, spec.name, split, args.window_nm, prefix, patterns[spec.name]
                 )
-                for sample in tqdm(samples, desc=f"{split} {spec.name}", unit="result"):
+                layout = placed_layout(placements, spec.name, spec.name)
+                planned = len(list(row_windows(placements, layout, args.window_nm))) * plan.variants
+                bar = tqdm(samples, desc=f"{split} {spec.name}", unit="result", total=planned)
+                for sample in bar:
                     sample.labels.update(shrink=args.shrink, source=sample.labels["cell"])
                     writer.add(sample.id, sample.mask, sample.simulated, sample.nm_per_px, sample.labels)
                     count += 1
                     blank += float(sample.simulated.max()) < 0.5
+                    bar.total = planned - importer.repeated_windows * plan.variants  # repeats are not made
+                bar.close()
                 repeated += importer.repeated_windows
         print(f"wrote {count} results ({len(members)} cells of {kinds} kinds, {len(layers)} layers) to {out}")
         if repeated:
