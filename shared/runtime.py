@@ -400,7 +400,7 @@ class StageRunner:
                 inherited = [
                     (k, v)
                     for k, v in input_headers.get(out.key, [])
-                    if not k.startswith("lw-ts-" + self.name)
+                    if v is not None and not k.startswith("lw-ts-" + self.name)  # a null header is not copied
                 ]
                 headers = [*inherited, ("lw-ts-" + self.name, stamp)]
                 if not any(k == "result_id" for k, _ in headers):
@@ -439,7 +439,7 @@ class StageRunner:
     @staticmethod
     def _header(record: Any, name: str) -> str | None:
         for key, value in record.headers or []:
-            if key == name:
+            if key == name and value is not None:  # a null header value (legal in Kafka) says nothing
                 return bytes(value).decode(errors="replace")
         return None
 
@@ -464,7 +464,9 @@ class StageRunner:
             value_uri = self._blobs.put(value, sha256_hex(value), "bin")
         key: bytes | None = record.key
         result_id = self._header(record, "result_id") or (key.decode(errors="replace") if key else None)
-        headers = {k: bytes(v).decode(errors="replace") for k, v in (record.headers or [])}
+        headers = {  # a null header value is kept as an empty string
+            k: "" if v is None else bytes(v).decode(errors="replace") for k, v in (record.headers or [])
+        }
         dlq = DLQRecord(
             stage=self.name,
             reason=reason,

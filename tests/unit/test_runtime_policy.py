@@ -111,9 +111,11 @@ class FakeProducer:
         self.acked: list[tuple[str, bytes, bytes]] = []
         self.flush_calls = 0
         self.events: list[str] = []
+        self.headers: list[tuple[str, list[tuple[str, bytes]]]] = []
 
     def send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> _Future:
         self.pending.append((topic, key, value))
+        self.headers.append((topic, list(headers)))
         return _Future(None)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -272,6 +274,21 @@ def test_input_error_goes_to_the_dlq_and_the_rest_of_the_batch_goes_on() -> None
     assert dlq[0].value_b64 is not None
     assert len(_outputs(producer, OUT_TOPIC)) == 3
     assert consumer.commits == [{TP: 4}]
+
+
+def test_null_header_values_neither_crash_the_stage_nor_travel_on() -> None:
+    consumer = FakeConsumer([_good(n) for n in range(3)])
+    for record in consumer.records:  # librdkafka and Java clients may send headers whose value is null
+        record.headers = [("result_id", None), ("trace", None), ("farm", b"f1")]  # type: ignore[list-item]
+    producer = FakeProducer()
+    _run(ScriptedStage(reject=1), consumer, producer)
+    dlq = _dlq(producer)
+    assert [(d.reason, d.result_id) for d in dlq] == [("test_reject", "r1")]  # the id from the key
+    assert dlq[0].headers == {"result_id": "", "trace": "", "farm": "f1"}
+    assert len(_outputs(producer, OUT_TOPIC)) == 2 and consumer.commits == [{TP: 3}]
+    for topic, headers in producer.headers:
+        assert all(value is not None for _, value in headers)
+        assert topic != OUT_TOPIC or ("farm", b"f1") in headers  # the others are copied on
 
 
 def test_unexpected_exception_is_isolated_item_by_item_and_the_culprit_dlqd() -> None:
