@@ -48,6 +48,12 @@ log = logging.getLogger("lithowatch.runtime")
 
 DLQ_INLINE_LIMIT_BYTES = 512 * 1024
 DLQ_RECORD_OVERHEAD_BYTES = 32 * 1024  # error text, headers, key and field names
+OUTPUT_HEADER_ALLOWANCE_BYTES = 1024  # the headers a stage adds to an output (result id, timestamps)
+
+
+def _header_bytes(headers: Any) -> int:
+    """Bytes of a record's headers as the broker counts them (names and values; a null value is 0)."""
+    return sum(len(k.encode()) + len(v or b"") for k, v in headers or [])
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,7 @@ class StageRunner:
         self._server: metrics.MetricsServer | None = None
         self.processed = 0
         self.seconds_per_message: float | None = None
+        self._encoded: dict[int, tuple[Output, bytes]] = {}  # outputs serialised by the size check
 
     # ---- lifecycle -------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -333,11 +340,11 @@ class StageRunner:
         value: bytes | None = record.value
         if value is None:
             return self._dlq_output(record, "empty_message", "message has no value")
-        if len(value) > self.settings.kafka_max_message_bytes:
+        size = len(value) + _header_bytes(record.headers)
+        limit = self.settings.kafka_max_message_bytes
+        if size > limit:
             return self._dlq_output(
-                record,
-                "too_large",
-                f"message of {len(value)} bytes is over {self.settings.kafka_max_message_bytes}",
+                record, "too_large", f"message of {size} bytes (value and headers) is over {limit}"
             )
         try:
             return self.stage.input_model.model_validate_json(value)
@@ -348,6 +355,7 @@ class StageRunner:
 
     def _process(self, decoded: list[tuple[_Polled, Any]]) -> tuple[list[_Polled], list[Output]]:
         """Return (inputs that produced outputs, outputs incl. DLQ records)."""
+        self._encoded.clear()
         if not decoded:
             return [], []
         items = [value for _, value in decoded]
@@ -370,10 +378,36 @@ class StageRunner:
         for (polled, _), result in zip(decoded, results, strict=True):
             if isinstance(result, InputError):
                 outputs.append(self._dlq_output(polled.record, result.reason, str(result)))
+            elif (oversized := self._oversized(polled.record, result)) is not None:
+                outputs.append(self._dlq_output(polled.record, "output_too_large", oversized))
             else:
                 outputs.extend(result)
                 done.append(polled)
         return done, outputs
+
+    def _encoded_value(self, out: Output) -> bytes:
+        """The output's JSON, serialised once: by the size check when it ran on this very object."""
+        cached = self._encoded.pop(id(out), None)
+        if cached is not None and cached[0] is out:
+            return cached[1]
+        return out.value.model_dump_json().encode()
+
+    def _oversized(self, record: Any, outputs: Sequence[Output]) -> str | None:
+        """Why an output of this input cannot be produced (over the message limit), or None.
+
+        The broker refuses such a record whatever the retries, so it is this input's
+        verdict (dead-lettered with the reason), not a transient failure that would
+        block the partition. Header bytes count: the input's are copied onto outputs.
+        """
+        limit = self.settings.kafka_max_message_bytes
+        headers = _header_bytes(record.headers) + OUTPUT_HEADER_ALLOWANCE_BYTES
+        for out in outputs:
+            encoded = out.value.model_dump_json().encode()
+            self._encoded[id(out)] = (out, encoded)
+            size = len(encoded) + len(out.key) + headers
+            if size > limit:
+                return f"output to {out.topic} of about {size} bytes is over the {limit}-byte message limit"
+        return None
 
     def _process_one(self, value: Any) -> ItemResult:
         try:
@@ -409,7 +443,7 @@ class StageRunner:
                     self.producer.send(
                         out.topic,
                         key=out.key.encode(),
-                        value=out.value.model_dump_json().encode(),
+                        value=self._encoded_value(out),
                         headers=headers,
                     )
                 )

@@ -346,6 +346,40 @@ def test_decode_failures_have_precise_reasons(value: bytes | None, reason: str) 
     assert consumer.commits == [{TP: 2}]
 
 
+class Padded(Contract):
+    result_id: str
+    pad: str
+
+
+class GrowingStage(ScriptedStage):
+    """Item ``n`` becomes an output of ``n`` kilobytes (stages add hashes, images, vectors)."""
+
+    def process_batch(self, items: Sequence[Item]) -> list[ItemResult]:
+        return [
+            [Output(OUT_TOPIC, Padded(result_id=i.result_id, pad="x" * 1024 * i.n), i.result_id)]
+            for i in items
+        ]
+
+
+def test_an_output_over_the_message_limit_is_dlqd_not_retried_for_ever() -> None:
+    consumer = FakeConsumer([_good(1), _good(9), _good(2)])
+    producer = FakeProducer()
+    _run(GrowingStage(), consumer, producer, kafka_max_message_bytes=8 * 1024)
+    dlq = _dlq(producer)
+    assert [(d.reason, d.result_id) for d in dlq] == [("output_too_large", "r1")]
+    assert "message limit" in dlq[0].error
+    assert len(_outputs(producer, OUT_TOPIC)) == 2 and consumer.commits == [{TP: 3}]
+
+
+def test_header_bytes_count_towards_the_input_limit() -> None:
+    consumer = FakeConsumer([_good(1), _good(2)])
+    consumer.records[0].headers.append(("trace", b"t" * 3000))
+    producer = FakeProducer()
+    _run(ScriptedStage(), consumer, producer, kafka_max_message_bytes=2048)
+    assert [d.reason for d in _dlq(producer)] == ["too_large"]
+    assert len(_outputs(producer, OUT_TOPIC)) == 1
+
+
 def test_an_over_size_input_is_dlqd_by_reference_so_the_dlq_record_fits() -> None:
     big = b'{"result_id": "r0", "n": 1, "pad": "' + b"x" * 300_000 + b'"}'
     consumer = FakeConsumer([big, _good(1)])
