@@ -12,8 +12,13 @@ Error policy, by phase, in one place:
   found, and an item that fails alone goes to the DLQ as ``processing_error``;
   :class:`~shared.errors.TransientError` -> bounded retries with backoff, then the
   partitions are paused and the same batch is retried later (never dropped);
-- produce: a send or flush failure is transient: nothing is committed, the batch
-  is produced again (consumers are idempotent on ``result_id``).
+- produce: an output over the message limit (its size counted with headers before
+  it is sent) is its input's verdict: DLQ as ``output_too_large``; any other send or
+  flush failure is transient: nothing is committed, the batch is produced again
+  (consumers are idempotent on ``result_id``);
+- headers: a null header value (legal in Kafka) is not copied onto outputs and is an
+  empty string in a DLQ record; records a poll hands over while the stage backs off
+  (a rebalance can assign new, unpaused partitions) are sought back, never skipped.
 
 SIGTERM/SIGINT finish the current batch, commit and exit.
 """
@@ -550,14 +555,23 @@ class StageRunner:
                 self.consumer.seek(tp, offset)
 
     def _sleep_polling(self, seconds: float, pause: bool = False) -> None:
-        """Wait without leaving the group: paused partitions are polled for heartbeats."""
-        assigned = list(self.consumer.assignment())
-        self.consumer.pause(*assigned)
+        """Wait without leaving the group: paused partitions are polled for heartbeats.
+
+        A rebalance during the wait can assign new partitions, which start unpaused: they
+        are paused at the next poll, and any records a poll hands over are given back
+        (the partition is sought to the first of them), so none is skipped by a later commit.
+        """
+        self.consumer.pause(*self.consumer.assignment())
         self._paused = pause
         deadline = time.monotonic() + seconds
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
-                self.consumer.poll(timeout_ms=int(min(0.5, max(0.01, deadline - time.monotonic())) * 1000))
+                self.consumer.pause(*self.consumer.assignment())  # newly assigned ones too
+                timeout_ms = int(min(0.5, max(0.01, deadline - time.monotonic())) * 1000)
+                polled = self.consumer.poll(timeout_ms=timeout_ms) or {}
+                for tp, records in polled.items():
+                    if records:
+                        self.consumer.seek(tp, min(r.offset for r in records))
         finally:
-            self.consumer.resume(*[tp for tp in assigned if tp in self.consumer.assignment()])
+            self.consumer.resume(*self.consumer.assignment())
             self._paused = False

@@ -380,6 +380,52 @@ def test_header_bytes_count_towards_the_input_limit() -> None:
     assert len(_outputs(producer, OUT_TOPIC)) == 1
 
 
+TP2 = TopicPartition(IN_TOPIC, 1)
+
+
+class RebalancingConsumer(FakeConsumer):
+    """Partition 1 is assigned during the first back-off and, unpaused, hands over its records."""
+
+    def __init__(self, values: Sequence[bytes | None], second: Sequence[bytes]) -> None:
+        super().__init__(values)
+        self.second = [
+            Record(IN_TOPIC, 1, i, f"s{i}".encode(), v, [("result_id", f"s{i}".encode())])
+            for i, v in enumerate(second)
+        ]
+        self.position2 = 0
+        self.rebalanced = False
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP, TP2} if self.rebalanced else {TP}
+
+    def pause(self, *tps: TopicPartition) -> None:
+        super().pause(*tps)
+        self.rebalanced = True  # the group rebalances while the stage backs off
+
+    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
+        if self.rebalanced and TP2 not in self.paused and self.position2 < len(self.second):
+            chunk = self.second[self.position2 : self.position2 + max_records]
+            self.position2 += len(chunk)
+            return {TP2: chunk}
+        return super().poll(timeout_ms, max_records)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        if tp == TP2:
+            self.position2 = offset
+        else:
+            super().seek(tp, offset)
+
+
+def test_records_polled_during_back_off_after_a_rebalance_are_not_lost() -> None:
+    second = [Item(result_id=f"s{n}", n=100 + n).model_dump_json().encode() for n in range(3)]
+    consumer = RebalancingConsumer([_good(n) for n in range(2)], second)
+    producer = FakeProducer()
+    _run(ScriptedStage(transient_failures=1), consumer, producer)
+    produced = sorted(Item.model_validate_json(v).n for v in _outputs(producer, OUT_TOPIC))
+    assert produced == [0, 2, 200, 202, 204]  # every record of both partitions, once
+    assert any(c.get(TP2) == 3 for c in consumer.commits)  # committed past the last of them
+
+
 def test_an_over_size_input_is_dlqd_by_reference_so_the_dlq_record_fits() -> None:
     big = b'{"result_id": "r0", "n": 1, "pad": "' + b"x" * 300_000 + b'"}'
     consumer = FakeConsumer([big, _good(1)])
