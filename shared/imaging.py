@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import tokenize
 import zlib
 from pathlib import Path
 from typing import Literal
@@ -88,6 +89,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarra
         if decoded.dtype == np.uint16:
             return (decoded.astype(np.float32) / 65535.0).copy(order="C")
         raise ImageError(f"unsupported PNG dtype {decoded.dtype}", reason="image_dtype")
+    _check_npy_header(data, max_pixels)
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:
@@ -101,6 +103,33 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarra
     except (OSError, EOFError) as exc:
         raise ImageError(f"truncated NPY data: {exc}", reason="image_truncated") from exc
     return validate_image(array, max_pixels=max_pixels)
+
+
+def _check_npy_header(data: bytes, max_pixels: int) -> None:
+    """Refuse an NPY whose header declares more pixels than allowed, before numpy allocates them.
+
+    ``np.load`` on bytes allocates the declared shape first: a header claiming 10^9 x 10^9
+    pixels would be a MemoryError (an infrastructure failure) instead of bad input.
+    """
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:
+        if isinstance(exc, EOFError) or str(exc).startswith("EOF"):  # numpy's word for a short read
+            raise ImageError(f"truncated NPY data: {exc}", reason="image_truncated") from exc
+        raise ImageError(f"corrupt NPY header: {exc}", reason="image_corrupt") from exc
+    pixels = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    if pixels > max_pixels:
+        raise ImageError(
+            f"NPY declares shape {shape}, {pixels} pixels, over the limit of {max_pixels}",
+            reason="image_too_large",
+        )
+    if dtype.hasobject:
+        raise ImageError("NPY of objects refused (no pickle)", reason="image_pickle")
 
 
 def validate_image(array: np.ndarray, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
