@@ -6,8 +6,10 @@ one boundary with ``raise ... from``. The stage runtime routes by family:
 
 - :class:`InputError` and its children are *deterministic*: the same bytes fail
   the same way every time, so the message goes to the DLQ with ``reason``.
-- :class:`TransientError` means a dependency is away (broker, Redis, blob store);
-  the runtime retries with bounded backoff, then pauses and retries again.
+- :class:`TransientError` means a dependency is away (broker, Redis, blob store) or
+  the process ran out of memory (:class:`ResourceExhausted`, translated from
+  ``MemoryError`` and CUDA out-of-memory by the runtime); the runtime retries with
+  bounded backoff, then pauses and retries again.
 - :class:`ConfigError` is a bad setting or file given by the operator; commands
   print one line and exit non-zero.
 """
@@ -72,3 +74,9 @@ class DependencyUnavailable(TransientError):
     """The broker, Redis or the blob store did not answer."""
 
     reason = "dependency_unavailable"
+
+
+class ResourceExhausted(TransientError):
+    """The process ran out of memory (host or GPU) on a batch: the machine's state, not the input's."""
+
+    reason = "resource_exhausted"

@@ -9,7 +9,8 @@ Error policy, by phase, in one place:
   a DLQ record with the reason and the original bytes; the batch goes on;
 - process: :class:`~shared.errors.InputError` for an item -> DLQ; any other
   exception for the batch -> the items are retried one by one so the culprit is
-  found, and an item that fails alone goes to the DLQ as ``processing_error``;
+  found, and an item that fails alone goes to the DLQ as ``processing_error``
+  (running out of host or GPU memory is transient, never a DLQ verdict);
   :class:`~shared.errors.TransientError` -> bounded retries with backoff, then the
   partitions are paused and the same batch is retried later (never dropped);
 - produce: an output over the message limit (its size counted with headers before
@@ -54,6 +55,14 @@ log = logging.getLogger("lithowatch.runtime")
 DLQ_INLINE_LIMIT_BYTES = 512 * 1024
 DLQ_RECORD_OVERHEAD_BYTES = 32 * 1024  # error text, headers, key and field names
 OUTPUT_HEADER_ALLOWANCE_BYTES = 1024  # the headers a stage adds to an output (result id, timestamps)
+
+
+def _raise_if_out_of_memory(exc: BaseException) -> None:
+    """Host or GPU memory ran out: the machine's state, so retried (transient), never dead-lettered."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's
+        from shared.errors import ResourceExhausted
+
+        raise ResourceExhausted(f"out of memory: {type(exc).__name__}: {exc}") from exc
 
 
 def _header_bytes(headers: Any) -> int:
@@ -371,6 +380,7 @@ class StageRunner:
         except TransientError:
             raise
         except Exception as batch_exc:
+            _raise_if_out_of_memory(batch_exc)
             log.warning(
                 "%s: batch failed (%s: %s); retrying items one by one",
                 self.name,
@@ -422,6 +432,7 @@ class StageRunner:
         except InputError as exc:  # raised rather than returned: still this item's verdict
             return exc
         except Exception as exc:
+            _raise_if_out_of_memory(exc)
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             return InputError(f"{detail}", reason="processing_error")
 

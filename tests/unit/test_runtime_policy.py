@@ -314,6 +314,31 @@ class RaisingStage(ScriptedStage):
         return [[Output(OUT_TOPIC, i, i.result_id)] for i in items]
 
 
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.cuda.OutOfMemoryError."""
+
+
+class MemoryHungryStage(ScriptedStage):
+    def __init__(self, failures: list[BaseException]) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def process_batch(self, items: Sequence[Item]) -> list[ItemResult]:
+        if self.failures:
+            raise self.failures.pop(0)
+        return super().process_batch(items)
+
+
+@pytest.mark.parametrize("error", [MemoryError(), OutOfMemoryError("CUDA out of memory")])
+def test_running_out_of_memory_is_retried_not_dead_lettered(error: BaseException) -> None:
+    consumer = FakeConsumer([_good(n) for n in range(3)])
+    producer = FakeProducer()
+    _run(MemoryHungryStage([error, error]), consumer, producer)
+    assert _dlq(producer) == []
+    assert sorted(Item.model_validate_json(v).n for v in _outputs(producer, OUT_TOPIC)) == [0, 2, 4]
+    assert consumer.commits == [{TP: 3}]
+
+
 def test_a_raised_input_error_is_dlqd_not_fatal() -> None:
     consumer = FakeConsumer([_good(n) for n in range(3)])
     producer = FakeProducer()
