@@ -30,7 +30,7 @@ from shared.contracts import (
     ScoreRecord,
     Topics,
 )
-from shared.errors import ContractError, InputError
+from shared.errors import ContractError, DependencyUnavailable, InputError
 from shared.index import LibraryState
 from shared.runtime import ItemResult, Output
 
@@ -117,9 +117,9 @@ class NoveltyCore:
 
     def score(self, item: EmbeddedResult) -> list[Output]:
         library = self._library()
-        if library is None:
-            raise ContractError(
-                "the library is empty: build it first (lithowatch library build)", reason="no_library"
+        if library is None:  # not loaded yet, or never built: the result waits, it is not bad input
+            raise DependencyUnavailable(
+                "the library is empty: waiting for it (build it with lithowatch library build)"
             )
         vector = self._vector(item, library)
         neighbours = library.neighbours(vector, self.config.k + 1, exclude={item.result_id})[: self.config.k]
