@@ -312,7 +312,7 @@ def _train(
     if eval_dataset is not None:
         metrics["eval"], eval_table = _evaluate_on(eval_dataset, encoder, learned, progress)
     training_record = {
-        "dataset": [str(d.resolve()) for d in dirs],
+        "dataset": [_recorded_path(d) for d in dirs],
         "dataset_fingerprint": dataset_fingerprint(dataset),
         "items": len(full),
         "train_items": len(train_set),
@@ -354,11 +354,20 @@ def _evaluate_on(
     lines = verdict(rows)
     table = format_table(rows) + "\n" + "\n".join(lines)
     return {
-        "dataset": str(Path(eval_dataset).resolve()),
+        "dataset": _recorded_path(Path(eval_dataset)),
         **details,
         "rows": [r.as_dict() for r in rows],
         "verdict": lines,
     }, table
+
+
+def _recorded_path(path: Path) -> str:
+    """A data set's path for the checkpoint: relative to the working folder when inside it."""
+    resolved = path.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
 
 
 def _rounded(value: float) -> float | None:
