@@ -22,10 +22,8 @@ from shared.errors import ConfigError
 from shared.litho.cell_rows import (
     LayerSpec,
     place_rows,
-    placed_layout,
     read_cell,
     row_cells,
-    row_windows,
     split_kinds,
 )
 from shared.litho.families import FAMILIES
@@ -317,11 +315,11 @@ def _from_cell_rows(args: argparse.Namespace, files: list[Path]) -> int:
             for spec in layers:
                 importer = CellLibraryImport(simulator, size_px, pad_px, plan, rng, dose)
                 prefix = f"{spec.name}-{split}"
+                layout, windows = importer.windows(placements, spec.name, spec.name, args.window_nm)
                 samples = importer.samples(
-                    placements, spec.name, spec.name, split, args.window_nm, prefix, patterns[spec.name]
+                    layout, windows, spec.name, spec.name, split, prefix, patterns[spec.name]
                 )
-                layout = placed_layout(placements, spec.name, spec.name)
-                planned = len(list(row_windows(placements, layout, args.window_nm))) * plan.variants
+                planned = len(windows) * plan.variants
                 bar = tqdm(samples, desc=f"{split} {spec.name}", unit="result", total=planned)
                 for sample in bar:
                     sample.labels.update(shrink=args.shrink, source=sample.labels["cell"])

@@ -111,7 +111,9 @@ class WindowPatterns:
 
     def best_ncc(self, mask: np.ndarray) -> float:
         """The highest normalised cross-correlation with a kept pattern (0 when none is near)."""
-        spectrum, energy, fill = self._prepare(mask)
+        return self._best_ncc(*self._prepare(mask))
+
+    def _best_ncc(self, spectrum: np.ndarray, energy: float, fill: float) -> float:
         if energy <= 0 or not self._spectra:
             return 0.0
         fills = np.asarray(self._fill)
@@ -131,9 +133,9 @@ class WindowPatterns:
 
     def add(self, mask: np.ndarray) -> bool:
         """Keep ``mask``'s pattern and return True, or False when it repeats a kept one."""
-        if self.best_ncc(mask) >= self.min_ncc:
-            return False
         spectrum, energy, fill = self._prepare(mask)
+        if self._best_ncc(spectrum, energy, fill) >= self.min_ncc:
+            return False
         self._spectra.append(spectrum)
         self._energy.append(energy)
         self._fill.append(fill)
@@ -175,22 +177,29 @@ class CellLibraryImport:
         defocus = float(self.rng.choice([-1.0, 1.0])) * self.plan.defocus_nm if index == 1 and many else 0.0
         return shift, dose, defocus, bias, index == 2 and many and self.plan.defects
 
-    def samples(
-        self,
-        placements: Sequence[Placement],
-        family: str,
-        layer: str,
-        split: str,
-        window_nm: float,
-        id_prefix: str,
-        patterns: WindowPatterns | None = None,
-    ) -> Iterator[ClipSample]:
-        """Every window of the rows under every variant, in window order; with ``patterns``, a
-        window whose drawn pattern is already there (up to a shift) is skipped."""
+    @staticmethod
+    def windows(
+        placements: Sequence[Placement], layer: str, family: str, window_nm: float
+    ) -> tuple[Layout, list[RowWindow]]:
+        """The layer's layout over the rows and its windows (see :func:`row_windows`)."""
         layout = placed_layout(placements, layer, family)
         windows = list(row_windows(placements, layout, window_nm))
         if not windows:
             raise ConfigError(f"layer {layer}: no window holds enough drawn area")
+        return layout, windows
+
+    def samples(
+        self,
+        layout: Layout,
+        windows: Sequence[RowWindow],
+        family: str,
+        layer: str,
+        split: str,
+        id_prefix: str,
+        patterns: WindowPatterns | None = None,
+    ) -> Iterator[ClipSample]:
+        """Every window (from :meth:`windows`) under every variant, in window order; with
+        ``patterns``, a window whose drawn pattern is already there (up to a shift) is skipped."""
         base_dose = self.dose or dose_to_size(self.simulator, layout, windows, self.size_px, self.pad_px)
         for w_index, window in enumerate(windows):
             drawn = rasterize(layout, (window.x_nm, window.y_nm), self.size_px, self.nm_per_px)
