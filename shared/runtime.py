@@ -19,7 +19,13 @@ Error policy, by phase, in one place:
   (consumers are idempotent on ``result_id``);
 - headers: a null header value (legal in Kafka) is not copied onto outputs and is an
   empty string in a DLQ record; records a poll hands over while the stage backs off
-  (a rebalance can assign new, unpaused partitions) are sought back, never skipped.
+  (a rebalance can assign new, unpaused partitions) are sought back, never skipped;
+- crashes: a record that ends the process (out of memory, a native crash, longer than
+  ``max_poll_interval_ms``) is found by the attempt marks written before each batch
+  (:mod:`shared.attempts`) and dead-lettered as ``crashed`` after ``crash_attempts``;
+- offsets: only partitions still assigned are committed; ``lithowatch_stage_up`` is 1
+  only while partitions are assigned and not paused, and the lag series of a partition
+  handed to another member is removed.
 
 SIGTERM/SIGINT finish the current batch, commit and exit.
 """
@@ -36,6 +42,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -44,6 +51,7 @@ from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from shared import metrics
+from shared.attempts import AttemptJournal, Mark
 from shared.blobstore import LocalBlobStore
 from shared.contracts import Contract, DLQRecord, Topics
 from shared.errors import InputError, TransientError
@@ -172,6 +180,9 @@ class StageRunner:
         self.processed = 0
         self.seconds_per_message: float | None = None
         self._encoded: dict[int, tuple[Output, bytes]] = {}  # outputs serialised by the size check
+        self._journal = AttemptJournal(Path(settings.state_dir) / "attempts", self.group_id)
+        self._marks_before: dict[TopicPartition, Mark | None] = {}  # restored when a batch is given back
+        self._lag_series: set[TopicPartition] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -197,7 +208,6 @@ class StageRunner:
         if serve_metrics:
             port = self.start_metrics()
             log.info("%s: metrics on %s:%d", self.name, self.settings.metrics_host, port)
-        metrics.STAGE_UP.labels(self.name).set(1)
         try:
             while not self._stop.is_set():
                 if self.tick is not None:
@@ -206,6 +216,7 @@ class StageRunner:
                 if batch:
                     self._handle(batch)
                 self._update_lag()
+                metrics.STAGE_UP.labels(self.name).set(1 if self.healthy() else 0)
         finally:
             metrics.STAGE_UP.labels(self.name).set(0)
             self._close()
@@ -277,7 +288,12 @@ class StageRunner:
         if not force and now - self._last_lag_update < 1.0:
             return
         self._last_lag_update = now
-        for tp in self.consumer.assignment():
+        assigned = self.consumer.assignment()
+        for tp in self._lag_series - assigned:  # handed to another member: its series would lie
+            metrics.CONSUMER_LAG.remove(self.name, tp.topic, str(tp.partition))
+            self._next_offsets.pop(tp, None)
+        self._lag_series &= assigned
+        for tp in assigned:
             highwater = self.consumer.highwater(tp)
             if highwater is None:
                 continue
@@ -287,13 +303,25 @@ class StageRunner:
             metrics.CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(
                 max(0, highwater - position)
             )
+            self._lag_series.add(tp)
 
     # ---- one batch -------------------------------------------------------------------------
-    def _handle(self, batch: list[_Polled]) -> None:
+    def _handle(self, polled_batch: list[_Polled]) -> None:
         started = time.monotonic()
-        dlq: list[Output] = []
+        batch, crashed = self._mark_attempts(polled_batch)
+        dlq: list[Output] = [
+            self._dlq_output(
+                polled.record,
+                "crashed",
+                f"the stage process ended {self.settings.crash_attempts} times while handling this "
+                "record alone (out of memory, a crash, or longer than max_poll_interval_ms); "
+                "it is not processed again",
+            )
+            for polled in crashed
+        ]
+        batch = [*crashed, *batch]
         decoded: list[tuple[_Polled, Any]] = []
-        for polled in batch:
+        for polled in batch[len(crashed) :]:
             value = self._decode(polled)
             if isinstance(value, Output):
                 dlq.append(value)
@@ -322,7 +350,7 @@ class StageRunner:
                     )
                     self._sleep_polling(delay)
                     if self._stop.is_set():
-                        self._rewind(batch)
+                        self._rewind(batch, restore_marks=True)
                         return
                     continue
                 log.error(
@@ -331,10 +359,11 @@ class StageRunner:
                     attempt - 1,
                     exc,
                 )
-                self._rewind(batch)
+                self._rewind(batch, restore_marks=True)
                 self._sleep_polling(self.settings.retry_backoff_max_seconds, pause=True)
                 return
-        self._commit(batch)
+        if self._commit(batch):
+            self._advance_marks(batch)
         elapsed = time.monotonic() - started
         per_message = elapsed / max(1, len(batch))
         self.seconds_per_message = (
@@ -543,27 +572,96 @@ class StageRunner:
         return Output(Topics.DLQ, dlq, result_id or f"{record.topic}-{record.partition}-{record.offset}")
 
     # ---- offsets ---------------------------------------------------------------------------
-    def _commit(self, batch: list[_Polled]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for polled in batch:
-            tp = TopicPartition(polled.record.topic, polled.record.partition)
-            offsets[tp] = max(offsets.get(tp, -1), polled.record.offset + 1)
+    def _commit(self, batch: list[_Polled]) -> bool:
+        """Commit past the batch on the partitions still assigned; False when the commit failed.
+
+        A partition a rebalance took away is not committed (the whole commit would be
+        refused): its new owner re-reads the batch from the last commit.
+        """
+        assigned = self.consumer.assignment()
+        offsets = {tp: last + 1 for tp, (_, last) in _offset_ranges(batch).items() if tp in assigned}
+        if not offsets:
+            log.warning("%s: the batch's partitions were reassigned; its new owner re-reads it", self.name)
+            return False
         self._next_offsets.update(offsets)
         try:
             self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
         except KafkaError as exc:
             # A rebalance took the partitions: the new owner re-reads from the last commit.
             log.warning("%s: commit failed (%s); the batch will be redelivered", self.name, exc)
+            return False
+        return True
 
-    def _rewind(self, batch: list[_Polled]) -> None:
-        first: dict[TopicPartition, int] = {}
-        for polled in batch:
-            tp = TopicPartition(polled.record.topic, polled.record.partition)
-            first[tp] = min(first.get(tp, polled.record.offset), polled.record.offset)
+    def _rewind(self, batch: list[_Polled], restore_marks: bool = False) -> None:
         assigned = self.consumer.assignment()
-        for tp, offset in first.items():
+        for tp, (first, _) in _offset_ranges(batch).items():
             if tp in assigned:
-                self.consumer.seek(tp, offset)
+                self.consumer.seek(tp, first)
+        if restore_marks:  # given back unprocessed, not crashed: the attempt does not count
+            for tp, mark in self._marks_before.items():
+                self._write_mark(tp, mark)
+
+    # ---- attempt marks (shared/attempts.py) ------------------------------------------------
+    def _write_mark(self, tp: TopicPartition, mark: Mark | None) -> None:
+        """Write (or, for None, clear) a partition's mark; a file-system failure only costs the count."""
+        try:
+            if mark is None:
+                self._journal.clear(tp.topic, tp.partition)
+            else:
+                self._journal.write(tp.topic, tp.partition, mark)
+        except OSError as exc:
+            log.warning("%s: cannot write the attempt mark of %s: %s", self.name, tp, exc)
+
+    def _mark_attempts(self, batch: list[_Polled]) -> tuple[list[_Polled], list[_Polled]]:
+        """Mark the batch as attempted; return (records to process, records set aside as crashed).
+
+        Where a mark left by an earlier process covers a partition's first record, that
+        process ended inside the range: the batch shrinks to that one record (the rest is
+        sought back), whose attempt is counted, and it is set aside once it has ended the
+        process ``crash_attempts`` times.
+        """
+        ranges = _offset_ranges(batch)
+        marks = {tp: self._journal.read(tp.topic, tp.partition) for tp in ranges}
+        suspect = next(
+            (tp for tp, mark in marks.items() if mark is not None and mark.covers(ranges[tp][0])), None
+        )
+        if suspect is None:
+            self._marks_before = {tp: None for tp in ranges}
+            for tp, (first, last) in ranges.items():
+                self._write_mark(tp, Mark(first, 1, last))
+            return batch, []
+        mark = marks[suspect]
+        assert mark is not None
+        first = ranges[suspect][0]
+        record = next(p for p in batch if _tp(p) == suspect and p.record.offset == first)
+        self._rewind([p for p in batch if p is not record])
+        self._marks_before = {suspect: mark}
+        attempts = mark.attempts_on(first)
+        if attempts >= self.settings.crash_attempts:
+            return [], [record]
+        log.warning(
+            "%s: an earlier process ended while handling %s offsets %d-%d; taking them one at a "
+            "time (offset %d: attempt %d of %d)",
+            self.name,
+            suspect,
+            mark.offset,
+            mark.last,
+            first,
+            attempts + 1,
+            self.settings.crash_attempts,
+        )
+        self._write_mark(suspect, Mark(first, attempts + 1, mark.last))
+        return [record], []
+
+    def _advance_marks(self, batch: list[_Polled]) -> None:
+        """After a commit: clear each partition's mark, or move it on inside a suspect range."""
+        for tp, (_, last) in _offset_ranges(batch).items():
+            mark = self._marks_before.get(tp)
+            if mark is not None and mark.last > last:
+                self._write_mark(tp, Mark(last + 1, 0, mark.last))
+            else:
+                self._write_mark(tp, None)
+        self._marks_before = {}
 
     def _sleep_polling(self, seconds: float, pause: bool = False) -> None:
         """Wait without leaving the group: paused partitions are polled for heartbeats.
@@ -574,6 +672,8 @@ class StageRunner:
         """
         self.consumer.pause(*self.consumer.assignment())
         self._paused = pause
+        if pause:
+            metrics.STAGE_UP.labels(self.name).set(0)
         deadline = time.monotonic() + seconds
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -586,3 +686,17 @@ class StageRunner:
         finally:
             self.consumer.resume(*self.consumer.assignment())
             self._paused = False
+
+
+def _tp(polled: _Polled) -> TopicPartition:
+    return TopicPartition(polled.record.topic, polled.record.partition)
+
+
+def _offset_ranges(batch: Sequence[_Polled]) -> dict[TopicPartition, tuple[int, int]]:
+    """First and last offset of each partition's records in a batch."""
+    ranges: dict[TopicPartition, tuple[int, int]] = {}
+    for polled in batch:
+        tp, offset = _tp(polled), polled.record.offset
+        first, last = ranges.get(tp, (offset, offset))
+        ranges[tp] = (min(first, offset), max(last, offset))
+    return ranges

@@ -69,6 +69,10 @@ class StageSettings(CommonSettings):
     retry_backoff_seconds: float = Field(0.2, gt=0)
     retry_backoff_max_seconds: float = Field(10.0, gt=0)
     group_suffix: str = ""
+    # A record that ended the stage process this many times is dead-lettered as ``crashed``
+    # (counted per host in ``state_dir``; see shared/attempts.py).
+    crash_attempts: int = Field(3, ge=1, le=100)
+    state_dir: Path = Path(".lithowatch/state")
     # Added to the process's nice value at start: on a host the stages share, stages other
     # than the embedder can yield the CPU to it (``lithowatch up`` does; see SHARED_HOST_NICE).
     cpu_nice: int = Field(0, ge=0, le=19)

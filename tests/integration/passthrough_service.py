@@ -1,11 +1,13 @@
 """A pass-through stage run as its own process by the runtime tests.
 
 It decodes both images of each result (bad images go to the DLQ) and copies the
-result to the test output topic.
+result to the test output topic. A result whose id starts with ``fatal-`` ends the
+process at once, as an out-of-memory kill or a native crash would.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +31,8 @@ class PassThrough:
     def process_batch(self, items: Sequence[SimResult]) -> list[ItemResult]:
         results: list[ItemResult] = []
         for item in items:
+            if item.result_id.startswith("fatal-"):
+                os._exit(70)
             try:
                 self.load(item.mask)
                 self.load(item.simulated)

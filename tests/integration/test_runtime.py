@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,13 @@ SERVICE = Path(__file__).with_name("passthrough_service.py")
 OUT = "lithowatch.test-passthrough.v1"
 
 
-def start_passthrough(stack: EmbeddedStack, name: str = "passthrough") -> ChildProcess:
+def start_passthrough(
+    stack: EmbeddedStack, name: str = "passthrough", extra: dict[str, str] | None = None
+) -> ChildProcess:
     env = stack.env(
         {
+            **(extra or {}),
+            "LITHOWATCH_STATE_DIR": str(stack.workdir / "state"),
             "LITHOWATCH_METRICS_PORT": str(free_port()),
             "LITHOWATCH_MAX_POLL_INTERVAL_MS": "8000",
             "LITHOWATCH_SESSION_TIMEOUT_MS": "6000",
@@ -107,3 +112,35 @@ def test_sigterm_commits_and_exits_promptly(stack: EmbeddedStack) -> None:
     finally:
         admin.close()
     assert sum(off for tp, off in offsets.items() if tp.topic == Topics.RESULTS) == 300
+
+
+def test_a_record_that_kills_the_process_is_set_aside_after_the_attempt_count(stack: EmbeddedStack) -> None:
+    """Each crash restarts the service (as a supervisor would); the crash loop ends by itself."""
+    stack.create_topics([OUT])
+    rng = np.random.default_rng(4)
+    inputs = [make_result(f"c{i:03d}", rng) for i in range(40)]
+    fatal = make_result("fatal-1", rng)
+    produce(stack.bootstrap, Topics.RESULTS, [*inputs[:20], fatal, *inputs[20:]])
+    wanted = {r.result_id for r in inputs}
+
+    def settled(child: ChildProcess) -> Callable[[list], bool]:
+        return lambda rs: not child.alive() or (
+            any(r.topic == Topics.DLQ for r in rs) and result_ids(rs) >= wanted
+        )
+
+    deaths = 0
+    records: list = []
+    for life in range(6):
+        child = start_passthrough(stack, f"passthrough-{life}", {"LITHOWATCH_CRASH_ATTEMPTS": "2"})
+        try:
+            records = collect(stack.bootstrap, [OUT, Topics.DLQ], settled(child), timeout_seconds=60)
+        finally:
+            died = not child.alive()
+            child.stop()
+        if not died:
+            break
+        deaths += 1
+    assert 1 <= deaths <= 3  # in its batch, then twice alone
+    dlq = [DLQRecord.model_validate_json(r.value) for r in records if r.topic == Topics.DLQ]
+    assert [(d.reason, d.result_id) for d in dlq] == [("crashed", "fatal-1")]
+    assert result_ids(records) == wanted  # nothing else lost

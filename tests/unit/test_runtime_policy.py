@@ -180,6 +180,7 @@ def _run(stage: Any, consumer: FakeConsumer, producer: FakeProducer, **overrides
         retry_backoff_seconds=0.001,
         retry_backoff_max_seconds=0.01,
         kafka_max_message_bytes=overrides.pop("kafka_max_message_bytes", 8 * 1024 * 1024),
+        state_dir=overrides.pop("state_dir", None) or tempfile.mkdtemp(prefix="lw-state-"),
         **overrides,
     )
     runner = StageRunner(stage, settings, consumer=consumer, producer=producer)  # type: ignore[arg-type]
