@@ -14,13 +14,26 @@ One owner applies and queries (the class is not thread-safe).
 Records this library cannot hold (another model version, another dimension, a
 vector that breaks its contract) raise :class:`~shared.errors.ContractError`
 and leave the entries as they were; their offset still counts as consumed,
-since every replica refuses them the same way.
+since every replica refuses them the same way. So does a *provisional* upsert
+of an id held as a reference entry (``reference_demotion``): novel results never
+replace the reference set. The novelty stage files its provisional entries
+under :func:`provisional_entry_id` (``provisional/<result_id>``; ``/`` is not
+allowed in a result id), so they cannot share a key with a reference entry.
+
+Provisional entries are bounded (``max_provisional``): when an upsert takes
+them past the bound, the oldest (by ``created_at``, then id) are evicted from
+the entries and the index down to 90% of it, in one removal (an exact index
+rewrites its storage on removal, so evicting one at a time would cost a pass
+per result). Evicted entries stay on the topic: ``library promote`` or a
+later record for the id brings one back; :attr:`LibraryState.evicted_total`
+counts them.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -31,10 +44,24 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from shared.contracts import ImageRef, Labels, LibraryEntry, Neighbour
 from shared.errors import ConfigError, ContractError
 from shared.index.settings import IndexSettings
-from shared.index.snapshot import load_snapshot, save_snapshot
+from shared.index.snapshot import TopicState, load_snapshot, save_snapshot
 from shared.index.vector_index import VectorIndex
 
 ENTRIES_FILE = "entries.jsonl"
+PROVISIONAL_ID_PREFIX = "provisional/"
+EVICT_TO_FRACTION = 0.9
+_OLDEST = datetime.min.replace(tzinfo=UTC)
+
+
+def provisional_entry_id(result_id: str) -> str:
+    """The library entry id of the provisional entry a novel result adds."""
+    return f"{PROVISIONAL_ID_PREFIX}{result_id}"
+
+
+def vector_digest(vector: NDArray[np.float32]) -> str:
+    """blake2b-128 of a float32 vector's bytes, as the library stores it per entry."""
+    data = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 ApplyOutcome = Literal["upserted", "updated", "deleted", "ignored"]
 """``upserted``: vector added or replaced; ``updated``: same vector, metadata changed;
@@ -55,18 +82,35 @@ class LibraryItem(BaseModel):
     alert_id: str | None = None
     vector_digest: str
     """blake2b-128 of the float32 vector: an upsert with the same vector only updates metadata."""
+    exact_hash: str | None = None
+    """The dedupe stage's exact pixel digest of the result, when the record carried one."""
+    created_at: datetime | None = None
+    """When the record was made (orders provisional entries for eviction; None: oldest)."""
 
 
 class LibraryState:
     """Applies library records in order and answers nearest-neighbour queries."""
 
-    def __init__(self, model_version: str, dim: int, settings: IndexSettings | None = None) -> None:
+    def __init__(
+        self,
+        model_version: str,
+        dim: int,
+        settings: IndexSettings | None = None,
+        *,
+        max_provisional: int | None = None,
+    ) -> None:
         if not model_version:
             raise ConfigError("a library needs the model version of its vectors")
+        if max_provisional is not None and max_provisional < 1:
+            raise ConfigError(f"max_provisional must be at least 1, got {max_provisional}")
         self._model_version = model_version
         self._index = VectorIndex(dim, settings)
         self._items: dict[str, LibraryItem] = {}
+        self._provisional: set[str] = set()
         self._next_offsets: dict[int, int] = {}
+        self.max_provisional = max_provisional
+        self.evicted_total = 0
+        """Provisional entries evicted over the bound since this object was made."""
 
     @property
     def model_version(self) -> str:
@@ -96,7 +140,11 @@ class LibraryState:
 
     def provisional(self) -> dict[str, str | None]:
         """Provisional entries (novel results added pending review): entry id -> alert id."""
-        return {i.entry_id: i.alert_id for i in self._items.values() if i.status == "provisional"}
+        return {entry_id: self._items[entry_id].alert_id for entry_id in self._provisional}
+
+    @property
+    def provisional_count(self) -> int:
+        return len(self._provisional)
 
     # -- applying records ---------------------------------------------------------------------
 
@@ -113,6 +161,7 @@ class LibraryState:
         if entry.op == "delete":
             if self._items.pop(entry.entry_id, None) is None:
                 return "ignored"
+            self._provisional.discard(entry.entry_id)
             self._index.remove([entry.entry_id])
             return "deleted"
         if entry.model_version != self._model_version:
@@ -129,6 +178,13 @@ class LibraryState:
                 f"this library holds {self.dim}-d vectors",
                 reason="vector_dim",
             )
+        previous = self._items.get(entry.entry_id)
+        if entry.status == "provisional" and previous is not None and previous.status == "reference":
+            raise ContractError(
+                f"provisional upsert of {entry.entry_id!r} refused: that id is a reference entry "
+                "(novel results never replace the reference set)",
+                reason="reference_demotion",
+            )
         vector = entry.vector.to_array().reshape(1, -1)
         item = LibraryItem(
             entry_id=entry.entry_id,
@@ -137,15 +193,43 @@ class LibraryState:
             mask=entry.mask,
             simulated=entry.simulated,
             alert_id=entry.alert_id,
-            vector_digest=hashlib.blake2b(vector.tobytes(), digest_size=16).hexdigest(),
+            vector_digest=vector_digest(vector),
+            exact_hash=entry.hashes.exact if entry.hashes is not None else None,
+            created_at=entry.created_at,
         )
-        previous = self._items.get(entry.entry_id)
         if previous is not None and previous.vector_digest == item.vector_digest:
-            self._items[entry.entry_id] = item
-            return "updated"
-        self._index.add([entry.entry_id], vector)
+            outcome: ApplyOutcome = "updated"
+        else:
+            self._index.add([entry.entry_id], vector)
+            outcome = "upserted"
         self._items[entry.entry_id] = item
-        return "upserted"
+        if item.status == "provisional":
+            self._provisional.add(entry.entry_id)
+            self._evict_over_bound()
+        else:
+            self._provisional.discard(entry.entry_id)
+        return outcome
+
+    def _evict_over_bound(self) -> None:
+        bound = self.max_provisional
+        if bound is None or len(self._provisional) <= bound:
+            return
+        keep = max(1, int(bound * EVICT_TO_FRACTION))
+        oldest_first = sorted(self._provisional, key=self._age_key)
+        evicted = oldest_first[: len(oldest_first) - keep]
+        for entry_id in evicted:
+            del self._items[entry_id]
+            self._provisional.discard(entry_id)
+        self._index.remove(evicted)
+        self.evicted_total += len(evicted)
+
+    def _age_key(self, entry_id: str) -> tuple[datetime, str]:
+        created = self._items[entry_id].created_at
+        if created is None:
+            created = _OLDEST
+        elif created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        return created, entry_id
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -183,8 +267,11 @@ class LibraryState:
 
     # -- snapshots ----------------------------------------------------------------------------
 
-    def snapshot(self, root: Path, *, keep: int = 2) -> Path:
-        """Write index, entries and offsets as the current snapshot under ``root``."""
+    def snapshot(self, root: Path, *, keep: int = 2, topic_id: str | None = None) -> Path:
+        """Write index, entries and offsets as the current snapshot under ``root``.
+
+        ``topic_id``: the library topic's id, so a restore can tell another incarnation of it.
+        """
 
         def write_entries(folder: Path) -> None:
             with (folder / ENTRIES_FILE).open("w", encoding="utf-8") as out:
@@ -197,6 +284,7 @@ class LibraryState:
             self._index,
             model_version=self._model_version,
             next_offsets=self._next_offsets,
+            topic_id=topic_id,
             write_extra=write_entries,
             keep=keep,
         )
@@ -209,28 +297,42 @@ class LibraryState:
         model_version: str,
         dim: int | None = None,
         settings: IndexSettings | None = None,
+        topic: TopicState | None = None,
+        max_provisional: int | None = None,
     ) -> LibraryState:
         """The library as of the current snapshot under ``root``; replay from :attr:`next_offsets`.
 
-        Raises ConfigError for a missing or damaged snapshot, or one of another
-        model version or dimension (then rebuild by replaying the whole topic).
+        Raises ConfigError for a missing or damaged snapshot, one of another
+        model version or dimension, or, given the library ``topic`` as it is now,
+        one taken from another incarnation of it (then rebuild by replaying the
+        whole topic). Provisional entries over ``max_provisional`` are evicted.
         """
-        loaded = load_snapshot(
-            root, expected_model_version=model_version, expected_dim=dim, settings=settings
-        )
         items: dict[str, LibraryItem] = {}
-        try:
-            with (loaded.path / ENTRIES_FILE).open(encoding="utf-8") as lines:
-                for line in lines:
-                    item = LibraryItem.model_validate_json(line)
-                    items[item.entry_id] = item
-        except (OSError, ValidationError) as exc:
-            raise ConfigError(f"library entries of snapshot {loaded.path} are unreadable: {exc}") from exc
+
+        def read_entries(folder: Path) -> None:
+            try:
+                with (folder / ENTRIES_FILE).open(encoding="utf-8") as lines:
+                    for line in lines:
+                        item = LibraryItem.model_validate_json(line)
+                        items[item.entry_id] = item
+            except (OSError, ValidationError) as exc:
+                raise ConfigError(f"library entries of snapshot {folder} are unreadable: {exc}") from exc
+
+        loaded = load_snapshot(
+            root,
+            expected_model_version=model_version,
+            expected_dim=dim,
+            settings=settings,
+            topic=topic,
+            read_extra=read_entries,
+        )
         if len(items) != len(loaded.index) or any(entry_id not in loaded.index for entry_id in items):
             raise ConfigError(f"snapshot {loaded.path}: entries and index ids differ")
-        state = cls(model_version, loaded.meta.dim, loaded.index.settings)
+        state = cls(model_version, loaded.meta.dim, loaded.index.settings, max_provisional=max_provisional)
         state._index = loaded.index
         state._items = items
+        state._provisional = {i.entry_id for i in items.values() if i.status == "provisional"}
         state._next_offsets = dict(loaded.meta.next_offsets)
+        state._evict_over_bound()
         return state
 

@@ -12,11 +12,14 @@ from shared.errors import ConfigError, ContractError
 from shared.index import (
     IndexSettings,
     LibraryState,
+    TopicState,
     VectorIndex,
     find_snapshot,
     load_snapshot,
+    provisional_entry_id,
     save_snapshot,
 )
+from shared.index.snapshot import LOCK_FILE, read_meta
 
 DIM = 32
 MODEL = "enc-v1"
@@ -224,7 +227,7 @@ def test_snapshot_is_swapped_atomically_and_old_ones_pruned(tmp_path: Path) -> N
         paths.append(save_snapshot(tmp_path, index, model_version=MODEL, keep=2))
     assert find_snapshot(tmp_path) == paths[-1]
     assert not paths[0].exists() and paths[1].exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
     assert load_snapshot(tmp_path, expected_model_version=MODEL).index.ids() == ["e0", "e1", "e2"]
     (paths[-1] / "ids.json").write_text("{}")
     with pytest.raises(ConfigError, match="truncated"):
@@ -289,6 +292,15 @@ def test_library_refuses_other_model_or_dim_but_consumes_the_offset() -> None:
     assert state.next_offsets == {0: 4}
 
 
+def apply_or_refuse(state: LibraryState, record: tuple[LibraryEntry, int, int]) -> str:
+    """Apply like the library feed: a refused record (e.g. a provisional upsert of a reference
+    id) leaves the entries as they were, its offset consumed."""
+    try:
+        return state.apply(*record)
+    except ContractError as exc:
+        return exc.reason
+
+
 def _records(seed: int) -> list[tuple[LibraryEntry, int, int]]:
     """A stream over two partitions with upserts, re-upserts, promotions and deletes."""
     rng = np.random.default_rng(seed)
@@ -320,17 +332,17 @@ def test_restore_and_replay_equals_full_replay(
     queries = unit_rows(25, seed=12)
     full = LibraryState(MODEL, DIM, settings)
     for record in stream:
-        full.apply(*record)
+        apply_or_refuse(full, record)
     assert full.index.kind == settings.target_kind()
 
     early = LibraryState(MODEL, DIM, settings)
     for record in stream[:snapshot_after]:
-        early.apply(*record)
+        apply_or_refuse(early, record)
     early.snapshot(tmp_path)
     replica = LibraryState.restore(tmp_path, model_version=MODEL, dim=DIM)
     resume = replica.next_offsets
     for record in stream:  # replay everything; offsets below the snapshot's are ignored
-        outcome = replica.apply(*record)
+        outcome = apply_or_refuse(replica, record)
         if record[2] < resume.get(record[1], 0):
             assert outcome == "ignored"
 
@@ -364,3 +376,116 @@ def test_search_thread_team_never_exceeds_the_batch() -> None:
     with threads_at_most(10_000):
         assert faiss.omp_get_max_threads() == before
     assert faiss.omp_get_max_threads() == before
+
+
+# -- several writers, stale snapshots, reference entries, provisional bound ------------------------
+
+
+def _write_snapshots(root: str, writer: int, count: int) -> list[str]:
+    """A replica writing ``count`` snapshots of its own library into the shared ``root``."""
+    state = LibraryState(MODEL, DIM)
+    written = []
+    for i in range(count):
+        state.apply(entry(f"w{writer}-{i}", unit_rows(1, seed=writer * 1000 + i)[0]), 0, i)
+        written.append(state.snapshot(Path(root), keep=2).name)
+    return written
+
+
+def test_two_writers_on_one_folder_both_succeed_and_it_stays_consistent(tmp_path: Path) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(_write_snapshots, str(tmp_path), writer, 15) for writer in (1, 2)]
+        written = [name for future in futures for name in future.result()]  # neither raised
+    assert len(set(written)) == len(written) == 30  # every snapshot got a name of its own
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("snapshot-"))
+    assert len(kept) == 2 and not list(tmp_path.glob(".tmp-*"))
+    current = find_snapshot(tmp_path)
+    assert current is not None and current.name in kept
+    restored = LibraryState.restore(tmp_path, model_version=MODEL)
+    # the current snapshot is one writer's complete library as of one of its snapshots
+    ids = set(restored.index.ids())
+    writer = next(iter(ids)).split("-")[0]
+    assert ids == {f"{writer}-{i}" for i in range(len(ids))}
+    assert restored.next_offsets == {0: len(ids)}
+
+
+def test_a_snapshot_of_another_incarnation_of_the_topic_is_refused(tmp_path: Path) -> None:
+    state = LibraryState(MODEL, DIM)
+    for i in range(5):
+        state.apply(entry(f"e{i}", basis(i)), 0, i)
+    state.snapshot(tmp_path, topic_id="topic-a")
+    assert read_meta(find_snapshot(tmp_path) or tmp_path).topic_id == "topic-a"
+
+    same = TopicState("topic-a", {0: (0, 9)})
+    assert len(LibraryState.restore(tmp_path, model_version=MODEL, topic=same)) == 5
+    for topic, why in [
+        (TopicState("topic-b", {0: (0, 9)}), "deleted and recreated"),  # more records, new id
+        (TopicState(None, {0: (0, 3)}), "past the topic's end"),  # no ids: fewer records than read
+        (TopicState("topic-a", {0: (7, 9)}), "records in between are gone"),
+        (TopicState("topic-a", {1: (0, 9)}), "no longer exists"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            LibraryState.restore(tmp_path, model_version=MODEL, topic=topic)
+    # without a recorded id, offsets alone decide
+    state.snapshot(tmp_path)
+    assert len(LibraryState.restore(tmp_path, model_version=MODEL, topic=TopicState("x", {0: (0, 5)}))) == 5
+
+
+def test_a_provisional_upsert_never_replaces_a_reference_entry() -> None:
+    state = LibraryState(MODEL, DIM)
+    state.apply(entry("clip-1", basis(0)), 0, 0)
+    with pytest.raises(ContractError) as caught:
+        state.apply(entry("clip-1", basis(1), status="provisional", alert_id="alert-clip-1"), 0, 1)
+    assert caught.value.reason == "reference_demotion"
+    kept = state.get("clip-1")
+    assert kept is not None and kept.status == "reference" and state.provisional() == {}
+    assert state.neighbours(basis(0)[0], k=1)[0].id == "clip-1"
+    # the novelty stage's id for the same result is another key: both live side by side
+    novel_id = provisional_entry_id("clip-1")
+    assert novel_id != "clip-1"
+    state.apply(entry(novel_id, basis(1), status="provisional", alert_id="alert-clip-1"), 0, 2)
+    assert state.provisional() == {novel_id: "alert-clip-1"} and len(state) == 2
+    # dropped, then re-added as provisional: allowed (nothing to demote)
+    state.apply(entry("clip-1", None, op="delete"), 0, 3)
+    state.apply(entry("clip-1", basis(2), status="provisional"), 0, 4)
+    assert "clip-1" in state.provisional()
+
+
+def test_provisional_entries_are_bounded_oldest_first_and_leave_the_index() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    state = LibraryState(MODEL, DIM, max_provisional=10)
+    state.apply(entry("ref", basis(0)), 0, 0)
+    vectors = unit_rows(30, seed=21)
+    for i in range(30):
+        record = entry(
+            f"p{i:02d}", vectors[i], status="provisional", created_at=start + timedelta(seconds=i)
+        )
+        state.apply(record, 0, i + 1)
+        assert state.provisional_count <= 10
+    # evicted down to 9 when the 11th came, so: 30 added, the newest kept
+    kept = sorted(state.provisional())
+    assert kept == [f"p{i:02d}" for i in range(30 - len(kept), 30)]
+    assert state.evicted_total == 30 - len(kept)
+    assert len(state.index) == len(kept) + 1 == len(state)  # evicted vectors left the index too
+    assert state.index.faiss_index.ntotal == len(state)
+    found = {n.id for n in state.neighbours(vectors[0], k=40)}
+    assert "p00" not in found and "ref" in found
+    # a record older than every kept one is evicted at once; a promotion is never evicted
+    state.apply(entry("older", vectors[1], status="provisional", created_at=start - timedelta(days=1)), 0, 40)
+    state.apply(entry(kept[0], vectors[30 - len(kept)]), 0, 41)  # promoted: reference now
+    assert "older" not in state and state.get(kept[0]) is not None
+    assert state.provisional_count <= 10
+
+
+def test_restore_applies_the_provisional_bound(tmp_path: Path) -> None:
+    state = LibraryState(MODEL, DIM)
+    vectors = unit_rows(20, seed=22)
+    for i in range(20):
+        state.apply(entry(f"p{i:02d}", vectors[i], status="provisional"), 0, i)
+    state.snapshot(tmp_path)
+    restored = LibraryState.restore(tmp_path, model_version=MODEL, max_provisional=5)
+    assert restored.provisional_count <= 5 and len(restored.index) == restored.provisional_count
+    assert restored.evicted_total == 20 - restored.provisional_count
