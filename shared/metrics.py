@@ -53,6 +53,10 @@ CONFIRMATIONS = Counter(
     ["path", "outcome"],
 )
 FARM_RESULTS = Counter("lithowatch_farm_results_total", "Results published by the farm emulator")
+DEDUPE_BAND_TRIMMED = Counter(
+    "lithowatch_dedupe_band_members_trimmed_total",
+    "Oldest members dropped from full dedupe band sets (near duplicates of them are no longer found)",
+)
 
 Route = Callable[[str], tuple[int, str, bytes]]
 """A read-only page: called with the request path, returns (status, content type, body).

@@ -25,7 +25,10 @@ window moved by a fraction of a pixel changes the anti-aliased mask edges and
 is not recognised (it stays unique: the safe side).
 
 Per item the result is a :class:`UniqueResult`, a :class:`DuplicateRecord`, or
-the :class:`InputError` that rejects it (the runtime sends those to the DLQ).
+the :class:`InputError` that rejects it (the runtime sends those to the DLQ):
+besides undecodable images, a ``result_id`` already decided for other pixels
+(``result_id_reused``: a redelivery with the same pixels gets the stored verdict
+back, a different result under a reused id must not).
 """
 
 from __future__ import annotations
@@ -257,8 +260,13 @@ class DedupeCore:
                 outcomes.append(self._outcome(p, by_item[id(p.item)]))
         return outcomes
 
-    def _outcome(self, p: _Prepared, verdict: Verdict) -> UniqueResult | DuplicateRecord:
+    def _outcome(self, p: _Prepared, verdict: Verdict) -> Outcome:
         result = p.result
+        if verdict.status == "reused":
+            decided = str(verdict.details.get("decided_exact_digest", "?"))
+            return InputError(
+                f"result_id {result.result_id!r} was decided for other pixels (exact digest {decided[:16]}, "
+                f"this one {p.hashes.exact[:16]}): a result id names one result", reason="result_id_reused")
         if verdict.status == "unique" or verdict.duplicate_of is None:
             return UniqueResult(**dict(result), hashes=p.hashes)
         distance = 0.0 if verdict.status == "exact" else verdict.distance_bits / self.settings.hash_bits

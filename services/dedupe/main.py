@@ -10,6 +10,7 @@ from pydantic import Field
 from services.dedupe.core import DedupeCore, DedupeSettings
 from services.dedupe.stage import DedupeStage
 from services.dedupe.store import RedisDedupeStore
+from shared import metrics
 from shared.blobstore import LocalBlobStore
 from shared.errors import ConfigError
 from shared.imageref import ImageLoader
@@ -49,7 +50,8 @@ def main(settings_file: str | None = None) -> int:
     core_settings = DedupeSettings(
         ttl_seconds=settings.dedupe_ttl_seconds, hamming_radius=settings.dedupe_hamming_radius
     )
-    store = RedisDedupeStore(redis_client(settings), settings.dedupe_key_prefix, settings.dedupe_ttl_seconds)
+    store = RedisDedupeStore(redis_client(settings), settings.dedupe_key_prefix, settings.dedupe_ttl_seconds,
+                             on_trimmed=metrics.DEDUPE_BAND_TRIMMED.inc)
     loader = ImageLoader(LocalBlobStore(settings.blob_root), settings.max_image_pixels)
     core = DedupeCore(store, core_settings, load_image=loader)
     return StageRunner(DedupeStage(core), settings).run()

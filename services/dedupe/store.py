@@ -5,11 +5,22 @@ three pipelined round trips (Redis) — reads, candidate payloads, writes:
 
 1. per item: its stored verdict (a redelivery gets the same answer back), the
    exact digest claimed with ``SET NX`` (the first result with these pixels
-   owns the key; a racing replica loses atomically), and the members of every
-   probed band set;
+   owns the key; a racing replica loses atomically), and the newest members of
+   every probed band set, with the times they were added;
 2. the payloads of the candidates within ``hamming_radius`` (nearest first, at
    most ``max_candidates`` per item), which the caller's ``verify`` confirms;
-3. writes: each unique result's payload and band memberships, every verdict.
+3. writes: each unique result's payload and band memberships (see Bounds),
+   every verdict with ``SET NX`` followed by a read of what is stored.
+
+Verdicts: a verdict records the exact digest of the pixels it was made for. A
+redelivery (same ``result_id``, same pixels) gets the stored verdict back; the
+same ``result_id`` with other pixels gets status ``reused`` (the core dead-letters
+it as ``result_id_reused``) and its provisional claim on the exact digest is
+dropped. Verdicts are written with ``SET NX``: of two replicas racing on one
+``result_id`` the first write stays and the other replica answers with it. The
+loser may already have added band members (it judged the result unique); they
+name a result whose pixels are stored, so they never cause a false merge. A
+verdict stored before verdicts carried a digest is replayed as it is.
 
 Keys (``prefix`` is the service name; every command touches one key, so Redis
 Cluster never sees a cross-slot operation):
@@ -18,15 +29,27 @@ Cluster never sees a cross-slot operation):
 - ``<prefix>:v:{<result_id>}``, ``<prefix>:e:{<result_id>}``: the verdict
   (JSON) and, for unique results, the verification payload; the hash tag puts
   both keys of a result in one slot;
-- ``<prefix>:b:<namespace>:<band>:<value>``: set of
-  ``<result_id>|<hash hex>|<unix seconds added>`` (the full hash travels with
-  the member, so the Hamming check needs no extra read); ``namespace`` names
-  the hash kind and banding, so a change of either never mixes with old keys.
+- ``<prefix>:bz:<namespace>:<band>:<value>``: sorted set of members scored by
+  the unix second they were added; a member is the full hash (big-endian bytes),
+  that second (4 bytes, so reads need no scores) and the result id: the Hamming
+  check needs no extra read, and a short member keeps a small set in Redis'
+  compact encoding. ``namespace`` names the hash kind and banding, so a change
+  of either never mixes with old keys. (Band sets were plain sets under
+  ``<prefix>:b:`` before they were bounded; those expire on their own and are
+  no longer read.)
 
-Every key expires after ``ttl_seconds``. A band set's expiry is refreshed on
-each add, so a busy set would keep old members forever: members carry their
-insertion time, and a lookup that meets one older than the TTL removes it
-(``SREM`` in the write round trip). Near-duplicate race: two replicas
+Bounds: a lookup reads at most the newest ``band_max_members`` of each probed
+band set (``ZREVRANGE``), and an add that may take a set over that many
+trims it to the newest (``ZREMRANGEBYRANK``, sent only when the lookup read
+the set full), so neither reads nor memory grow with a busy band value; trimmed
+members are counted (``on_trimmed``). A member older than ``ttl_seconds`` is
+skipped when read and removed (``ZREM`` in the write round trip). Expiry: time is
+cut into windows of one TTL, and an add gives a set the end of the next window
+(one to two TTLs away) only when the lookup found it empty or its newest member
+from an earlier window. Every member so lives at least its TTL, and a set's
+expiry is written at most once per window instead of on every add.
+
+Every other key expires after ``ttl_seconds``. Near-duplicate race: two replicas
 that see two near duplicates of a new layout in the same instant both find no
 candidate and both call theirs unique. The window is one batch's round trips;
 the cost is an extra unique result downstream (never a false merge), so no Lua
@@ -36,6 +59,7 @@ lock is taken. Exact duplicates have no such window (``SET NX``).
 from __future__ import annotations
 
 import json
+import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -45,7 +69,10 @@ from typing import Any, Literal, Protocol
 from shared.errors import ConfigError, DependencyUnavailable
 from shared.hashing import hamming_distance
 
-Status = Literal["unique", "exact", "perceptual"]
+Status = Literal["unique", "exact", "perceptual", "reused"]
+BAND_MAX_MEMBERS_DEFAULT = 256
+BAND_TTL_FACTOR = 2  # a band set's expiry, in TTLs, when refreshed
+_ADDED = struct.Struct(">I")  # the time a band member was added, inside the member
 
 
 @dataclass(frozen=True)
@@ -61,9 +88,12 @@ class DedupeItem:
     probes: tuple[tuple[int, int], ...]  # (band, value) looked up
     payload: bytes
 
-    def member(self, now_seconds: float) -> str:
-        """Band set member: result id, full hash (hex) and insertion time (unix seconds)."""
-        return f"{self.result_id}|{self.perceptual:0{self.perceptual_bits // 4}x}|{int(now_seconds)}"
+    def member(self, now_seconds: float) -> bytes:
+        """Band set member: the full hash (big-endian bytes), the time added (unix seconds, 4 bytes
+        big-endian, also its score) and the result id. Short, so that Redis keeps a small set in
+        its compact encoding; the time inside spares reading scores back."""
+        return (self.perceptual.to_bytes(self.perceptual_bits // 8, "big")
+                + _ADDED.pack(min(max(0, int(now_seconds)), 0xFFFFFFFF)) + self.result_id.encode())
 
 
 @dataclass(frozen=True)
@@ -83,16 +113,27 @@ class Verdict:
     distance_bits: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     replayed: bool = False  # the stored verdict of an earlier delivery
+    exact_digest: str | None = None  # of the pixels the verdict was made for (None: stored before digests)
 
     def to_json(self) -> str:
         return json.dumps({"status": self.status, "duplicate_of": self.duplicate_of,
-                           "distance_bits": self.distance_bits, "details": self.details})
+                           "distance_bits": self.distance_bits, "details": self.details,
+                           "exact_digest": self.exact_digest})
 
     @classmethod
     def from_json(cls, result_id: str, text: str | bytes) -> Verdict:
         data = json.loads(text)
+        digest = data.get("exact_digest")
         return cls(result_id, data["status"], data.get("duplicate_of"), int(data.get("distance_bits", 0)),
-                   dict(data.get("details") or {}), replayed=True)
+                   dict(data.get("details") or {}), replayed=True,
+                   exact_digest=digest if isinstance(digest, str) else None)
+
+    def answer_for(self, item: DedupeItem) -> Verdict:
+        """This stored verdict answering ``item``: replayed for the same pixels, ``reused`` for others."""
+        if self.exact_digest is not None and self.exact_digest != item.exact_digest:
+            return Verdict(item.result_id, "reused", details={"decided_exact_digest": self.exact_digest},
+                           exact_digest=item.exact_digest)
+        return replace(self, result_id=item.result_id, replayed=True)
 
 
 Verifier = Callable[[DedupeItem, Candidate], "dict[str, Any] | None"]
@@ -109,37 +150,73 @@ class _Lookup:
     stored: Verdict | None
     exact_owner: str | None
     members: list[tuple[str, int]]  # (result_id, hash value) from the probed band sets
-    stale: list[tuple[str, str]] = field(default_factory=list)  # (band key, member) older than the TTL
+    stale: list[tuple[str, bytes]] = field(default_factory=list)  # (band key, member) older than the TTL
+    # per own band set (aligned with ``DedupeItem.bands``): newest score read (None: empty), members read
+    own_bands: list[tuple[float | None, int]] = field(default_factory=list)
 
 
-def _read_members(key: str, raws: Any, now_seconds: float, ttl_seconds: float,
-                  found: _Lookup) -> None:
-    """Add the live members of one band set to ``found``; expired or unreadable ones are stale."""
+@dataclass(frozen=True)
+class _Upkeep:
+    """What adding a batch's unique results does to their band sets, beside the adds."""
+
+    trim: frozenset[tuple[str, int, int]]  # (namespace, band, value) that may now hold too many members
+    expire_seconds: dict[tuple[str, int, int], int]  # sets whose expiry is refreshed, to this many seconds
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What the write round trip reports: members trimmed, and each verdict as stored after SET NX."""
+
+    trimmed: int
+    stored: list[str | bytes | None]
+
+
+def _read_members(key: str, raws: Any, now_seconds: float, ttl_seconds: float, hash_bytes: int,
+                  found: _Lookup) -> tuple[float | None, int]:
+    """Add the live members of one band set to ``found``; expired or unreadable ones are stale.
+    Returns the newest time added and the number of members read."""
+    newest: float | None = None
+    count = 0
+    rid_at = hash_bytes + _ADDED.size
     for raw in raws or ():
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        parts = text.split("|")
-        try:
-            rid, value, added = parts[0], int(parts[1], 16), float(parts[2])
-        except (IndexError, ValueError):
-            found.stale.append((key, text))
+        count += 1
+        member = bytes(raw) if not isinstance(raw, str) else raw.encode()
+        if len(member) <= rid_at:
+            found.stale.append((key, member))
             continue
+        (added,) = _ADDED.unpack_from(member, hash_bytes)
+        newest = added if newest is None else max(newest, added)
         if now_seconds - added > ttl_seconds:
-            found.stale.append((key, text))
-        else:
-            found.members.append((rid, value))
+            found.stale.append((key, member))
+            continue
+        try:
+            found.members.append((member[rid_at:].decode(), int.from_bytes(member[:hash_bytes], "big")))
+        except UnicodeDecodeError:
+            found.stale.append((key, member))
+    return newest, count
 
 
 class BandDedupeStore(ABC):
     """The decision logic, shared by every backend; backends supply three round trips."""
+
+    ttl_seconds: float
+    band_max_members: int
+    clock: Callable[[], float]  # wall clock of band member scores (shared by every replica)
+    on_trimmed: Callable[[int], None] | None = None  # told how many band members an add trimmed
 
     def check_and_insert_batch(self, items: Sequence[DedupeItem], verify: Verifier, *,
                                hamming_radius: int, max_candidates: int) -> list[Verdict]:
         lookups = self._lookup(items)
         verdicts: list[Verdict | None] = [None] * len(items)
         store_candidates: list[list[tuple[int, str]]] = [[] for _ in items]
+        digest_in_batch: dict[str, str] = {}
         for i, (item, found) in enumerate(zip(items, lookups, strict=True)):
+            earlier = digest_in_batch.setdefault(item.result_id, item.exact_digest)
             if found.stored is not None:
-                verdicts[i] = replace(found.stored, result_id=item.result_id)
+                verdicts[i] = found.stored.answer_for(item)
+            elif earlier != item.exact_digest:  # one result id, two contents, in one batch
+                verdicts[i] = Verdict(item.result_id, "reused", details={"decided_exact_digest": earlier},
+                                      exact_digest=item.exact_digest)
             elif found.exact_owner is not None and found.exact_owner != item.result_id:
                 verdicts[i] = Verdict(item.result_id, "exact", found.exact_owner, 0)
             else:
@@ -151,6 +228,7 @@ class BandDedupeStore(ABC):
         payloads = self._payloads(wanted) if wanted else {}
 
         batch_uniques: list[DedupeItem] = []
+        unique_indices: list[int] = []
         for i, item in enumerate(items):
             if verdicts[i] is not None:
                 continue
@@ -172,15 +250,58 @@ class BandDedupeStore(ABC):
             verdicts[i] = verdict
             if verdict.status == "unique":
                 batch_uniques.append(item)
-        decided = [v for v in verdicts if v is not None]
-        fresh = [(item, v) for item, v in zip(items, decided, strict=True) if not v.replayed]
+                unique_indices.append(i)
+        decided = [v if v.replayed or v.status == "reused" else replace(v, exact_digest=item.exact_digest)
+                   for item, v in zip(items, filter(None, verdicts), strict=True)]
+        fresh = [i for i, v in enumerate(decided) if not v.replayed and v.status != "reused"]
+        # a reused id's claim on its pixels' digest (made by the lookup) would name a result decided
+        # for other pixels: dropped
+        released = sorted({item.exact_digest for item, v, found in zip(items, decided, lookups, strict=True)
+                           if v.status == "reused" and found.exact_owner == item.result_id})
         stale = sorted({pair for found in lookups for pair in found.stale})
-        self._commit(batch_uniques, fresh, stale)
+        now = self.clock()
+        upkeep = self._upkeep([(items[i], lookups[i]) for i in unique_indices], now)
+        new_verdicts = [(items[i], decided[i]) for i in fresh]
+        written = self._commit(batch_uniques, new_verdicts, stale, upkeep, released, now)
+        if written.trimmed and self.on_trimmed is not None:
+            self.on_trimmed(written.trimmed)
+        for i, raw in zip(fresh, written.stored, strict=True):
+            if raw is None:
+                continue
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            if text != decided[i].to_json():  # another delivery's verdict was there first: it stands
+                decided[i] = Verdict.from_json(items[i].result_id, text).answer_for(items[i])
         return decided
+
+    def _upkeep(self, uniques: Sequence[tuple[DedupeItem, _Lookup]], now: float) -> _Upkeep:
+        """Which band sets to trim and which to give a new expiry, from what the lookup read.
+
+        Trim: a set read full (or filled by this batch) may go over ``band_max_members``.
+        Expiry: time is cut into windows of one TTL; a set gets the end of the window after
+        the current one (between one and two TTLs away) when it is empty or its newest member
+        was added in an earlier window. So every member lives at least its TTL, and a set's
+        expiry is written at most once per window however often it is added to.
+        """
+        ttl = self.ttl_seconds
+        window = int(now // ttl)
+        deadline_seconds = max(1, int((window + BAND_TTL_FACTOR) * ttl - now))
+        read: dict[tuple[str, int, int], int] = {}
+        adds: dict[tuple[str, int, int], int] = {}
+        expire: dict[tuple[str, int, int], int] = {}
+        for item, found in uniques:
+            for (band, value), (newest, count) in zip(enumerate(item.bands), found.own_bands, strict=True):
+                key = (item.namespace, band, value)
+                read[key] = max(read.get(key, 0), count)
+                adds[key] = adds.get(key, 0) + 1
+                if newest is None or int(newest // ttl) < window:
+                    expire[key] = deadline_seconds
+        trim = frozenset(key for key, n in adds.items() if read[key] + n > self.band_max_members)
+        return _Upkeep(trim, expire)
 
     @abstractmethod
     def _lookup(self, items: Sequence[DedupeItem]) -> list[_Lookup]:
-        """Stored verdicts, exact digests claimed in order (SET NX), probed band members."""
+        """Stored verdicts, exact digests claimed in order (SET NX), the newest ``band_max_members``
+        members of each probed band set, and what was read of each item's own band sets."""
 
     @abstractmethod
     def _payloads(self, result_ids: Sequence[str]) -> dict[str, bytes]:
@@ -188,8 +309,12 @@ class BandDedupeStore(ABC):
 
     @abstractmethod
     def _commit(self, uniques: Sequence[DedupeItem], verdicts: Sequence[tuple[DedupeItem, Verdict]],
-                stale: Sequence[tuple[str, str]]) -> None:
-        """Store unique results' payloads and band members and every new verdict; drop stale members."""
+                stale: Sequence[tuple[str, bytes]], upkeep: _Upkeep, released: Sequence[str],
+                now: float) -> _Written:
+        """Store unique results' payloads and band members (scored ``now``; the sets in ``upkeep``
+        trimmed to their newest ``band_max_members`` or given a new expiry), every new verdict with
+        SET NX (reporting what is stored after it); drop stale members and the exact-digest claims
+        in ``released``."""
 
 
 def check_prefix(prefix: str) -> str:
@@ -198,15 +323,26 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def _check_bounds(ttl_seconds: float, band_max_members: int) -> None:
+    if ttl_seconds <= 0:
+        raise ConfigError(f"ttl_seconds must be positive, got {ttl_seconds}")
+    if band_max_members < 1:
+        raise ConfigError(f"band_max_members must be at least 1, got {band_max_members}")
+
+
 class InMemoryDedupeStore(BandDedupeStore):
     """The same semantics in process memory (with expiry), for tests and single-process runs."""
 
-    def __init__(self, ttl_seconds: float = 7 * 86400, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ttl_seconds: float = 7 * 86400, clock: Callable[[], float] = time.time, *,
+                 band_max_members: int = BAND_MAX_MEMBERS_DEFAULT,
+                 on_trimmed: Callable[[int], None] | None = None) -> None:
+        _check_bounds(ttl_seconds, band_max_members)
         self.ttl_seconds = ttl_seconds
+        self.band_max_members = band_max_members
+        self.on_trimmed = on_trimmed
         self.clock = clock
-        self.wall_clock = clock
         self._strings: dict[str, tuple[float, str | bytes]] = {}
-        self._sets: dict[str, tuple[float, set[str]]] = {}
+        self._zsets: dict[str, tuple[float, dict[bytes, float]]] = {}  # key -> (expires, member -> score)
 
     def _get(self, key: str) -> str | bytes | None:
         entry = self._strings.get(key)
@@ -218,27 +354,54 @@ class InMemoryDedupeStore(BandDedupeStore):
     def _set(self, key: str, value: str | bytes) -> None:
         self._strings[key] = (self.clock() + self.ttl_seconds, value)
 
-    def _members(self, key: str) -> set[str]:
-        entry = self._sets.get(key)
-        if entry is None or entry[0] <= self.clock():
-            self._sets.pop(key, None)
-            return set()
+    def _set_nx(self, key: str, value: str | bytes) -> str | bytes:
+        """SET NX then GET: what the key holds afterwards."""
+        existing = self._get(key)
+        if existing is None:
+            self._set(key, value)
+            return value
+        return existing
+
+    def _zset(self, key: str) -> dict[bytes, float]:
+        entry = self._zsets.get(key)
+        if entry is None or entry[0] <= self.clock() or not entry[1]:
+            self._zsets.pop(key, None)
+            return {}
         return entry[1]
+
+    @staticmethod
+    def _newest(members: dict[bytes, float], limit: int) -> list[tuple[bytes, float]]:
+        """Redis' order: by score, ties by member; newest (highest rank) first."""
+        return sorted(members.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:limit]
+
+    @staticmethod
+    def _band_key(namespace: str, band: int, value: int) -> str:
+        return f"bz:{namespace}:{band}:{value:x}"
+
+    def members(self, namespace: str, band: int, value: int) -> dict[bytes, float]:
+        """The members of one band set with their scores (for tests)."""
+        return dict(self._zset(self._band_key(namespace, band, value)))
+
+    def expires_at(self, namespace: str, band: int, value: int) -> float | None:
+        """When one band set expires (for tests); None when it does not exist."""
+        key = self._band_key(namespace, band, value)
+        return self._zsets[key][0] if self._zset(key) else None
 
     def _lookup(self, items: Sequence[DedupeItem]) -> list[_Lookup]:
         out = []
+        now = self.clock()
         for item in items:
             raw = self._get(f"v:{item.result_id}")
             stored = Verdict.from_json(item.result_id, raw) if raw is not None else None
-            exact_key = f"x:{item.exact_digest}"
-            owner = self._get(exact_key)
-            if owner is None:
-                self._set(exact_key, item.result_id)
-                owner = item.result_id
-            found = _Lookup(stored, str(owner), [])
-            for band, value in sorted(set(item.probes)):
-                key = f"b:{item.namespace}:{band}:{value:x}"
-                _read_members(key, self._members(key), self.wall_clock(), self.ttl_seconds, found)
+            owner = self._set_nx(f"x:{item.exact_digest}", item.result_id)
+            found = _Lookup(stored, owner.decode() if isinstance(owner, bytes) else owner, [])
+            read: dict[tuple[int, int], tuple[float | None, int]] = {}
+            for band, value in sorted(set(item.probes) | set(enumerate(item.bands))):
+                key = self._band_key(item.namespace, band, value)
+                newest = [m for m, _ in self._newest(self._zset(key), self.band_max_members)]
+                read[band, value] = _read_members(key, newest, now, self.ttl_seconds,
+                                                  item.perceptual_bits // 8, found)
+            found.own_bands = [read[band, value] for band, value in enumerate(item.bands)]
             out.append(found)
         return out
 
@@ -247,19 +410,32 @@ class InMemoryDedupeStore(BandDedupeStore):
         return {rid: value for rid, value in found.items() if isinstance(value, bytes)}
 
     def _commit(self, uniques: Sequence[DedupeItem], verdicts: Sequence[tuple[DedupeItem, Verdict]],
-                stale: Sequence[tuple[str, str]]) -> None:
-        expires = self.clock() + self.ttl_seconds
+                stale: Sequence[tuple[str, bytes]], upkeep: _Upkeep, released: Sequence[str],
+                now: float) -> _Written:
         for key, member in stale:
-            self._members(key).discard(member)
+            self._zset(key).pop(member, None)
+        for digest in released:
+            self._strings.pop(f"x:{digest}", None)
+        trimmed = 0
         for item in uniques:
             self._set(f"e:{item.result_id}", item.payload)
             for band, value in enumerate(item.bands):
-                key = f"b:{item.namespace}:{band}:{value:x}"
-                members = self._members(key)
-                members.add(item.member(self.wall_clock()))
-                self._sets[key] = (expires, members)
-        for item, verdict in verdicts:
-            self._set(f"v:{item.result_id}", verdict.to_json())
+                key = self._band_key(item.namespace, band, value)
+                members = self._zset(key)
+                members[item.member(now)] = float(int(now))
+                if (item.namespace, band, value) in upkeep.trim and len(members) > self.band_max_members:
+                    keep = dict(self._newest(members, self.band_max_members))
+                    trimmed += len(members) - len(keep)
+                    members = keep
+                expires = upkeep.expire_seconds.get((item.namespace, band, value))
+                if expires is not None:
+                    self._zsets[key] = (self.clock() + expires, members)
+                elif key in self._zsets:
+                    self._zsets[key] = (self._zsets[key][0], members)
+                else:  # like a Redis key written without an expiry: the next window's add sets one
+                    self._zsets[key] = (float("inf"), members)
+        stored = [self._set_nx(f"v:{item.result_id}", verdict.to_json()) for item, verdict in verdicts]
+        return _Written(trimmed, list(stored))
 
 
 class RedisDedupeStore(BandDedupeStore):
@@ -269,16 +445,18 @@ class RedisDedupeStore(BandDedupeStore):
     """
 
     def __init__(self, redis_client: Any, prefix: str, ttl_seconds: int = 7 * 86400,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, band_max_members: int = BAND_MAX_MEMBERS_DEFAULT,
+                 on_trimmed: Callable[[int], None] | None = None) -> None:
         kwargs = getattr(getattr(redis_client, "connection_pool", None), "connection_kwargs", {})
         if isinstance(kwargs, dict) and kwargs.get("decode_responses"):
             raise ConfigError("the dedupe store needs a Redis client with decode_responses=False")
-        if ttl_seconds <= 0:
-            raise ConfigError(f"ttl_seconds must be positive, got {ttl_seconds}")
+        _check_bounds(ttl_seconds, band_max_members)
         self.redis = redis_client
         self.prefix = check_prefix(prefix)
         self.ttl_seconds = int(ttl_seconds)
-        self.clock = clock  # wall clock of band member timestamps (shared by every replica)
+        self.band_max_members = int(band_max_members)
+        self.on_trimmed = on_trimmed
+        self.clock = clock
 
     def _exact_key(self, digest: str) -> str:
         return f"{self.prefix}:x:{{{digest}}}"
@@ -290,7 +468,7 @@ class RedisDedupeStore(BandDedupeStore):
         return f"{self.prefix}:e:{{{result_id}}}"
 
     def _band_key(self, namespace: str, band: int, value: int) -> str:
-        return f"{self.prefix}:b:{namespace}:{band}:{value:x}"
+        return f"{self.prefix}:bz:{namespace}:{band}:{value:x}"
 
     def _execute(self, build: Callable[[Any], None], what: str) -> list[Any]:
         import redis
@@ -305,7 +483,9 @@ class RedisDedupeStore(BandDedupeStore):
             raise DependencyUnavailable(f"redis {what} failed: {exc}") from exc
 
     def _lookup(self, items: Sequence[DedupeItem]) -> list[_Lookup]:
-        probes = [sorted(set(item.probes)) for item in items]
+        # an item's own bands are among its probes (flip 0); added in case a caller's probes are not
+        probes = [sorted(set(item.probes) | set(enumerate(item.bands))) for item in items]
+        last = self.band_max_members - 1
 
         def build(pipe: Any) -> None:
             for item, item_probes in zip(items, probes, strict=True):
@@ -314,7 +494,7 @@ class RedisDedupeStore(BandDedupeStore):
                 pipe.set(exact_key, item.result_id, nx=True, ex=self.ttl_seconds)
                 pipe.get(exact_key)
                 for band, value in item_probes:
-                    pipe.smembers(self._band_key(item.namespace, band, value))
+                    pipe.zrevrange(self._band_key(item.namespace, band, value), 0, last)
 
         now = self.clock()
         replies = self._execute(build, "lookup")
@@ -326,11 +506,14 @@ class RedisDedupeStore(BandDedupeStore):
             stored = Verdict.from_json(item.result_id, raw_verdict) if raw_verdict is not None else None
             owner_id = owner.decode() if isinstance(owner, bytes) else owner
             found = _Lookup(stored, owner_id, [])
+            read: dict[tuple[int, int], tuple[float | None, int]] = {}
             band_replies = replies[cursor:cursor + len(item_probes)]
-            cursor += len(item_probes)
             for (band, value), reply in zip(item_probes, band_replies, strict=True):
                 key = self._band_key(item.namespace, band, value)
-                _read_members(key, reply, now, self.ttl_seconds, found)
+                read[band, value] = _read_members(key, reply, now, self.ttl_seconds,
+                                                  item.perceptual_bits // 8, found)
+            cursor += len(item_probes)
+            found.own_bands = [read[band, value] for band, value in enumerate(item.bands)]
             out.append(found)
         return out
 
@@ -344,22 +527,40 @@ class RedisDedupeStore(BandDedupeStore):
         return {rid: bytes(value) for rid, value in pairs if value is not None}
 
     def _commit(self, uniques: Sequence[DedupeItem], verdicts: Sequence[tuple[DedupeItem, Verdict]],
-                stale: Sequence[tuple[str, str]]) -> None:
-        if not uniques and not verdicts and not stale:
-            return
-        now = self.clock()
+                stale: Sequence[tuple[str, bytes]], upkeep: _Upkeep, released: Sequence[str],
+                now: float) -> _Written:
+        if not uniques and not verdicts and not stale and not released:
+            return _Written(0, [])
+        trims: list[int] = []  # reply positions of the trims
 
         def build(pipe: Any) -> None:
             for key, old in stale:
-                pipe.srem(key, old)
+                pipe.zrem(key, old)
+            for digest in released:
+                pipe.delete(self._exact_key(digest))
+            queued = len(stale) + len(released)
             for item in uniques:
                 pipe.set(self._entry_key(item.result_id), item.payload, ex=self.ttl_seconds)
                 member = item.member(now)
+                queued += 1
                 for band, value in enumerate(item.bands):
                     key = self._band_key(item.namespace, band, value)
-                    pipe.sadd(key, member)
-                    pipe.expire(key, self.ttl_seconds)
+                    pipe.zadd(key, {member: int(now)})
+                    queued += 1
+                    if (item.namespace, band, value) in upkeep.trim:
+                        pipe.zremrangebyrank(key, 0, -self.band_max_members - 1)
+                        trims.append(queued)
+                        queued += 1
+                    expires = upkeep.expire_seconds.get((item.namespace, band, value))
+                    if expires is not None:
+                        pipe.expire(key, expires)
+                        queued += 1
             for item, verdict in verdicts:
-                pipe.set(self._verdict_key(item.result_id), verdict.to_json(), ex=self.ttl_seconds)
+                key = self._verdict_key(item.result_id)
+                pipe.set(key, verdict.to_json(), nx=True, ex=self.ttl_seconds)
+                pipe.get(key)
 
-        self._execute(build, "write")
+        replies = self._execute(build, "write")
+        trimmed = sum(int(replies[i] or 0) for i in trims)
+        stored = replies[len(replies) - 2 * len(verdicts):][1::2] if verdicts else []
+        return _Written(trimmed, list(stored))

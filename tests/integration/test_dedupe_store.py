@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from services.dedupe.core import DedupeCore, DedupeSettings
-from services.dedupe.store import Candidate, DedupeItem, RedisDedupeStore
+from services.dedupe.store import Candidate, DedupeItem, RedisDedupeStore, Verdict, _Lookup
 from shared.contracts import DuplicateRecord, SimResult, UniqueResult
-from shared.errors import ConfigError, DependencyUnavailable
+from shared.errors import ConfigError, DependencyUnavailable, InputError
 from shared.hashing import split_bands
 from shared.imageref import make_image_ref
 from shared.launcher import free_port, wait_for_port
@@ -90,9 +90,11 @@ def test_keys_carry_the_prefix_and_expire(client: redis.Redis) -> None:
                                                    result("k2", window(3, "sram", (4, 4)))])
     keys = [k.decode() for k in client.scan_iter("*")]
     assert keys and all(k.startswith("svc:") for k in keys)
-    assert all(0 < client.ttl(k) <= TTL_SECONDS for k in keys)
     kinds_seen = {k.split(":")[1] for k in keys}
-    assert kinds_seen == {"x", "v", "e", "b"}
+    assert kinds_seen == {"x", "v", "e", "bz"}
+    for key in keys:  # band sets: twice the TTL when set, so each member lives its TTL
+        limit = 2 * TTL_SECONDS if key.split(":")[1] == "bz" else TTL_SECONDS
+        assert 0 < client.ttl(key) <= limit, key
     for key in keys:  # at most one hash tag, and only around one result id or digest
         assert key.count("{") == key.count("}") <= 1
 
@@ -162,8 +164,73 @@ def test_members_older_than_the_ttl_are_removed_when_met(client: redis.Redis) ->
     now[0] += 40.0
     store.check_and_insert_batch([item("b", value ^ 1)], never, hamming_radius=8, max_candidates=4)
     now[0] += 40.0  # "a" is older than the TTL; the band sets live on (Redis' own clock barely moved)
-    key = "stale:b:t:0:" + format(split_bands(value, 256, 16)[0], "x")
-    assert any(m.startswith(b"a|") for m in client.smembers(key))
+    key = "stale:bz:t:0:" + format(split_bands(value, 256, 16)[0], "x")
+    assert any(m[36:] == b"a" for m in client.zrange(key, 0, -1))
     store.check_and_insert_batch([item("c", value ^ 3)], never, hamming_radius=8, max_candidates=4)
-    members = client.smembers(key)
-    assert not any(m.startswith(b"a|") for m in members) and any(m.startswith(b"b|") for m in members)
+    members = {m[36:] for m in client.zrange(key, 0, -1)}
+    assert b"a" not in members and b"b" in members
+
+
+def synthetic(rid: str, v: int, digest: str | None = None) -> DedupeItem:
+    bands = tuple(split_bands(v, 256, 16))
+    return DedupeItem(rid, digest or f"digest-{rid}", v, 256, "t", bands, tuple(enumerate(bands)),
+                      rid.encode())
+
+
+def test_a_reused_result_id_is_refused_and_a_redelivery_replays(client: redis.Redis) -> None:
+    core = make_core(client)
+    first, other = window(7, "routing"), window(8, "contacts")
+    assert isinstance(core.process_batch([result("job", first)])[0], UniqueResult)
+    stored = client.get("dedupe:v:{job}")
+    (reused,) = make_core(client).process_batch([result("job", other)])  # another replica
+    assert isinstance(reused, InputError) and reused.reason == "result_id_reused"
+    assert client.get("dedupe:v:{job}") == stored
+    (again,) = make_core(client).process_batch([result("job", first)])
+    assert isinstance(again, UniqueResult)
+    (owner,) = core.process_batch([result("job-2", other)])  # the refused pixels' claim was dropped
+    assert isinstance(owner, UniqueResult)
+
+
+def test_verdicts_are_written_once(client: redis.Redis) -> None:
+    """A replica that loses the race on a result id answers with the verdict already stored."""
+    item = synthetic("raced", 9 << 90)
+    rival = Verdict("raced", "exact", "elder", 0, exact_digest=item.exact_digest).to_json()
+
+    class Racing(RedisDedupeStore):
+        def _lookup(self, items: Sequence[DedupeItem]) -> list[_Lookup]:
+            found = super()._lookup(items)
+            client.set("race:v:{raced}", rival)
+            return found
+
+    store = Racing(client, prefix="race", ttl_seconds=TTL_SECONDS)
+    (verdict,) = store.check_and_insert_batch([item], lambda i, c: None, hamming_radius=8, max_candidates=4)
+    assert (verdict.status, verdict.duplicate_of, verdict.replayed) == ("exact", "elder", True)
+    assert client.get("race:v:{raced}") == rival.encode()
+
+
+def test_band_sets_stay_bounded_and_expiry_is_written_once_per_ttl_window(client: redis.Redis) -> None:
+    now = [600.0 * 5000]  # the start of a TTL window
+    trimmed: list[int] = []
+    store = RedisDedupeStore(client, prefix="busy", ttl_seconds=TTL_SECONDS, clock=lambda: now[0],
+                             band_max_members=16, on_trimmed=trimmed.append)
+    value = int.from_bytes(np.random.default_rng(5).bytes(32), "big")
+    key = "busy:bz:t:0:" + format(split_bands(value, 256, 16)[0], "x")
+
+    def add(*items: DedupeItem) -> None:
+        store.check_and_insert_batch(list(items), lambda i, c: None, hamming_radius=0, max_candidates=1)
+
+    for start in range(0, 200, 20):  # 200 results sharing 15 of 16 bands, in batches of 20
+        now[0] += 1.0
+        add(*(synthetic(f"m{k:03d}", value ^ k) for k in range(start, start + 20)))
+    assert client.zcard(key) == 16
+    assert sum(trimmed) == 15 * (200 - 16)
+    last_batch = {f"m{k:03d}".encode() for k in range(180, 200)}  # added at one time: the newest
+    assert {m[36:] for m in client.zrange(key, 0, -1)} <= last_batch
+    assert 2 * TTL_SECONDS - 20 <= client.ttl(key) <= 2 * TTL_SECONDS  # the end of the next window
+    client.expire(key, 5 * TTL_SECONDS)  # marks whether the next add writes the expiry again
+    now[0] += 100.0
+    add(synthetic("same-window", value ^ 1000))
+    assert client.ttl(key) > 2 * TTL_SECONDS  # not written again within the window
+    now[0] += TTL_SECONDS
+    add(synthetic("next-window", value ^ 1001))
+    assert TTL_SECONDS < client.ttl(key) <= 2 * TTL_SECONDS

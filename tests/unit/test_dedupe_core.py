@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import cv2
@@ -16,7 +18,7 @@ from services.dedupe.core import (
     encode_payload,
     verify_shifted_match,
 )
-from services.dedupe.store import Candidate, DedupeItem, InMemoryDedupeStore
+from services.dedupe.store import Candidate, DedupeItem, InMemoryDedupeStore, Verdict, _Lookup
 from shared.contracts import DuplicateRecord, ImageRef, SimResult, UniqueResult
 from shared.errors import ConfigError, ImageError, InputError
 from shared.hashing import hamming_distance, spectral_hash, split_bands
@@ -235,10 +237,10 @@ def test_band_store_finds_by_band_verifies_and_drops_expired_members() -> None:
     (c,) = store.check_and_insert_batch([synthetic_item("c", value ^ 3)], lambda i, cand: {"ok": 1},
                                         hamming_radius=8, max_candidates=4)
     assert (c.status, c.duplicate_of, c.distance_bits, c.details) == ("perceptual", "b", 1, {"ok": 1})
-    probed = [store._members(f"b:test:{band}:{v:x}") for band, v in synthetic_item("c", value ^ 3).probes]
+    probed = [store.members("test", band, v) for band, v in synthetic_item("c", value ^ 3).probes]
     members = set().union(*probed)
-    assert not any(m.startswith("a|") for m in members)  # removed when met
-    assert any(m.startswith("b|") for m in members)
+    assert b"a" not in {m[36:] for m in members}  # removed when met
+    assert b"b" in {m[36:] for m in members}
 
 
 def test_band_store_respects_radius_and_candidate_limit() -> None:
@@ -256,3 +258,115 @@ def test_band_store_respects_radius_and_candidate_limit() -> None:
     seen.clear()
     store.check_and_insert_batch([synthetic_item("q", value)], record, hamming_radius=64, max_candidates=3)
     assert seen == [("n0", 1), ("n1", 1), ("n2", 1)]
+
+
+# -- one result id, one content; verdicts written once; bounded band sets ------------------------
+
+
+def test_a_reused_result_id_with_other_pixels_is_refused_redelivery_replays(core: DedupeCore) -> None:
+    first, other = Canvas(layout("routing", 30)), Canvas(layout("contacts", 31))
+    assert isinstance(core.process_batch([result("job-1", *first.window())])[0], UniqueResult)
+    (reused,) = core.process_batch([result("job-1", *other.window())])
+    assert isinstance(reused, InputError) and reused.reason == "result_id_reused"
+    (again,) = core.process_batch([result("job-1", *first.window())])  # a redelivery of the original
+    assert isinstance(again, UniqueResult)
+    # the refused pixels were not claimed by "job-1": their first real owner is unique, not its copy
+    (fresh,) = core.process_batch([result("job-2", *other.window())])
+    assert isinstance(fresh, UniqueResult)
+    (copy,) = core.process_batch([result("job-3", *other.window())])
+    assert isinstance(copy, DuplicateRecord) and (copy.method, copy.duplicate_of) == ("exact", "job-2")
+
+
+def test_a_reused_result_id_within_one_batch_is_refused(core: DedupeCore) -> None:
+    a, b = Canvas(layout("sram", 32)).window(), Canvas(layout("shapes", 33)).window()
+    outcomes = core.process_batch([result("same", *a), result("same", *b), result("same", *a)])
+    assert isinstance(outcomes[0], UniqueResult) and isinstance(outcomes[2], UniqueResult)
+    assert isinstance(outcomes[1], InputError) and outcomes[1].reason == "result_id_reused"
+
+
+def test_a_verdict_stored_before_digests_were_recorded_is_replayed() -> None:
+    store = InMemoryDedupeStore()
+    store._set("v:old", '{"status": "exact", "duplicate_of": "first", "distance_bits": 0, "details": {}}')
+    (verdict,) = store.check_and_insert_batch([synthetic_item("old", 1 << 200)], lambda i, c: None,
+                                              hamming_radius=8, max_candidates=4)
+    assert (verdict.status, verdict.duplicate_of, verdict.replayed) == ("exact", "first", True)
+
+
+class RacingStore(InMemoryDedupeStore):
+    """Another replica writes its verdict for the same result between this one's lookup and commit."""
+
+    def __init__(self, rival_verdict: str) -> None:
+        super().__init__()
+        self.rival_verdict = rival_verdict
+
+    def _lookup(self, items: Sequence[DedupeItem]) -> list[_Lookup]:
+        found = super()._lookup(items)
+        for item in items:
+            self._set(f"v:{item.result_id}", self.rival_verdict)
+        return found
+
+
+def test_racing_replicas_keep_the_first_verdict_written() -> None:
+    item = synthetic_item("raced", 5 << 100)
+    rival = Verdict("raced", "perceptual", "elder", 3, {"shift_px": [1, 0]}, exact_digest=item.exact_digest)
+    store = RacingStore(rival.to_json())
+    (verdict,) = store.check_and_insert_batch([item], lambda i, c: None, hamming_radius=8, max_candidates=4)
+    assert (verdict.status, verdict.duplicate_of, verdict.replayed) == ("perceptual", "elder", True)
+    assert store._get("v:raced") == rival.to_json()  # not overwritten (SET NX)
+    other_pixels = replace(rival, exact_digest="another-digest")
+    (refused,) = RacingStore(other_pixels.to_json()).check_and_insert_batch(
+        [item], lambda i, c: None, hamming_radius=8, max_candidates=4)
+    assert refused.status == "reused"
+
+
+def test_a_busy_band_set_stays_bounded_and_keeps_its_newest_members() -> None:
+    now = [5000.0]
+    trimmed: list[int] = []
+    store = InMemoryDedupeStore(ttl_seconds=1000.0, clock=lambda: now[0], band_max_members=8,
+                                on_trimmed=trimmed.append)
+    value = int.from_bytes(np.random.default_rng(3).bytes(32), "big")
+    offered: list[str] = []
+
+    def record(item: DedupeItem, candidate: Candidate) -> dict[str, object] | None:
+        offered.append(candidate.result_id)
+        return None
+
+    for k in range(40):  # 40 results whose hashes share every band but the last one's low bits
+        now[0] += 1.0
+        store.check_and_insert_batch([synthetic_item(f"m{k:02d}", value ^ k)], record, hamming_radius=64,
+                                     max_candidates=64)
+    bands = split_bands(value, 256, 16)
+    sizes = [len(store.members("test", band, v)) for band, v in enumerate(bands[:15])]
+    assert sizes == [8] * 15
+    assert sum(trimmed) == 15 * (40 - 8)
+    assert set(store.members("test", 0, bands[0])) == {
+        synthetic_item(f"m{k:02d}", value ^ k).member(5001.0 + k) for k in range(32, 40)}
+    offered.clear()
+    store.check_and_insert_batch([synthetic_item("q", value)], record, hamming_radius=64, max_candidates=64)
+    # the newest 8 of the full sets; "m00" shares the last band with "q" exactly, alone in its set
+    assert set(offered) == {"m00", *(f"m{k:02d}" for k in range(32, 40))}
+
+
+def test_band_set_expiry_is_written_once_per_ttl_window_and_covers_every_member() -> None:
+    now = [0.0]
+    store = InMemoryDedupeStore(ttl_seconds=100.0, clock=lambda: now[0])
+    value = int.from_bytes(np.random.default_rng(4).bytes(32), "big")
+    band0 = split_bands(value, 256, 16)[0]
+
+    def add(rid: str, flip: int) -> None:
+        store.check_and_insert_batch([synthetic_item(rid, value ^ flip)], lambda i, c: None,
+                                     hamming_radius=0, max_candidates=1)
+
+    add("a", 1)
+    assert store.expires_at("test", 0, band0) == 200.0  # new: the end of the next window
+    now[0] = 90.0
+    add("b", 2)
+    assert store.expires_at("test", 0, band0) == 200.0  # same window: not written again
+    now[0] = 150.0
+    add("c", 4)
+    assert store.expires_at("test", 0, band0) == 300.0  # a new window: written once
+    assert {m[36:] for m in store.members("test", 0, band0)} == {b"b", b"c"}  # "a" was stale when met
+    now[0] = 299.0  # "c" (added at 150) is kept past its TTL: the set expires only at 300
+    assert {m[36:] for m in store.members("test", 0, band0)} == {b"b", b"c"}
+    now[0] = 300.0
+    assert not store.members("test", 0, band0)
