@@ -8,14 +8,38 @@ For each embedded result (pure logic; the library and thresholds are handed in):
 - otherwise it is ``novel``: an alert is raised and (by default) the result joins
   the library as a provisional entry, so a burst of one new kind raises one alert.
 
+Waiting, not dead-lettering (:class:`~shared.errors.DependencyUnavailable`: the
+runtime retries, then pauses the partitions; nothing is committed):
+- while the library is empty (not loaded yet, or never built);
+- while the library holds another model's vectors than the result's: good data of a
+  model being rolled out waits for its library (and thresholds) instead of being
+  sent away. The batch is checked before anything is scored. Results of a model the
+  operator declared retired (``retired_models``) are dead-lettered as ``model_retired``
+  instead, so leftovers of the previous model cannot hold the partitions forever.
+A vector that breaks its own model's contract (the library's model but another
+dimension, not L2-normalised) is bad input: ``vector_dim`` / ``vector_norm``.
+
+Result ids: a novel result's provisional entry is filed under
+``provisional/<result_id>`` (:func:`~shared.index.provisional_entry_id`), never under
+a reference entry's id, so neither a colliding id nor a replay of the library's own
+data set (results whose ids are reference ids) can demote a reference entry; such a
+replay is scored against its own entry (``known``). A result id already stored in the
+library or among this replica's pending entries with *other content* is dead-lettered
+as ``result_id_reused``: content is compared by the dedupe stage's exact pixel digest
+when both sides carry one, else by the vectors (cosine at least
+``same_content_similarity``).
+
 Provisional entries this replica adds are visible to the next result at once
-(``pending``), before the library topic delivers them back. Alert ids are
-derived from the result id, so a redelivered result produces the same records.
+(``pending``), before the library topic delivers them back; pending is keyed by entry
+id (a retried batch adds nothing twice) and bounded like the library's provisional
+entries (``max_provisional``). Alert ids are derived from the result id, and a retried
+batch ignores the provisional entries its own later items added on the failed
+attempt, so a redelivered result produces the same records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,11 +55,13 @@ from shared.contracts import (
     Topics,
 )
 from shared.errors import ContractError, DependencyUnavailable, InputError
-from shared.index import LibraryState
+from shared.index import LibraryState, provisional_entry_id, vector_digest
 from shared.runtime import ItemResult, Output
 
 Confirm = Callable[[EmbeddedResult, np.ndarray, list[Neighbour]], Output | None]
 """Hybrid duplicate confirmation hook: a duplicates-topic output, or None to score as usual."""
+
+MAX_PROVISIONAL_DEFAULT = 10_000
 
 
 @dataclass
@@ -43,35 +69,57 @@ class NoveltyConfig:
     k: int = 5
     provisional: bool = True
     alert_neighbours: int = 3
+    max_provisional: int = MAX_PROVISIONAL_DEFAULT
+    """Bound on this replica's pending entries (the library applies its own, normally the same)."""
+    retired_models: frozenset[str] = frozenset()
+    """Model versions whose results are dead-lettered (``model_retired``) instead of waiting."""
+    same_content_similarity: float = 0.98
+    """Without pixel digests on both sides, a stored entry is the same content at least this near."""
+
+
+@dataclass
+class _Pending:
+    alert_id: str
+    vector: np.ndarray
+    exact_hash: str | None
 
 
 @dataclass
 class PendingEntries:
-    """Provisional entries added here but not yet read back from the library topic."""
+    """Provisional entries added here but not yet read back from the library topic.
 
-    ids: list[str] = field(default_factory=list)
-    alert_ids: list[str] = field(default_factory=list)
-    vectors: list[np.ndarray] = field(default_factory=list)
+    Keyed by entry id (adding one again replaces it, so a retry adds nothing twice);
+    at most ``max_entries``, the oldest dropped first.
+    """
 
-    def add(self, entry_id: str, alert_id: str, vector: np.ndarray) -> None:
-        self.ids.append(entry_id)
-        self.alert_ids.append(alert_id)
-        self.vectors.append(vector)
+    max_entries: int = MAX_PROVISIONAL_DEFAULT
+    entries: dict[str, _Pending] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self.entries
+
+    def add(self, entry_id: str, alert_id: str, vector: np.ndarray, exact_hash: str | None = None) -> None:
+        self.entries.pop(entry_id, None)
+        self.entries[entry_id] = _Pending(alert_id, vector, exact_hash)
+        while len(self.entries) > self.max_entries:
+            del self.entries[next(iter(self.entries))]
+
+    def get(self, entry_id: str) -> _Pending | None:
+        return self.entries.get(entry_id)
 
     def forget(self, entry_id: str) -> None:
-        if entry_id in self.ids:
-            i = self.ids.index(entry_id)
-            del self.ids[i], self.alert_ids[i], self.vectors[i]
+        self.entries.pop(entry_id, None)
 
-    def best(self, vector: np.ndarray, exclude: str) -> tuple[str, str, float] | None:
-        if not self.ids:
+    def best(self, vector: np.ndarray, exclude: Collection[str]) -> tuple[str, str, float] | None:
+        ids = [entry_id for entry_id in self.entries if entry_id not in exclude]
+        if not ids:
             return None
-        sims = np.stack(self.vectors) @ vector
-        order = np.argsort(-sims)
-        for i in order:
-            if self.ids[i] != exclude:
-                return self.ids[i], self.alert_ids[i], float(sims[i])
-        return None
+        sims = np.stack([self.entries[entry_id].vector for entry_id in ids]) @ vector
+        i = int(np.argmax(sims))
+        return ids[i], self.entries[ids[i]].alert_id, float(sims[i])
 
 
 def alert_id_for(result_id: str) -> str:
@@ -94,19 +142,39 @@ class NoveltyCore:
         self._policy = policy
         self.config = config or NoveltyConfig()
         self.confirm = confirm
-        self.pending = PendingEntries()
+        self.pending = PendingEntries(self.config.max_provisional)
         for decision in ("known", "novel", "provisional"):  # export zeros, so ratios exist before events
             metrics.NOVELTY_DECISIONS.labels(decision)
 
-    def _vector(self, item: EmbeddedResult, library: LibraryState) -> np.ndarray:
-        if item.model_version != library.model_version:
-            raise ContractError(
-                f"embedding of model {item.model_version!r}; the library holds {library.model_version!r}",
-                reason="model_version",
+    def _ready_library(self) -> LibraryState:
+        library = self._library()
+        if library is None:  # not loaded yet, or never built: the result waits, it is not bad input
+            raise DependencyUnavailable(
+                "the library is empty: waiting for it (build it with lithowatch library build)"
             )
-        if item.embedding.dim != library.dim:
+        return library
+
+    def _check_model(self, item: EmbeddedResult, library: LibraryState) -> None:
+        if item.model_version == library.model_version:
+            return
+        if item.model_version in self.config.retired_models:
+            raise InputError(
+                f"embedding of model {item.model_version!r}, which is retired "
+                f"(LITHOWATCH_NOVELTY_RETIRED_MODELS); the library holds {library.model_version!r}",
+                reason="model_retired",
+            )
+        raise DependencyUnavailable(
+            f"results of model {item.model_version!r} wait: the library holds model "
+            f"{library.model_version!r} (publish a library of that model and run novelty with its "
+            "thresholds, or declare the model retired)"
+        )
+
+    def _vector(self, item: EmbeddedResult, library: LibraryState) -> np.ndarray:
+        self._check_model(item, library)
+        if item.embedding.dim != library.dim:  # the library's own model: this vector breaks its contract
             raise ContractError(
-                f"embedding of dimension {item.embedding.dim}; the library holds {library.dim}",
+                f"embedding of dimension {item.embedding.dim}; model {library.model_version!r} "
+                f"(the library's) has {library.dim}",
                 reason="vector_dim",
             )
         vector = item.embedding.to_array()
@@ -115,14 +183,57 @@ class NoveltyCore:
             raise ContractError(f"embedding is not L2-normalised (norm {norm:.3f})", reason="vector_norm")
         return vector / norm
 
-    def score(self, item: EmbeddedResult) -> list[Output]:
-        library = self._library()
-        if library is None:  # not loaded yet, or never built: the result waits, it is not bad input
-            raise DependencyUnavailable(
-                "the library is empty: waiting for it (build it with lithowatch library build)"
-            )
+    def _same_content(
+        self,
+        item: EmbeddedResult,
+        stored_hash: str | None,
+        stored_digest: str | None,
+        similarity: float | None,
+    ) -> bool:
+        if stored_hash is not None and item.hashes is not None:
+            return stored_hash == item.hashes.exact
+        if stored_digest is not None and stored_digest == vector_digest(item.embedding.to_array()):
+            return True
+        # None: the stored entry is not among the nearest hits, all of them nearer than the bound
+        return similarity is None or similarity >= self.config.same_content_similarity
+
+    def _refuse_reused_id(
+        self, item: EmbeddedResult, vector: np.ndarray, library: LibraryState, hits: list[Neighbour]
+    ) -> None:
+        """InputError ``result_id_reused`` if an entry stored under this result's ids holds other content."""
+        similarity = {n.id: n.similarity for n in hits}
+        weakest = min(similarity.values(), default=-1.0)
+        for entry_id in (item.result_id, provisional_entry_id(item.result_id)):
+            stored = library.get(entry_id)
+            if stored is not None:
+                # not among the hits: at most as near as the weakest hit (unknown if that is near enough)
+                found = similarity.get(entry_id)
+                if found is None and weakest >= self.config.same_content_similarity:
+                    near: float | None = None
+                else:
+                    near = found if found is not None else weakest
+                same = self._same_content(item, stored.exact_hash, stored.vector_digest, near)
+            elif (local := self.pending.get(entry_id)) is not None:
+                same = self._same_content(item, local.exact_hash, None, float(local.vector @ vector))
+            else:
+                continue
+            if not same:
+                raise InputError(
+                    f"result id {item.result_id!r} is reused: library entry {entry_id!r} holds other content",
+                    reason="result_id_reused",
+                )
+
+    def score(self, item: EmbeddedResult, ignore: Collection[str] = ()) -> list[Output]:
+        """Outputs for one result. ``ignore``: provisional entries left out of the comparison
+        (those a failed attempt at this batch added for results after this one)."""
+        library = self._ready_library()
         vector = self._vector(item, library)
-        neighbours = library.neighbours(vector, self.config.k + 1, exclude={item.result_id})[: self.config.k]
+        own_entry = provisional_entry_id(item.result_id)
+        hits = library.neighbours(vector, self.config.k + 2, exclude=ignore)  # + 2: its own entries
+        self._refuse_reused_id(item, vector, library, hits)
+        # not itself (its own provisional entry, or one filed under its bare id by earlier versions)
+        neighbours = [n for n in hits if n.id != own_entry and not (n.provisional and n.id == item.result_id)]
+        neighbours = neighbours[: self.config.k]
         if self.confirm is not None:
             duplicate = self.confirm(item, vector, neighbours)
             if duplicate is not None:
@@ -135,7 +246,7 @@ class NoveltyCore:
         provisional_of: str | None = None
         if decision == "novel":
             candidates = [(n.id, n.alert_id or "", n.similarity) for n in provisional]
-            local = self.pending.best(vector, exclude=item.result_id)
+            local = self.pending.best(vector, exclude={own_entry, *ignore})
             if local is not None:
                 candidates.append(local)
             if candidates:
@@ -188,7 +299,7 @@ class NoveltyCore:
                     Output(
                         Topics.LIBRARY,
                         LibraryEntry(
-                            entry_id=item.result_id,
+                            entry_id=own_entry,
                             status="provisional",
                             vector=item.embedding,
                             model_version=item.model_version,
@@ -198,17 +309,32 @@ class NoveltyCore:
                             alert_id=alert_id,
                             hashes=item.hashes,
                         ),
-                        item.result_id,
+                        own_entry,  # the library topic is keyed (and compacted) by entry id
                     )
                 )
-                self.pending.add(item.result_id, alert_id, vector)
+                exact_hash = item.hashes.exact if item.hashes is not None else None
+                self.pending.add(own_entry, alert_id, vector, exact_hash)
         return outputs
 
     def process_batch(self, items: Sequence[EmbeddedResult]) -> list[ItemResult]:
+        if not items:
+            return []
+        library = self._ready_library()
+        for item in items:  # the batch waits as a whole: check every model before anything is scored
+            if item.model_version not in self.config.retired_models:
+                self._check_model(item, library)
+        # entries of this batch's results already there: added by a failed attempt at this batch
+        # (or an earlier delivery); a result does not see those of the results after it
+        earlier_attempt = {
+            entry_id: i
+            for i, item in enumerate(items)
+            if (entry_id := provisional_entry_id(item.result_id)) in library or entry_id in self.pending
+        }
         results: list[ItemResult] = []
-        for item in items:
+        for i, item in enumerate(items):
+            ignore = {entry_id for entry_id, j in earlier_attempt.items() if j > i}
             try:
-                results.append(self.score(item))
+                results.append(self.score(item, ignore))
             except InputError as exc:
                 results.append(exc)
         return results

@@ -1,4 +1,4 @@
-"""The novelty service on the real broker: scores, alerts, alert storms, replicas."""
+"""The novelty service on the real broker: scores, alerts, alert storms, replicas, model switches."""
 
 from __future__ import annotations
 
@@ -28,15 +28,17 @@ def near(i: int, rng: np.random.Generator, spread: float = 0.05) -> np.ndarray:
     return centre(i) + spread * rng.standard_normal(DIM).astype(np.float32)
 
 
+def write_thresholds(tmp_path: Path, model_version: str = "test-model") -> None:
+    save_thresholds(
+        tmp_path / "thresholds.json",
+        ThresholdsFile(model_version=model_version, global_threshold=0.2, method="fixed", embedding_dim=DIM),
+    )
+
+
 def start_novelty(stack: EmbeddedStack, tmp_path: Path, replica: int = 0, **extra: str) -> Pipeline:
     thresholds = tmp_path / "thresholds.json"
     if not thresholds.exists():
-        save_thresholds(
-            thresholds,
-            ThresholdsFile(
-                model_version="test-model", global_threshold=0.2, method="fixed", embedding_dim=DIM
-            ),
-        )
+        write_thresholds(tmp_path)
     pipeline = Pipeline(
         stack,
         service_env={
@@ -68,15 +70,14 @@ def test_scores_alerts_storms_and_bad_vectors(stack: EmbeddedStack, tmp_path: Pa
     known = [embedded_result(f"known-{c}", near(c, rng)) for c in range(4)]
     burst = [embedded_result(f"burst-{j}", near(9, rng, 0.02)) for j in range(20)]
     lonely = embedded_result("lonely", near(12, rng))
-    wrong_model = embedded_result("wrong-model", near(0, rng), model_version="other-model")
     wrong_dim = embedded_result("wrong-dim", np.ones(DIM + 3, np.float32))
-    produce(stack.bootstrap, Topics.EMBEDDED, [*known, *burst, lonely, wrong_model, wrong_dim])
+    produce(stack.bootstrap, Topics.EMBEDDED, [*known, *burst, lonely, wrong_dim])
     pipeline = start_novelty(stack, tmp_path)
     try:
         records = collect(
             stack.bootstrap,
             [Topics.SCORES, Topics.ALERTS, Topics.DLQ],
-            lambda rs: len({r.key for r in rs if r.topic in (Topics.SCORES, Topics.DLQ)}) >= 27,
+            lambda rs: len({r.key for r in rs if r.topic in (Topics.SCORES, Topics.DLQ)}) >= 26,
             timeout_seconds=120,
         )
     finally:
@@ -97,7 +98,58 @@ def test_scores_alerts_storms_and_bad_vectors(stack: EmbeddedStack, tmp_path: Pa
     )
     assert {a.result_id for a in alerts} == {"lonely", first.result_id}
     assert all(a.neighbours for a in alerts)
-    assert dlq == {"wrong-model": "model_version", "wrong-dim": "vector_dim"}
+    assert dlq == {"wrong-dim": "vector_dim"}
+
+
+def test_results_of_another_model_wait_for_a_library_of_their_model(
+    stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(2)
+    produce(
+        stack.bootstrap,
+        Topics.LIBRARY,
+        [library_entry(f"lib-{c}-{j}", near(c, rng)) for c in range(4) for j in range(3)],
+    )
+    pipeline = start_novelty(stack, tmp_path)
+    try:
+        # the encoder was switched first: its results reach a novelty replica still on the old library
+        results = [embedded_result(f"next-{c}", near(c, rng), model_version="next-model") for c in range(4)]
+        produce(stack.bootstrap, Topics.EMBEDDED, results)
+        waited = collect(stack.bootstrap, [Topics.SCORES, Topics.DLQ], lambda rs: False, timeout_seconds=12)
+        log_text = pipeline.services[0].process.log_path.read_text(errors="replace")
+    finally:
+        pipeline.stop()
+    assert waited == []  # neither scored nor dead-lettered: they wait
+    assert "results of model 'next-model' wait: the library holds model 'test-model'" in log_text
+
+    # the library of the new model is published (same ids: it replaces the old entries) and
+    # novelty runs with thresholds calibrated for it
+    produce(
+        stack.bootstrap,
+        Topics.LIBRARY,
+        [
+            library_entry(f"lib-{c}-{j}", near(c, rng), "next-model", labels={"family": f"f{c}"})
+            for c in range(4)
+            for j in range(3)
+        ],
+    )
+    write_thresholds(tmp_path, "next-model")
+    pipeline = start_novelty(stack, tmp_path)
+    try:
+        records = collect(
+            stack.bootstrap,
+            [Topics.SCORES, Topics.DLQ],
+            lambda rs: len({r.key for r in rs if r.topic == Topics.SCORES}) >= 4,
+            timeout_seconds=120,
+        )
+    finally:
+        pipeline.stop()
+    assert decoded(records, Topics.DLQ, DLQRecord) == []
+    scores = {s.result_id: s for s in decoded(records, Topics.SCORES, ScoreRecord)}
+    assert set(scores) == {f"next-{c}" for c in range(4)}
+    for c in range(4):
+        assert scores[f"next-{c}"].decision == "known"
+        assert scores[f"next-{c}"].neighbours[0].labels == {"family": f"f{c}"}  # the new model's entries
 
 
 def test_restarted_replica_rebuilds_the_same_index(stack: EmbeddedStack, tmp_path: Path) -> None:
