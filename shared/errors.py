@@ -6,7 +6,8 @@ one boundary with ``raise ... from``. The stage runtime routes by family:
 
 - :class:`InputError` and its children are *deterministic*: the same bytes fail
   the same way every time, so the message goes to the DLQ with ``reason``.
-- :class:`TransientError` means a dependency is away (broker, Redis, blob store) or
+- :class:`TransientError` means a dependency is away (broker, Redis, blob store: a
+  file-system error such as EIO, EACCES or ENOSPC is :class:`StorageUnavailable`) or
   the process ran out of memory (:class:`ResourceExhausted`, translated from
   ``MemoryError`` and CUDA out-of-memory by the runtime); the runtime retries with
   bounded backoff, then pauses and retries again.
@@ -74,6 +75,12 @@ class DependencyUnavailable(TransientError):
     """The broker, Redis or the blob store did not answer."""
 
     reason = "dependency_unavailable"
+
+
+class StorageUnavailable(DependencyUnavailable):
+    """The blob store's file system failed (I/O error, permission, disk full): infrastructure, not input."""
+
+    reason = "storage_unavailable"
 
 
 class ResourceExhausted(TransientError):

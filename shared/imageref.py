@@ -1,6 +1,7 @@
 """Making and resolving :class:`~shared.contracts.ImageRef` values.
 
-Small images travel inline; larger ones go to the blob store and travel by URI.
+Small images travel inline; larger ones go to the blob store and travel by URI
+(:mod:`shared.blobstore` says which blob failures are bad input and which are transient).
 """
 
 from __future__ import annotations
@@ -48,11 +49,14 @@ class ImageLoader:
         self.max_pixels = max_pixels
 
     def raw_bytes(self, ref: ImageRef) -> bytes:
+        """The encoded bytes, inline or from the store (whose errors keep their reasons: a bad or
+        missing blob is an InputError, a failing file system a TransientError)."""
         if ref.inline_b64 is not None:
             return ref.inline_bytes()
+        if ref.uri is None:
+            raise BlobAccessError("image reference has neither inline bytes nor a URI", reason="blob_uri")
         if self.store is None:
             raise BlobAccessError(f"no blob store configured for {ref.uri!r}", reason="blob_uri")
-        assert ref.uri is not None
         return self.store.get(ref.uri)
 
     def __call__(self, ref: ImageRef) -> np.ndarray:

@@ -57,6 +57,7 @@ DEDUPE_BAND_TRIMMED = Counter(
     "lithowatch_dedupe_band_members_trimmed_total",
     "Oldest members dropped from full dedupe band sets (near duplicates of them are no longer found)",
 )
+BLOBS_REMOVED = Counter("lithowatch_blobs_removed_total", "Blobs removed from the blob store by collection")
 
 Route = Callable[[str], tuple[int, str, bytes]]
 """A read-only page: called with the request path, returns (status, content type, body).
