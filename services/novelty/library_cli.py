@@ -1,4 +1,10 @@
-"""``lithowatch library build|list|promote|drop|snapshot``: the reference set on its topic."""
+"""``lithowatch library build|list|promote|drop|snapshot``: the reference set on its topic.
+
+Entries are addressed by entry id. A novel result's provisional entry has the id
+``provisional/<result_id>``; ``promote`` and ``drop`` also accept the bare result id
+of a provisional entry. Reference ids from a data set may not start with
+``provisional/`` (``build`` refuses them), so the two kinds never share a key.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shared.blobstore import LocalBlobStore
-from shared.contracts import LibraryEntry, Topics, Vector
+from shared.contracts import Hashes, LibraryEntry, Topics, Vector
 from shared.dataset import read_dataset
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ContractError
+from shared.hashing import exact_digest
 from shared.imageref import make_image_ref
 from shared.kafka_io import make_producer, read_to_end
 from shared.settings import CommonSettings, load_settings
@@ -83,15 +90,22 @@ def build_library(
     snapshot: Path | None = None,
 ) -> int:
     """Embed a data set and publish it as reference entries; return how many."""
-    from shared.index import LibraryState
+    from shared.index import PROVISIONAL_ID_PREFIX, LibraryState
     from shared.model import embed_dataset, load_encoder
 
     dataset = read_dataset(dataset_dir)
+    reserved = [item.id for item in dataset.items if item.id.startswith(PROVISIONAL_ID_PREFIX)]
+    if reserved:
+        raise ConfigError(
+            f"data set ids may not start with {PROVISIONAL_ID_PREFIX!r} (kept for novel results): "
+            + ", ".join(reserved[:5])
+        )
     encoder = load_encoder(model_dir, device=device)
     vectors = embed_dataset(dataset, encoder, batch_size=batch_size)
     store = LocalBlobStore(settings.blob_root)
     entries = []
     for item, vector in zip(tqdm(dataset.items, desc="entries", unit="entry"), vectors, strict=True):
+        mask, simulated = item.load_mask(), item.load_simulated()
         entries.append(
             LibraryEntry(
                 entry_id=item.id,
@@ -99,18 +113,20 @@ def build_library(
                 vector=Vector.from_array(vector),
                 model_version=encoder.model_version,
                 labels=dict(item.labels),
-                mask=make_image_ref(item.load_mask(), "png", store, settings.inline_image_limit_bytes),
-                simulated=make_image_ref(
-                    item.load_simulated(), "png", store, settings.inline_image_limit_bytes
-                ),
+                mask=make_image_ref(mask, "png", store, settings.inline_image_limit_bytes),
+                simulated=make_image_ref(simulated, "png", store, settings.inline_image_limit_bytes),
+                # the dedupe stage's digest: a result replaying this item is recognised as this entry
+                hashes=Hashes(exact=exact_digest(mask, simulated)),
             )
         )
     placed = publish_entries(settings, entries, progress=True)
     if snapshot is not None:
+        from services.novelty.library_feed import library_topic_id
+
         state = LibraryState(encoder.model_version, encoder.dim)
         for entry, (partition, offset) in zip(entries, placed, strict=True):
             state.apply(entry, partition, offset)
-        state.snapshot(snapshot)
+        state.snapshot(snapshot, topic_id=library_topic_id(settings))
     return len(entries)
 
 
@@ -137,17 +153,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_entry_id(latest: dict[str, tuple[LibraryEntry, int, int]], given: str) -> str | None:
+    """The live entry ``given`` names: its entry id, or the result id of a provisional entry."""
+    from shared.index import provisional_entry_id  # FAISS loads only for commands that need it
+
+    for entry_id in (given, provisional_entry_id(given)):
+        if entry_id in latest and latest[entry_id][0].op != "delete":
+            return entry_id
+    return None
+
+
 def _republish(args: argparse.Namespace, promote: bool) -> int:
     settings = load_settings(CommonSettings, args.settings_file)
     latest = read_library(settings)
-    missing = [i for i in args.ids if i not in latest or latest[i][0].op == "delete"]
+    resolved = {given: resolve_entry_id(latest, given) for given in args.ids}
+    missing = [given for given, entry_id in resolved.items() if entry_id is None]
     if missing:
         raise ConfigError(f"no such library entries: {', '.join(missing)}")
+    ids = list(dict.fromkeys(entry_id for entry_id in resolved.values() if entry_id is not None))
     if promote:
-        updates = [latest[i][0].model_copy(update={"status": "reference"}) for i in args.ids]
+        updates = [latest[i][0].model_copy(update={"status": "reference"}) for i in ids]
     else:
         updates = [
-            LibraryEntry(entry_id=i, op="delete", model_version=latest[i][0].model_version) for i in args.ids
+            LibraryEntry(entry_id=i, op="delete", model_version=latest[i][0].model_version) for i in ids
         ]
     publish_entries(settings, updates)
     print(f"{'promoted' if promote else 'dropped'} {len(updates)} entries")
@@ -173,8 +201,16 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         raise ConfigError("the library topic holds no entries")
     first = upserts[0][0]
     assert first.vector is not None
+    from services.novelty.library_feed import library_topic_id
+
     state = LibraryState(first.model_version, first.vector.dim)
+    refused = 0
     for entry, partition, offset in records:
-        state.apply(entry, partition, offset)
-    print(f"snapshot of {len(state)} entries: {state.snapshot(args.out)}")
+        try:
+            state.apply(entry, partition, offset)
+        except ContractError as exc:  # as the service does: logged, left out
+            refused += 1
+            print(f"left out: {exc}")
+    path = state.snapshot(args.out, topic_id=library_topic_id(settings))
+    print(f"snapshot of {len(state)} entries ({refused} left out): {path}")
     return 0

@@ -1,8 +1,21 @@
 """Follows the library topic into a :class:`LibraryState`, with snapshots.
 
-A replica starts from the newest snapshot (if any, and of the expected model
-version), replays the topic from the snapshot's offsets, and only then starts
-scoring, so every replica that read the same records holds the same index.
+A replica starts from the newest snapshot (if any, of the expected model version,
+and taken from the topic as it is now), replays the topic from the snapshot's
+offsets, and only then starts scoring, so every replica that read the same records
+holds the same index.
+
+A snapshot records the library topic's id (Kafka's topic id, KIP-516, when the
+broker reports one) beside its offsets. At start the feed reads the topic's id and
+watermarks and refuses a snapshot taken from another incarnation of the topic
+(deleted and recreated since: another id, or offsets past the end or before the
+start; see :func:`shared.index.stale_reason`): it logs why, counts
+``lithowatch_library_events_total{event="snapshot_refused"}`` (as for any snapshot not
+used: another model, damaged) and rebuilds from the topic, so the library now on the
+topic is what is served. A snapshot that cannot
+be written is logged and tried again at the next interval; the service goes on.
+Provisional entries are bounded (``max_provisional``); evictions are counted as
+``event="provisional_evicted"``.
 """
 
 from __future__ import annotations
@@ -19,11 +32,33 @@ from pydantic import ValidationError
 from shared import metrics
 from shared.contracts import LibraryEntry, Topics
 from shared.errors import ConfigError, ContractError, DependencyUnavailable
-from shared.index import IndexSettings, LibraryState, find_snapshot
-from shared.kafka_io import client_options
+from shared.index import IndexSettings, LibraryState, TopicState, find_snapshot
+from shared.kafka_io import client_options, make_admin
 from shared.settings import CommonSettings
 
 log = logging.getLogger("lithowatch.novelty.library")
+
+
+def library_topic_id(settings: CommonSettings) -> str | None:
+    """The library topic's id, or None when the broker reports none (or cannot be asked)."""
+    try:
+        admin = make_admin(settings)
+    except DependencyUnavailable as exc:
+        log.warning("library topic id unknown (%s): snapshots are checked by offsets alone", exc)
+        return None
+    try:
+        described = admin.describe_topics([Topics.LIBRARY])
+    except Exception as exc:  # kafka-python raises more than KafkaError for an unsupported request
+        log.warning("library topic id unknown (%s): snapshots are checked by offsets alone", exc)
+        return None
+    finally:
+        admin.close()
+    for topic in described:
+        if not isinstance(topic, dict) or topic.get("name") != Topics.LIBRARY:
+            continue
+        topic_id = str(topic.get("topic_id") or "")
+        return topic_id if topic_id.strip("0-") else None  # the all-zero id means none
+    return None
 
 
 class LibraryFeed:
@@ -35,6 +70,7 @@ class LibraryFeed:
         index_settings: IndexSettings | None = None,
         snapshot_interval_seconds: float = 300.0,
         on_applied: Callable[[LibraryEntry], None] | None = None,
+        max_provisional: int | None = None,
     ) -> None:
         self.settings = settings
         self.model_version = model_version
@@ -42,16 +78,28 @@ class LibraryFeed:
         self.index_settings = index_settings
         self.snapshot_interval_seconds = snapshot_interval_seconds
         self.on_applied = on_applied
+        self.max_provisional = max_provisional
         self.state: LibraryState | None = None
+        self.topic: TopicState | None = None
         self.refused = 0
+        self._evicted_reported = 0
         self._dirty = False
         self._last_snapshot = time.monotonic()
         self._consumer: KafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
+        for event in ("provisional_evicted", "snapshot_refused"):  # export zeros
+            metrics.LIBRARY_EVENTS.labels(event)
 
     # ---- start-up ---------------------------------------------------------------------------
     def restore(self) -> None:
-        if self.snapshot_dir is None or find_snapshot(self.snapshot_dir) is None:
+        """Start from the current snapshot, unless it is missing, of another model or stale."""
+        if self.snapshot_dir is None:
+            return
+        try:
+            if find_snapshot(self.snapshot_dir) is None:
+                return
+        except ConfigError as exc:
+            self._refuse_snapshot(exc)
             return
         if self.model_version is None:
             log.warning(
@@ -59,15 +107,44 @@ class LibraryFeed:
             )
             return
         try:
-            self.state = LibraryState.restore(
-                self.snapshot_dir, model_version=self.model_version, settings=self.index_settings
+            self._set_state(
+                LibraryState.restore(
+                    self.snapshot_dir,
+                    model_version=self.model_version,
+                    settings=self.index_settings,
+                    topic=self.topic,
+                    max_provisional=self.max_provisional,
+                )
             )
-            log.info("restored %d library entries from %s", len(self.state), self.snapshot_dir)
         except ConfigError as exc:
-            log.warning("snapshot not used (%s); replaying the whole library topic", exc)
+            self._refuse_snapshot(exc)
+            return
+        assert self.state is not None
+        log.info("restored %d library entries from %s", len(self.state), self.snapshot_dir)
+
+    def _refuse_snapshot(self, exc: ConfigError) -> None:
+        metrics.LIBRARY_EVENTS.labels("snapshot_refused").inc()
+        log.warning("snapshot not used (%s); replaying the whole library topic", exc)
+
+    def _set_state(self, state: LibraryState) -> LibraryState:
+        self.state = state
+        self._evicted_reported = 0
+        return state
+
+    def _topic_state(self) -> TopicState:
+        """The library topic's id and (low, high) watermarks per partition, as of now."""
+        assert self._consumer is not None
+        try:
+            lows = self._consumer.beginning_offsets(self._partitions)
+            highs = self._consumer.end_offsets(self._partitions)
+        except KafkaError as exc:
+            raise DependencyUnavailable(f"cannot read the library topic's offsets: {exc}") from exc
+        return TopicState(
+            topic_id=library_topic_id(self.settings),
+            watermarks={tp.partition: (lows[tp], highs[tp]) for tp in self._partitions},
+        )
 
     def start(self, catch_up_timeout_seconds: float = 120.0) -> None:
-        self.restore()
         try:
             self._consumer = KafkaConsumer(
                 **client_options(self.settings),
@@ -81,6 +158,9 @@ class LibraryFeed:
             raise DependencyUnavailable(f"topic {Topics.LIBRARY} does not exist")
         self._partitions = [TopicPartition(Topics.LIBRARY, p) for p in sorted(parts)]
         self._consumer.assign(self._partitions)
+        self.topic = self._topic_state()
+        self.restore()
+        self._update_gauges()
         offsets = self.state.next_offsets if self.state is not None else {}
         for tp in self._partitions:
             self._consumer.seek(tp, offsets.get(tp.partition, 0))
@@ -117,7 +197,8 @@ class LibraryFeed:
             self.refused += 1
             log.warning("library record %d/%d is not a library entry: %s", partition, offset, exc)
             return 0
-        if self.state is None:
+        state = self.state
+        if state is None:
             if entry.op == "delete" or entry.vector is None:
                 return 0
             if self.model_version is not None and entry.model_version != self.model_version:
@@ -129,9 +210,16 @@ class LibraryFeed:
                     self.model_version,
                 )
                 return 0
-            self.state = LibraryState(entry.model_version, entry.vector.dim, self.index_settings)
+            state = self._set_state(
+                LibraryState(
+                    entry.model_version,
+                    entry.vector.dim,
+                    self.index_settings,
+                    max_provisional=self.max_provisional,
+                )
+            )
         try:
-            self.state.apply(entry, partition, offset)
+            state.apply(entry, partition, offset)
         except ContractError as exc:
             self.refused += 1
             log.warning("library entry %s refused: %s", entry.entry_id, exc)
@@ -143,16 +231,30 @@ class LibraryFeed:
     def _update_gauges(self) -> None:
         if self.state is not None:
             metrics.INDEX_SIZE.set(len(self.state))
-            metrics.LIBRARY_PROVISIONAL.set(len(self.state.provisional()))
+            metrics.LIBRARY_PROVISIONAL.set(self.state.provisional_count)
+            evicted = self.state.evicted_total - self._evicted_reported
+            if evicted > 0:
+                metrics.LIBRARY_EVENTS.labels("provisional_evicted").inc(evicted)
+                self._evicted_reported = self.state.evicted_total
 
     def maybe_snapshot(self, force: bool = False) -> Path | None:
         if self.snapshot_dir is None or self.state is None or not self._dirty:
             return None
         if not force and time.monotonic() - self._last_snapshot < self.snapshot_interval_seconds:
             return None
-        path = self.state.snapshot(self.snapshot_dir)
-        self._dirty = False
         self._last_snapshot = time.monotonic()
+        try:
+            path = self.state.snapshot(
+                self.snapshot_dir, topic_id=self.topic.topic_id if self.topic is not None else None
+            )
+        except ConfigError as exc:  # a snapshot only shortens the next start: go on without it
+            log.error(
+                "library snapshot not written (tried again in %.0f s): %s",
+                self.snapshot_interval_seconds,
+                exc,
+            )
+            return None
+        self._dirty = False
         log.info("library snapshot written: %s (%d entries)", path, len(self.state))
         return path
 

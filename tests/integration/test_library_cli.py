@@ -28,3 +28,24 @@ def test_promote_and_drop(stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch)
     assert latest["e0"][0].op == "delete"
     assert latest["e2"][0].status == "reference" and latest["e2"][0].alert_id == "alert-e2"
     assert latest["e1"][0].status == "reference"
+
+
+def test_provisional_entries_are_addressed_by_entry_id_or_result_id(
+    stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(1)
+    novel = [
+        library_entry(f"provisional/r{i}", rng.standard_normal(8)).model_copy(
+            update={"status": "provisional", "alert_id": f"alert-r{i}"}
+        )
+        for i in range(3)
+    ]
+    produce(stack.bootstrap, Topics.LIBRARY, [library_entry("r0", rng.standard_normal(8)), *novel])
+    monkeypatch.setenv("LITHOWATCH_KAFKA_BOOTSTRAP", stack.bootstrap)
+    assert main(["library", "promote", "r1"]) == 0  # the result id of a provisional entry
+    assert main(["library", "drop", "provisional/r2"]) == 0  # its entry id
+    assert main(["library", "drop", "r0"]) == 0  # a reference entry's own id comes first
+    latest = read_library(CommonSettings(kafka_bootstrap=stack.bootstrap))
+    assert latest["provisional/r1"][0].status == "reference"
+    assert latest["provisional/r2"][0].op == "delete"
+    assert latest["r0"][0].op == "delete" and latest["provisional/r0"][0].op == "upsert"

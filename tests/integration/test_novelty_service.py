@@ -1,7 +1,10 @@
-"""The novelty service on the real broker: scores, alerts, alert storms, replicas, model switches."""
+"""The novelty service on the real broker: scores, alerts, alert storms, replicas, model switches,
+snapshots of a recreated library topic."""
 
 from __future__ import annotations
 
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,9 @@ import pytest
 from shared.calibration.thresholds_file import ThresholdsFile, save_thresholds
 from shared.contracts import AlertRecord, DLQRecord, LibraryEntry, ScoreRecord, Topics
 from shared.index import LibraryState
+from shared.kafka_io import ensure_topics, make_admin
 from shared.launcher import EmbeddedStack
+from shared.settings import CommonSettings
 from shared.supervisor import Pipeline
 from shared.testing import collect, embedded_result, library_entry, produce
 
@@ -150,6 +155,68 @@ def test_results_of_another_model_wait_for_a_library_of_their_model(
     for c in range(4):
         assert scores[f"next-{c}"].decision == "known"
         assert scores[f"next-{c}"].neighbours[0].labels == {"family": f"f{c}"}  # the new model's entries
+
+
+def recreate_library_topic(stack: EmbeddedStack, entries: list[LibraryEntry]) -> None:
+    settings = CommonSettings(kafka_bootstrap=stack.bootstrap)
+    admin = make_admin(settings)
+    try:
+        admin.delete_topics([Topics.LIBRARY])
+        deadline = time.monotonic() + 30
+        while Topics.LIBRARY in admin.list_topics():
+            assert time.monotonic() < deadline, "the library topic was not deleted"
+            time.sleep(0.2)
+    finally:
+        admin.close()
+    assert ensure_topics(settings, [Topics.LIBRARY]) == [Topics.LIBRARY]
+    produce(stack.bootstrap, Topics.LIBRARY, entries)
+
+
+def scored_neighbours(stack: EmbeddedStack, tmp_path: Path, queries: list) -> tuple[set[str], str]:
+    """Start novelty (no provisional entries), score ``queries``; the neighbour ids and the metrics."""
+    produce(stack.bootstrap, Topics.EMBEDDED, queries)
+    pipeline = start_novelty(stack, tmp_path, LITHOWATCH_NOVELTY_PROVISIONAL="false")
+    try:
+        wanted = {q.result_id for q in queries}
+        records = collect(
+            stack.bootstrap,
+            [Topics.SCORES],
+            lambda rs: wanted <= {r.key.decode() for r in rs if r.key},
+            timeout_seconds=120,
+        )
+        with urllib.request.urlopen(pipeline.services[0].metrics_url, timeout=5) as response:
+            metrics_text = response.read().decode()
+    finally:
+        pipeline.stop()
+    scores = [s for s in decoded(records, Topics.SCORES, ScoreRecord) if s.result_id in wanted]
+    return {n.id for s in scores for n in s.neighbours}, metrics_text
+
+
+def test_a_snapshot_of_a_deleted_and_recreated_library_topic_is_refused(
+    stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    old = [library_entry(f"old-{i}", rng.standard_normal(DIM)) for i in range(40)]
+    produce(stack.bootstrap, Topics.LIBRARY, old)
+    start_novelty(stack, tmp_path).stop()  # SIGTERM: a final snapshot of the 40 entries
+    assert len(LibraryState.restore(tmp_path / "snapshots", model_version="test-model")) == 40
+    refused = 'lithowatch_library_events_total{event="snapshot_refused"} 1.0'
+
+    # recreated with fewer records: the snapshot's offset is past the new topic's end
+    recreate_library_topic(stack, [library_entry(f"new-{i}", rng.standard_normal(DIM)) for i in range(10)])
+    queries = [embedded_result(f"q-{i}", rng.standard_normal(DIM)) for i in range(10)]
+    found, metrics_text = scored_neighbours(stack, tmp_path, queries)
+    assert found and all(entry_id.startswith("new-") for entry_id in found)
+    assert refused in metrics_text
+    snapshot = LibraryState.restore(tmp_path / "snapshots", model_version="test-model")
+    assert len(snapshot) == 10 and all(entry_id.startswith("new-") for entry_id in snapshot.index.ids())
+
+    # recreated with more records than the snapshot read: offsets alone would accept it, its topic id not
+    recreate_library_topic(stack, [library_entry(f"newer-{i}", rng.standard_normal(DIM)) for i in range(30)])
+    queries = [embedded_result(f"r-{i}", rng.standard_normal(DIM)) for i in range(10)]
+    found, metrics_text = scored_neighbours(stack, tmp_path, queries)
+    assert found and all(entry_id.startswith("newer-") for entry_id in found)
+    assert refused in metrics_text
 
 
 def test_restarted_replica_rebuilds_the_same_index(stack: EmbeddedStack, tmp_path: Path) -> None:
