@@ -53,14 +53,15 @@ CONFIRMATIONS = Counter(
     ["path", "outcome"],
 )
 FARM_RESULTS = Counter("lithowatch_farm_results_total", "Results published by the farm emulator")
+DEDUPE_BAND_TRIMMED = Counter(
+    "lithowatch_dedupe_band_members_trimmed_total",
+    "Oldest members dropped from full dedupe band sets (near duplicates of them are no longer found)",
+)
+BLOBS_REMOVED = Counter("lithowatch_blobs_removed_total", "Blobs removed from the blob store by collection")
 LIBRARY_EVENTS = Counter(
     "lithowatch_library_events_total",
     "Novelty library upkeep: provisional entries evicted over the bound, snapshots refused at restore",
     ["event"],
-)
-DEDUPE_BAND_TRIMMED = Counter(
-    "lithowatch_dedupe_band_members_trimmed_total",
-    "Oldest members dropped from full dedupe band sets (near duplicates of them are no longer found)",
 )
 
 Route = Callable[[str], tuple[int, str, bytes]]
