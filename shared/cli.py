@@ -35,6 +35,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shared.calibration.cli",
     "shared.model.cli",
     "services.explain.cli",
+    "shared.dlq_cli",
+    "shared.blobs_cli",
 )
 
 
