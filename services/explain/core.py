@@ -1,12 +1,15 @@
 """Explain stage: render each alert beside its nearest neighbours and publish the panel's URI.
 
 Also keeps the most recent explanations for the read-only alerts page that
-Grafana links to (``/alerts`` on the service's metrics port).
+Grafana links to (``/alerts`` on the service's metrics port). The page is served
+from the HTTP server's threads while the consumer thread adds alerts: the recent
+alerts are read only as a copy taken under their lock.
 """
 
 from __future__ import annotations
 
 import html
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -73,7 +76,8 @@ class ExplainCore:
         self.load = load
         self.store = store
         self.max_neighbours = max_neighbours
-        self.recent: deque[RecentAlert] = deque(maxlen=keep_recent)
+        self._recent: deque[RecentAlert] = deque(maxlen=keep_recent)
+        self._recent_lock = threading.Lock()
 
     def explain(self, alert: AlertRecord) -> ExplanationRecord:
         tiles = alert_tiles(alert, self.load, self.max_neighbours)
@@ -92,7 +96,7 @@ class ExplainCore:
         summary = f"novelty {alert.novelty_score:.3f} over threshold {alert.threshold:.3f}; " + (
             f"nearest {nearest.id} at similarity {nearest.similarity:.3f}" if nearest else "no neighbours"
         )
-        self.recent.appendleft(RecentAlert(alert, uri))
+        self.remember(RecentAlert(alert, uri))
         return ExplanationRecord(
             alert_id=alert.alert_id,
             result_id=alert.result_id,
@@ -114,9 +118,19 @@ class ExplainCore:
         return results
 
     # ---- the read-only page --------------------------------------------------------------
+    def remember(self, recent: RecentAlert) -> None:
+        """Add an explained alert to the page (the oldest beyond ``keep_recent`` leaves it)."""
+        with self._recent_lock:
+            self._recent.appendleft(recent)
+
+    def recent_alerts(self) -> list[RecentAlert]:
+        """The recent alerts, newest first: a copy, safe to iterate while alerts are added."""
+        with self._recent_lock:
+            return list(self._recent)
+
     def alerts_page(self, _path: str = "/alerts") -> tuple[int, str, bytes]:
         rows = []
-        for recent in self.recent:
+        for recent in self.recent_alerts():
             alert = recent.alert
             key = recent.panel_uri.removeprefix("blob://")
             neighbours = ", ".join(f"{html.escape(n.id)} ({n.similarity:.3f})" for n in alert.neighbours[:3])
