@@ -6,13 +6,13 @@ Metric names follow Prometheus' naming guide; labels are low-cardinality only
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from shared.http_server import GuardedHTTPServer, PrefetchedRequestHandler, ServerLimits
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -70,7 +70,12 @@ A route registered under a key ending in ``/`` serves every path below it."""
 
 
 class MetricsServer:
-    """Serves ``/metrics``, ``/healthz`` and optional extra read-only routes."""
+    """Serves ``/metrics``, ``/healthz`` and optional extra read-only routes.
+
+    Idle and slow clients are dropped and the number of requests answered at once is bounded
+    (:mod:`shared.http_server`), so Prometheus and the kubelet's probe still get through while
+    thousands of idle connections are open.
+    """
 
     def __init__(
         self,
@@ -79,13 +84,14 @@ class MetricsServer:
         healthy: Callable[[], bool],
         routes: dict[str, Route] | None = None,
         registry: CollectorRegistry = REGISTRY,
+        limits: ServerLimits | None = None,
     ) -> None:
         self._healthy = healthy
         self._routes = dict(routes or {})
         self._registry = registry
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(PrefetchedRequestHandler):
             def do_GET(self) -> None:
                 path = urlparse(self.path).path
                 if path == "/metrics":
@@ -109,13 +115,8 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = GuardedHTTPServer((host, port), Handler, limits)
         self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True)
 
     def _find(self, path: str) -> Route | None:
         if path in self._routes:
@@ -129,9 +130,8 @@ class MetricsServer:
         self._routes[path] = route
 
     def start(self) -> MetricsServer:
-        self._thread.start()
+        self._httpd.start(name="metrics")
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._httpd.stop()
