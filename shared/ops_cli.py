@@ -19,6 +19,7 @@ from shared.contracts import (
     json_schemas,
     model_for_topic,
 )
+from shared.display import mask_url, terminal_safe
 from shared.errors import ConfigError, ContractError, DependencyUnavailable
 from shared.settings import CommonSettings, load_settings
 
@@ -109,7 +110,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     threads = {} if os.environ.get("LITHOWATCH_TORCH_THREADS") else {"LITHOWATCH_TORCH_THREADS": "1"}
     pipeline = Pipeline(stack, service_env=threads, default_ports=True, nice=SHARED_HOST_NICE)
     try:
-        print(f"broker {stack.bootstrap}  redis {stack.redis}  logs {stack.workdir / 'logs'}", flush=True)
+        redis = mask_url(stack.redis)
+        print(f"broker {stack.bootstrap}  redis {redis}  logs {stack.workdir / 'logs'}", flush=True)
         pipeline.start_all(names)
         pipeline.wait_ready(timeout_seconds=180)
         ready = time.monotonic() - begin
@@ -228,7 +230,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def format_alert(alert: AlertRecord, explanation: ExplanationRecord | None, panel_base_url: str) -> str:
-    """One alert as a few readable lines: what, how novel, nearest known results, the panel."""
+    """One alert as a few readable lines: what, how novel, nearest known results, the panel.
+
+    Every line is passed through :func:`terminal_safe`: ids and labels come from messages and
+    must not reach the terminal as escape sequences or forge extra lines."""
     family = alert.labels.get("family", "?")
     lines = [
         f"ALERT {alert.alert_id}  result {alert.result_id}  family {family}  "
@@ -245,7 +250,7 @@ def format_alert(alert: AlertRecord, explanation: ExplanationRecord | None, pane
         lines.append(f"  panel {panel_base_url.rstrip('/')}/panels/{key}  ({explanation.panel.uri})")
     else:
         lines.append("  panel: not rendered yet")
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from shared.contracts import (
     LibraryEntry,
     Topics,
 )
+from shared.display import terminal_safe
 from shared.errors import ConfigError, InputError
 from shared.imageref import ImageLoader
 from shared.kafka_io import read_to_end
@@ -107,5 +108,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         kind = f"duplicate of {duplicate.duplicate_of} ({duplicate.method})"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(encode_panel_png(panel))
-    print(f"{args.result_id}: {kind}; panel {panel.shape[1]}x{panel.shape[0]} written to {args.out}")
+    size = f"{panel.shape[1]}x{panel.shape[0]}"
+    print(terminal_safe(f"{args.result_id}: {kind}; panel {size} written to {args.out}"))
     return 0

@@ -21,6 +21,7 @@ from shared.blobstore import LocalBlobStore
 from shared.dataset import read_dataset
 from shared.demo.assets import DemoAssets, DemoConfig, calibrate, make_datasets, prepare_model
 from shared.demo.watch import OutputWatcher, metric_sum, scrape
+from shared.display import mask_url
 from shared.launcher import EmbeddedStack
 from shared.settings import CommonSettings
 from shared.supervisor import SHARED_HOST_NICE, Pipeline
@@ -201,7 +202,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     watcher = OutputWatcher(stack.bootstrap)
     try:
         console.print(
-            f"[bold cyan]▸[/] broker {stack.bootstrap}, Redis {stack.redis}, logs {stack.workdir / 'logs'}"
+            f"[bold cyan]▸[/] broker {stack.bootstrap}, Redis {mask_url(stack.redis)}, "
+            f"logs {stack.workdir / 'logs'}"
         )
         assets = prepare(cfg, workdir, console)
         settings = CommonSettings(
