@@ -7,6 +7,21 @@ free loopback ports, write their output to log files (never to the caller's
 stdout, so a leftover child cannot hold a CI pipe open), die with their parent
 (``PR_SET_PDEATHSIG``), and are stopped by :meth:`EmbeddedStack.stop`.
 
+Who may connect:
+
+- Redis requires a password, random per stack (``secrets``). It reaches
+  ``redis-server`` in a config file readable only by this user, deleted once Redis
+  listens (never on a command line, which any local user can read), and the
+  services through ``LITHOWATCH_REDIS_URL`` (``redis://:PASSWORD@127.0.0.1:PORT/0``)
+  in their environment. Print the URL with :func:`shared.display.mask_url`.
+- The broker accepts any client that can reach it. Tansu 0.6 has
+  ``--authentication`` (SASL/SCRAM), but its users live in the storage engine and
+  ``tansu user create`` itself is refused once authentication is on, so with the
+  in-memory storage no user can ever be created. The broker therefore listens on
+  127.0.0.1 only: every local user of the machine can read and write its topics.
+  On a shared host, use an external broker with authentication
+  (``LITHOWATCH_KAFKA_BOOTSTRAP`` and the ``LITHOWATCH_KAFKA_SASL_*`` settings).
+
 When ``LITHOWATCH_KAFKA_BOOTSTRAP`` / ``LITHOWATCH_REDIS_URL`` are set, the
 external ones are used instead and nothing is started for them.
 """
@@ -16,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError, DependencyUnavailable
 
@@ -70,7 +87,7 @@ class ChildProcess:
     name: str
     argv: list[str]
     log_path: Path
-    env: dict[str, str] | None = None
+    env: dict[str, str] | None = field(default=None, repr=False)  # holds the Redis URL's password
     cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
@@ -161,9 +178,10 @@ class EmbeddedStack:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lithowatch-")))
     partitions: int = 4
     kafka_bootstrap: str | None = None
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
     children: list[ChildProcess] = field(default_factory=list)
     started_seconds: float = 0.0
+    _redis_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_environment(cls, workdir: Path | None = None, partitions: int = 4) -> EmbeddedStack:
@@ -212,30 +230,41 @@ class EmbeddedStack:
 
     def _start_redis(self) -> None:
         port = free_port()
-        child = ChildProcess(
-            "redis",
-            [
-                redis_binary(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--dir",
-                str(self.workdir),
-                "--protected-mode",
-                "yes",
-            ],
-            self.workdir / "logs" / "redis.log",
-        ).start()
-        self.children.append(child)
-        wait_for_port("127.0.0.1", port, 15.0, child.proc)
-        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        self._redis_password = secrets.token_hex(24)
+        self._launch_redis(port, self._redis_password)
+        self.redis_url = f"redis://:{self._redis_password}@127.0.0.1:{port}/0"
+
+    def _launch_redis(self, port: int, password: str) -> None:
+        """Start ``redis-server`` on ``port`` requiring ``password``; return once it listens."""
+        config = self.workdir / "redis.conf"
+        _write_private(config, f"requirepass {password}\n")
+        try:
+            child = ChildProcess(
+                "redis",
+                [
+                    redis_binary(),
+                    str(config),
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--dir",
+                    str(self.workdir),
+                    "--protected-mode",
+                    "yes",
+                ],
+                self.workdir / "logs" / "redis.log",
+            ).start()
+            self.children.append(child)
+            wait_for_port("127.0.0.1", port, 15.0, child.proc)
+        finally:
+            config.unlink(missing_ok=True)  # read at start-up; the password stays in memory only
 
     def create_topics(self, names: Sequence[str] | None = None) -> list[str]:
         from shared.kafka_io import ensure_topics
@@ -270,15 +299,16 @@ class EmbeddedStack:
         raise KeyError(name)
 
     def restart_redis(self, down_seconds: float = 0.0) -> None:
-        """Stop Redis, wait, and start it again on the same port (outage tests)."""
+        """Stop Redis, wait, and start it again on the same port with the same password (outage tests)."""
         old = self.child("redis")
-        port = int(self.redis.rsplit(":", 1)[1].split("/")[0])
+        if self._redis_password is None:
+            raise ConfigError("only the embedded Redis can be restarted")
+        port = urlsplit(self.redis).port
+        assert port is not None
         old.stop()
         self.children.remove(old)
         time.sleep(down_seconds)
-        child = ChildProcess("redis", old.argv, old.log_path).start()
-        self.children.append(child)
-        wait_for_port("127.0.0.1", port, 15.0, child.proc)
+        self._launch_redis(port, self._redis_password)
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Environment for a service process that talks to this stack."""
@@ -316,6 +346,14 @@ class EmbeddedStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable and writable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)  # the file may have existed with a wider mode
+        out.write(text)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_seconds: float, interval_seconds: float = 0.1) -> bool:
