@@ -44,6 +44,11 @@ class NoveltySettings(StageSettings):
     snapshot_interval_seconds: float = Field(300.0, gt=0)
     novelty_k: int = Field(5, ge=1, le=100)
     novelty_provisional: bool = True
+    # provisional entries held (library and pending); over it the oldest are evicted
+    novelty_max_provisional: int = Field(MAX_PROVISIONAL_DEFAULT, ge=1)
+    # comma-separated model versions whose results are dead-lettered (model_retired) instead of
+    # waiting for a library of their model: leftovers of the previous model after a switch
+    novelty_retired_models: str = ""
     index_kind: str = "auto"
     hybrid_confirm: bool = False
     # None: the thresholds file's calibrated gate (lithowatch calibrate), else ConfirmSettings' default
@@ -181,7 +186,7 @@ def main(settings_file: str | None = None) -> int:
         index_settings,
         settings.snapshot_interval_seconds,
         on_applied=forget_pending,
-        max_provisional=MAX_PROVISIONAL_DEFAULT,
+        max_provisional=settings.novelty_max_provisional,
     )
     watcher.library_dim = lambda: feed.state.dim if feed.state is not None else None
     feed.start()
@@ -209,7 +214,14 @@ def main(settings_file: str | None = None) -> int:
     core = NoveltyCore(
         lambda: feed.state,
         watcher,
-        NoveltyConfig(k=settings.novelty_k, provisional=settings.novelty_provisional),
+        NoveltyConfig(
+            k=settings.novelty_k,
+            provisional=settings.novelty_provisional,
+            max_provisional=settings.novelty_max_provisional,
+            retired_models=frozenset(
+                version.strip() for version in settings.novelty_retired_models.split(",") if version.strip()
+            ),
+        ),
         confirm=confirm,
     )
 
