@@ -320,6 +320,8 @@ class EmbeddedStack:
             LITHOWATCH_BLOB_ROOT=str(self.workdir / "blobs"),
             PYTHONUNBUFFERED="1",
         )
+        if "LITHOWATCH_STATE_DIR" not in os.environ:  # attempt marks belong to this stack's topics
+            env["LITHOWATCH_STATE_DIR"] = str(self.workdir / "state")
         env.update(extra or {})
         return env
 
