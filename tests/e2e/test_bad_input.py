@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -108,6 +109,14 @@ def _inf_npy() -> bytes:
     return _npy(image)
 
 
+def _npy_bomb() -> bytes:
+    """A tiny NPY whose header declares a 100,000 x 100,000 float32 array (40 GB)."""
+    buffer = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": (100_000, 100_000)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + b"\x00" * 16
+
+
 def _npy_ref(data: bytes) -> dict[str, Any]:
     return _ref(data, fmt="npy", dtype="float32")
 
@@ -174,6 +183,10 @@ RESULT_CASES: list[tuple[str, str, Callable[[Path], bytes]]] = [
     ("uri-symlink", "blob_escape", lambda root: _with_mask(_uri_ref(f"file://{root / 'escape-link'}"))),
     ("blob-key-escape", "blob_key", lambda _: _with_mask(_uri_ref("blob://../../etc/passwd"))),
     ("blob-missing", "blob_missing", lambda _: _with_mask(_uri_ref("blob://" + "ab" * 32 + ".png"))),
+    ("npy-bomb", "image_too_large", lambda _: _with_mask(_npy_ref(_npy_bomb()))),
+    ("uri-nul", "blob_uri_invalid", lambda root: _with_mask(_uri_ref(f"file://{root}/a%00.png"))),
+    ("uri-directory", "blob_not_a_file", lambda root: _with_mask(_uri_ref(f"file://{root / 'a-folder'}"))),
+    ("uri-fifo", "blob_not_a_file", lambda root: _with_mask(_uri_ref(f"file://{root / 'a-fifo'}"))),
 ]
 
 
@@ -196,7 +209,8 @@ EMBEDDED_CASES: list[tuple[str, str, Callable[[], bytes]]] = [
         "vector_dim",
         lambda: _vector_case("vec-bytes", embedding=_raw_vector(np.ones(4) / 2.0, DIM)),
     ),
-    ("vec-model", "model_version", lambda: _vector_case("vec-model", model_version="other-model")),
+    # another model's result waits for its library; a retired model's is dead-lettered
+    ("vec-model", "model_retired", lambda: _vector_case("vec-model", model_version="retired-model")),
     (
         "vec-nan",
         "vector_nonfinite",
@@ -214,6 +228,8 @@ def test_every_kind_of_bad_input_is_dlqd_with_its_reason(stack: EmbeddedStack, t
     outside = tmp_path / "secret.png"
     outside.write_bytes(_png())
     (blob_root / "escape-link").symlink_to(outside)
+    (blob_root / "a-folder").mkdir()
+    os.mkfifo(blob_root / "a-fifo")  # opened for reading, it would block the stage for ever
 
     rng = np.random.default_rng(0)
     library = [library_entry(f"lib-{i}", rng.normal(size=DIM), model_version=MODEL) for i in range(20)]
@@ -224,6 +240,7 @@ def test_every_kind_of_bad_input_is_dlqd_with_its_reason(stack: EmbeddedStack, t
         "LITHOWATCH_SESSION_TIMEOUT_MS": "6000",
         "LITHOWATCH_KAFKA_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
         "LITHOWATCH_MODEL_VERSION": MODEL,
+        "LITHOWATCH_NOVELTY_RETIRED_MODELS": "retired-model",
         "LITHOWATCH_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
     }
     pipeline = Pipeline(stack, service_env=env)
