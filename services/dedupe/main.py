@@ -9,7 +9,7 @@ from pydantic import Field
 
 from services.dedupe.core import DedupeCore, DedupeSettings
 from services.dedupe.stage import DedupeStage
-from services.dedupe.store import RedisDedupeStore
+from services.dedupe.store import BAND_MAX_MEMBERS_DEFAULT, RedisDedupeStore
 from shared import metrics
 from shared.blobstore import LocalBlobStore
 from shared.errors import ConfigError
@@ -21,6 +21,8 @@ from shared.settings import CommonSettings, StageSettings, load_settings
 class DedupeServiceSettings(StageSettings):
     dedupe_ttl_seconds: int = Field(7 * 86400, gt=0)
     dedupe_hamming_radius: int = Field(64, ge=0)
+    # newest members kept (and read) per band set: bounds a lookup however busy one band value is
+    dedupe_band_max_members: int = Field(BAND_MAX_MEMBERS_DEFAULT, ge=1, le=100_000)
     dedupe_key_prefix: str = "lithowatch:dedupe"
 
 
@@ -51,6 +53,7 @@ def main(settings_file: str | None = None) -> int:
         ttl_seconds=settings.dedupe_ttl_seconds, hamming_radius=settings.dedupe_hamming_radius
     )
     store = RedisDedupeStore(redis_client(settings), settings.dedupe_key_prefix, settings.dedupe_ttl_seconds,
+                             band_max_members=settings.dedupe_band_max_members,
                              on_trimmed=metrics.DEDUPE_BAND_TRIMMED.inc)
     loader = ImageLoader(LocalBlobStore(settings.blob_root), settings.max_image_pixels)
     core = DedupeCore(store, core_settings, load_image=loader)
