@@ -34,12 +34,12 @@ from pydantic import ValidationError
 
 from shared.blobstore import LocalBlobStore
 from shared.contracts import DLQRecord, Topics
+from shared.display import terminal_safe
 from shared.errors import BlobAccessError, ConfigError, DependencyUnavailable
 from shared.settings import CommonSettings, load_settings
 
 REPLAY_HEADER = "lw-dlq-replay"
 _UNITS_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\x1b"}
 DLQ_READ_TIMEOUT_SECONDS = 120.0
 
 
@@ -149,25 +149,6 @@ def select(letters: Sequence[DeadLetter], selection: Selection) -> list[DeadLett
 
 
 # -- printing ------------------------------------------------------------------------------------
-
-
-def terminal_safe(text: object) -> str:
-    """``str(text)`` with every character Python does not call printable (C0/C1 controls, ESC, DEL,
-    line separators, bidirectional overrides) shown as a visible escape."""
-    value = str(text)
-    if value.isprintable():
-        return value
-    out = []
-    for char in value:
-        if char.isprintable():
-            out.append(char)
-        elif char in _NAMED_ESCAPES:
-            out.append(_NAMED_ESCAPES[char])
-        else:
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF
-                       else f"\\U{code:08x}")
-    return "".join(out)
 
 
 def summary_lines(letters: Sequence[DeadLetter]) -> list[str]:

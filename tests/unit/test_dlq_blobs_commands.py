@@ -16,6 +16,7 @@ from kafka.errors import KafkaTimeoutError
 from shared.blobstore import LocalBlobStore
 from shared.cli import main as cli_main
 from shared.contracts import DLQRecord, Topics
+from shared.display import terminal_safe
 from shared.dlq_cli import (
     REPLAY_HEADER,
     DeadLetter,
@@ -27,7 +28,6 @@ from shared.dlq_cli import (
     produce_replays,
     select,
     summary_lines,
-    terminal_safe,
 )
 from shared.errors import ConfigError, DependencyUnavailable
 from shared.imaging import sha256_hex
