@@ -237,7 +237,8 @@ class EmbeddedStack:
     def _launch_redis(self, port: int, password: str) -> None:
         """Start ``redis-server`` on ``port`` requiring ``password``; return once it listens."""
         config = self.workdir / "redis.conf"
-        _write_private(config, f"requirepass {password}\n")
+        # dedupe's band-set members (hash, time, result id) stay in the compact encoding up to 128 bytes
+        _write_private(config, f"requirepass {password}\nzset-max-listpack-value 128\n")
         try:
             child = ChildProcess(
                 "redis",

@@ -70,6 +70,9 @@ SERVICE_METRICS = {
     "lithowatch_embed_device_info": "gauge",
     "lithowatch_confirmations_total": "counter",
     "lithowatch_farm_results_total": "counter",
+    "lithowatch_dedupe_band_members_trimmed_total": "counter",
+    "lithowatch_blobs_removed_total": "counter",
+    "lithowatch_library_events_total": "counter",
 }
 # Series from elsewhere that the rules may read: Prometheus itself and the Kafka lag exporter.
 EXTERNAL_METRICS = {"up", "ALERTS", "kafka_consumergroup_lag"}
