@@ -51,7 +51,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """Ask the kernel to SIGTERM the child when its parent dies (Linux only)."""
+    """Ask the kernel to SIGTERM the child when its parent dies (Linux only).
+
+    The kernel means the parent *thread*: a child started from a thread that then ends is
+    stopped with it, so start children from a thread that lives as long as they should.
+    """
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -301,14 +305,23 @@ class EmbeddedStack:
 
     def restart_redis(self, down_seconds: float = 0.0) -> None:
         """Stop Redis, wait, and start it again on the same port with the same password (outage tests)."""
-        old = self.child("redis")
+        self.stop_redis()
+        time.sleep(down_seconds)
+        self.start_redis_again()
+
+    def stop_redis(self) -> None:
+        """Stop the embedded Redis (its data stays on disk for :meth:`start_redis_again`)."""
         if self._redis_password is None:
-            raise ConfigError("only the embedded Redis can be restarted")
-        port = urlsplit(self.redis).port
-        assert port is not None
+            raise ConfigError("only the embedded Redis can be stopped and restarted")
+        old = self.child("redis")
         old.stop()
         self.children.remove(old)
-        time.sleep(down_seconds)
+
+    def start_redis_again(self) -> None:
+        """Start the embedded Redis stopped by :meth:`stop_redis`: same port, password and data."""
+        port = urlsplit(self.redis).port
+        if self._redis_password is None or port is None:
+            raise ConfigError("only the embedded Redis can be stopped and restarted")
         self._launch_redis(port, self._redis_password)
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:

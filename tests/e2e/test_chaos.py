@@ -1,7 +1,9 @@
 """Chaos: kill -9 every stage again and again while a farm streams; nothing is lost, nothing doubled.
 
 A known stream (re-simulated duplicates and a held-out family included) is published at a
-steady rate while stage processes are killed with SIGKILL and restarted. At the end every
+steady rate while stage processes are killed with SIGKILL and restarted. Halfway through,
+Redis goes away for a while, and a second dedupe replica joins the group and leaves it
+again during the outage (two rebalances while the stage backs off). At the end every
 published result is accounted for exactly once: its ``result_id`` is scored or a duplicate,
 never both, never in the DLQ. Redeliveries are visible as extra output records; they collapse
 on ``result_id`` (at-least-once delivery, idempotent consumers).
@@ -53,6 +55,24 @@ def _ids(records: list[Any], topic: str) -> list[str]:
     return [str(model.model_validate_json(r.value).result_id) for r in records if r.topic == topic]
 
 
+def redis_outage_with_a_replica_joining_and_leaving(pipeline: Pipeline, down_seconds: float = 12.0) -> None:
+    """Redis down; meanwhile a second dedupe replica joins (a rebalance) and leaves (another).
+
+    Everything is started from this thread: a child dies with the thread that started it.
+    """
+    pipeline.stack.stop_redis()
+    try:
+        time.sleep(1.0)
+        second = pipeline.start_service("dedupe", replica=1)
+        time.sleep(down_seconds / 2)  # joined: partitions moved while both back off
+        second.process.stop()  # leaves (SIGTERM) while Redis is still away
+        pipeline.services.remove(second)
+        pipeline.stack.children.remove(second.process)
+        time.sleep(down_seconds / 2)
+    finally:
+        pipeline.stack.start_redis_again()
+
+
 def test_kill9_every_stage_mid_stream_loses_nothing(pipeline: Pipeline) -> None:
     kills = int(os.environ.get("LITHOWATCH_CHAOS_KILLS", "20"))
     count = int(os.environ.get("LITHOWATCH_CHAOS_RESULTS", "200"))
@@ -79,10 +99,13 @@ def test_kill9_every_stage_mid_stream_loses_nothing(pipeline: Pipeline) -> None:
     plan = kill_plan(kills, rng)
     interval_seconds = (count / rate_per_second) / max(1, len(plan))
     killed: Counter[str] = Counter()
+    outage_at = len(plan) // 2
     began = time.monotonic()
     publisher.start()
     try:
-        for name in plan:
+        for step, name in enumerate(plan):
+            if step == outage_at:
+                redis_outage_with_a_replica_joining_and_leaving(pipeline)
             time.sleep(interval_seconds * rng.uniform(0.6, 1.4))
             running = next(s for s in pipeline.services if s.name == name)
             pipeline.restart(running, kill9=True)
