@@ -10,6 +10,11 @@ a threshold: it keeps the last ``window`` p-values and flags the newest result
 when Benjamini-Hochberg at level ``fdr`` over that window rejects it. To flag a
 lone novel result in a full window of ``m`` at level ``a`` its p-value must be
 at most ``a / m``, so the calibration set needs ``n >= m / a`` scores.
+
+Benjamini-Hochberg itself is :func:`scipy.stats.false_discovery_control` (SciPy is
+a dependency already, and its adjusted p-values are the reference the tests
+check against); this module only turns the adjusted p-values into the rejection
+mask and the p-value cutoff (the largest rejected p-value) the gate reports.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import false_discovery_control
 
 from shared.calibration.roc import check_scores
 from shared.calibration.thresholds_file import ThresholdsFile
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ContractError
 
 
 def conformal_p_values(
@@ -37,25 +43,39 @@ def conformal_p_values(
     return (1.0 + at_least) / (cal.size + 1.0)
 
 
+def _check_fdr(fdr: float) -> None:
+    if not 0.0 < fdr < 1.0:
+        raise ConfigError(f"fdr must be in (0, 1), got {fdr}")
+
+
+def _bh_rejected(p: np.ndarray, fdr: float) -> np.ndarray:
+    """Benjamini-Hochberg's rejections at level ``fdr`` of a 1-D float array, in its order."""
+    if p.ndim != 1:
+        raise ContractError(f"p-values: expected a 1-D array, got shape {p.shape}")
+    if p.size == 0:
+        return np.zeros(0, dtype=bool)
+    try:
+        adjusted = false_discovery_control(p, method="bh")
+    except ValueError as exc:  # NaN or outside [0, 1]
+        raise ContractError(f"p-values: {exc}") from exc
+    return np.asarray(adjusted <= fdr)
+
+
+def _cutoff(p: np.ndarray, rejected: np.ndarray) -> float:
+    return float(p[rejected].max()) if rejected.any() else 0.0
+
+
 def bh_cutoff(p_values: np.ndarray | list[float], fdr: float) -> float:
-    """The Benjamini-Hochberg p-value cutoff (0.0 when nothing is rejected)."""
-    p = np.sort(np.asarray(p_values, dtype=np.float64))
-    m = p.size
-    if m == 0:
-        return 0.0
-    passing = np.flatnonzero(p <= fdr * np.arange(1, m + 1) / m)
-    return float(p[passing[-1]]) if passing.size else 0.0
+    """The Benjamini-Hochberg p-value cutoff: the largest rejected p-value (0.0 when none is)."""
+    _check_fdr(fdr)
+    p = np.asarray(p_values, dtype=np.float64)
+    return _cutoff(p, _bh_rejected(p, fdr))
 
 
 def benjamini_hochberg(p_values: np.ndarray | list[float], fdr: float) -> np.ndarray:
     """Which hypotheses BH rejects at level ``fdr`` (boolean mask in input order)."""
-    if not 0.0 < fdr < 1.0:
-        raise ConfigError(f"fdr must be in (0, 1), got {fdr}")
-    p = np.asarray(p_values, dtype=np.float64)
-    if p.size == 0:
-        return np.zeros(0, dtype=bool)
-    cutoff = bh_cutoff(p, fdr)
-    return (p <= cutoff) & (cutoff > 0.0)
+    _check_fdr(fdr)
+    return _bh_rejected(np.asarray(p_values, dtype=np.float64), fdr)
 
 
 @dataclass(frozen=True)
@@ -71,8 +91,7 @@ class ConformalGate:
     """Flags novel results at a requested FDR over a sliding window of recent p-values."""
 
     def __init__(self, calibration_scores: np.ndarray | list[float], fdr: float = 0.1, window: int = 1000):
-        if not 0.0 < fdr < 1.0:
-            raise ConfigError(f"fdr must be in (0, 1), got {fdr}")
+        _check_fdr(fdr)
         if window < 1:
             raise ConfigError(f"window must be >= 1, got {window}")
         self._calibration = np.sort(check_scores(calibration_scores, "calibration scores"))
@@ -108,9 +127,11 @@ class ConformalGate:
     def update(self, novelty_score: float) -> GateDecision:
         p = self.p_value(novelty_score)
         self._recent.append(p)
-        cutoff = bh_cutoff(np.fromiter(self._recent, dtype=np.float64), self.fdr)
-        novel = cutoff > 0.0 and p <= cutoff
-        return GateDecision(float(novelty_score), p, novel, cutoff, len(self._recent))
+        recent = np.fromiter(self._recent, dtype=np.float64)
+        rejected = _bh_rejected(recent, self.fdr)
+        return GateDecision(
+            float(novelty_score), p, bool(rejected[-1]), _cutoff(recent, rejected), len(self._recent)
+        )
 
     def update_many(self, novelty_scores: Iterable[float]) -> list[GateDecision]:
         return [self.update(float(s)) for s in novelty_scores]

@@ -1,14 +1,25 @@
-"""ROC and precision-recall curves of two score populations.
+"""ROC and precision-recall curves of two score populations, on scikit-learn.
 
 Convention throughout calibration: the *positive* population is the one that
 should score higher, and a score ``>= threshold`` is called positive. For novelty
 the positives are novel results scored by ``novelty_score``; for pair
 similarities the positives are "same pattern" pairs scored by cosine similarity.
 
-Cut points are the midpoints between consecutive distinct observed scores (plus
-one below the minimum and one above the maximum), so a recommended threshold
-never sits exactly on an observed score and a perfect separator yields a
-threshold strictly inside the gap.
+The curves, AUROC and average precision come from :mod:`sklearn.metrics`
+(``roc_curve``, ``precision_recall_curve``, ``roc_auc_score``,
+``average_precision_score``): a dependency already, tested far beyond what a
+copy here would be, and the reference the evaluation reports are compared with.
+What stays here is the project's shape around them: two populations in (checked
+by :func:`check_scores`) rather than labels and scores, and thresholds at *cut
+points*. scikit-learn puts each threshold on an observed score (and ``inf`` for
+"nothing is positive"); here the cut points are the midpoints between
+consecutive distinct observed scores (plus one below the minimum and one above
+the maximum), so a recommended threshold never sits exactly on an observed score
+and a perfect separator yields a threshold strictly inside the gap. Both call the
+same scores positive at each point: ``score >= u`` for an observed ``u`` and
+``score >= (u_below + u) / 2`` select the same scores. :class:`Sweep` holds the
+confusion counts at every cut point, from which the threshold candidates
+(F1-maximising and others, :mod:`shared.calibration.thresholds`) are read.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn import metrics
 
 from shared.errors import ContractError
 
@@ -74,23 +85,43 @@ class Sweep:
 
 
 def cut_points(scores: np.ndarray) -> np.ndarray:
-    """Midpoints between consecutive distinct scores, plus one below and one above."""
+    """Midpoints between consecutive distinct scores, plus one below and one above (ascending)."""
     unique = np.unique(scores)
     mids = (unique[:-1] + unique[1:]) / 2.0
     margin = max(END_MARGIN, 1e-3 * float(unique[-1] - unique[0]))
     return np.concatenate([[unique[0] - margin], mids, [unique[-1] + margin]])
 
 
-def count_at(thresholds: np.ndarray, sorted_scores: np.ndarray) -> np.ndarray:
-    """How many of ``sorted_scores`` are ``>= t`` for each ``t``."""
-    return sorted_scores.size - np.searchsorted(sorted_scores, thresholds, side="left")
+def _labelled(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's input: labels (1 for positives) and scores, positives first."""
+    labels = np.concatenate([np.ones(pos.size, dtype=np.int8), np.zeros(neg.size, dtype=np.int8)])
+    return labels, np.concatenate([pos, neg])
+
+
+def _check_points(found: int, cuts: np.ndarray, what: str) -> None:
+    # One point per distinct score plus "nothing positive": what the cut points assume.
+    if found != cuts.size:
+        raise RuntimeError(f"scikit-learn's {what} gave {found} points, expected {cuts.size}")
+
+
+def _roc_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, cut points), strictest first: one point per distinct score and (0, 0)."""
+    labels, scores = _labelled(pos, neg)
+    fpr, tpr, _ = metrics.roc_curve(labels, scores, drop_intermediate=False)
+    cuts = cut_points(scores)[::-1]
+    _check_points(fpr.size, cuts, "roc_curve")
+    return fpr, tpr, cuts
 
 
 def sweep(positives: np.ndarray | list[float], negatives: np.ndarray | list[float]) -> Sweep:
-    pos = np.sort(check_scores(positives, "positive scores"))
-    neg = np.sort(check_scores(negatives, "negative scores"))
-    thresholds = cut_points(np.concatenate([pos, neg]))
-    return Sweep(thresholds, count_at(thresholds, pos), count_at(thresholds, neg), pos.size, neg.size)
+    """Confusion counts at every cut point (thresholds ascending), read off scikit-learn's ROC."""
+    pos = check_scores(positives, "positive scores")
+    neg = check_scores(negatives, "negative scores")
+    fpr, tpr, cuts = _roc_points(pos, neg)
+    # The rates are counts over population sizes; rounding gives the counts back exactly.
+    tp = np.rint(tpr[::-1] * pos.size).astype(np.int64)
+    fp = np.rint(fpr[::-1] * neg.size).astype(np.int64)
+    return Sweep(cuts[::-1].copy(), tp, fp, pos.size, neg.size)
 
 
 def confusion_at(
@@ -120,12 +151,10 @@ def confusion_at(
 
 def auroc(positives: np.ndarray | list[float], negatives: np.ndarray | list[float]) -> float:
     """Area under the ROC curve = P(positive scores above negative), ties counting half."""
-    pos = check_scores(positives, "positive scores")
-    neg = check_scores(negatives, "negative scores")
-    ranks = rankdata(np.concatenate([pos, neg]))
-    rank_sum = float(ranks[: pos.size].sum())
-    u_statistic = rank_sum - pos.size * (pos.size + 1) / 2.0
-    return u_statistic / (pos.size * neg.size)
+    labels, scores = _labelled(
+        check_scores(positives, "positive scores"), check_scores(negatives, "negative scores")
+    )
+    return float(metrics.roc_auc_score(labels, scores))
 
 
 @dataclass(frozen=True)
@@ -147,27 +176,28 @@ class PrCurve:
 
 def roc_curve(positives: np.ndarray | list[float], negatives: np.ndarray | list[float]) -> RocCurve:
     """ROC points from the strictest cut point (0, 0) to the most lenient (1, 1)."""
-    result = sweep(positives, negatives)
-    order = np.argsort(-result.thresholds)
-    return RocCurve(
-        fpr=result.fpr[order],
-        tpr=result.recall[order],
-        thresholds=result.thresholds[order],
-        auc=auroc(positives, negatives),
-    )
+    pos = check_scores(positives, "positive scores")
+    neg = check_scores(negatives, "negative scores")
+    fpr, tpr, cuts = _roc_points(pos, neg)
+    return RocCurve(fpr=fpr, tpr=tpr, thresholds=cuts, auc=auroc(pos, neg))
 
 
 def pr_curve(positives: np.ndarray | list[float], negatives: np.ndarray | list[float]) -> PrCurve:
-    """Precision-recall points, strictest first, and the step-wise average precision."""
-    result = sweep(positives, negatives)
-    order = np.argsort(-result.thresholds)
-    recall = result.recall[order]
-    precision = result.precision[order]
-    average_precision = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    """Precision-recall points, strictest first, and the step-wise average precision.
+
+    Where nothing is called positive (the strictest cut point) precision is 1.0,
+    as scikit-learn's curve ends.
+    """
+    pos = check_scores(positives, "positive scores")
+    neg = check_scores(negatives, "negative scores")
+    labels, scores = _labelled(pos, neg)
+    precision, recall, _ = metrics.precision_recall_curve(labels, scores)  # most lenient first
+    cuts = cut_points(scores)
+    _check_points(precision.size, cuts, "precision_recall_curve")
     return PrCurve(
-        recall=recall,
-        precision=precision,
-        thresholds=result.thresholds[order],
-        average_precision=average_precision,
-        prevalence=result.n_pos / (result.n_pos + result.n_neg),
+        recall=recall[::-1].copy(),
+        precision=precision[::-1].copy(),
+        thresholds=cuts[::-1].copy(),
+        average_precision=float(metrics.average_precision_score(labels, scores)),
+        prevalence=pos.size / (pos.size + neg.size),
     )

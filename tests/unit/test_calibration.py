@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import false_discovery_control
+from sklearn import metrics
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from shared.calibration import (
@@ -93,6 +94,45 @@ def test_auroc_and_average_precision_match_sklearn() -> None:
     assert pr_curve(positives, negatives).average_precision == pytest.approx(
         average_precision_score(y, s), abs=1e-9
     )
+
+
+def test_curves_are_sklearns_points_with_thresholds_at_cut_points() -> None:
+    rng = np.random.default_rng(4)
+    positives = np.round(rng.normal(1.0, 1.0, 120), 1)  # ties within and across the populations
+    negatives = np.round(rng.normal(0.0, 1.0, 90), 1)
+    y = np.r_[np.ones(positives.size), np.zeros(negatives.size)]
+    s = np.r_[positives, negatives]
+    fpr, tpr, at_score = metrics.roc_curve(y, s, drop_intermediate=False)
+    roc = roc_curve(positives, negatives)
+    np.testing.assert_array_equal(roc.fpr, fpr)
+    np.testing.assert_array_equal(roc.tpr, tpr)
+    precision, recall, pr_at_score = metrics.precision_recall_curve(y, s)
+    pr = pr_curve(positives, negatives)
+    np.testing.assert_array_equal(pr.precision, precision[::-1])
+    np.testing.assert_array_equal(pr.recall, recall[::-1])
+    # sklearn's thresholds are observed scores (and inf); ours are the midpoints just below them,
+    # which call the same scores positive and never sit on an observed score
+    distinct = np.unique(s)
+    assert roc.thresholds[0] > distinct[-1] and roc.thresholds[-1] < distinct[0]
+    np.testing.assert_allclose(roc.thresholds[1:-1], (distinct[:-1] + distinct[1:])[::-1] / 2)
+    np.testing.assert_array_equal(pr.thresholds, roc.thresholds)
+    assert not np.isin(roc.thresholds, s).any()
+    for ours, theirs in zip(roc.thresholds[1:], at_score[1:], strict=True):
+        np.testing.assert_array_equal(s >= ours, s >= theirs)
+    np.testing.assert_array_equal(pr_at_score[::-1], at_score[1:])
+
+
+def test_sweep_counts_each_population_at_or_above_each_cut_point() -> None:
+    positives, negatives = [0.9, 0.8, 0.4, 0.4], [0.1, 0.4, 0.5]
+    sw = sweep(positives, negatives)
+    np.testing.assert_allclose(sw.thresholds[1:-1], [0.25, 0.45, 0.65, 0.85])
+    np.testing.assert_array_equal(sw.tp, [4, 4, 2, 2, 1, 0])
+    np.testing.assert_array_equal(sw.fp, [3, 2, 1, 0, 0, 0])
+    for t, tp, fp in zip(sw.thresholds, sw.tp, sw.fp, strict=True):
+        assert (
+            confusion_at(positives, negatives, t)["tp"] == tp
+            and confusion_at(positives, negatives, t)["fp"] == fp
+        )
 
 
 def test_roc_curve_runs_from_origin_to_one() -> None:
@@ -297,6 +337,23 @@ def test_benjamini_hochberg_known_rejections() -> None:
     np.testing.assert_array_equal(benjamini_hochberg(random_p, 0.1), expected)
 
 
+def test_benjamini_hochberg_is_scipys_and_checks_its_p_values() -> None:
+    rng = np.random.default_rng(1)
+    for m in (1, 2, 7, 50, 400):
+        p = np.round(rng.uniform(0, 1, m) ** 3, 3)  # ties, and zeros (rejected like any p <= a/m)
+        for fdr in (0.05, 0.1, 0.3):
+            np.testing.assert_array_equal(
+                benjamini_hochberg(p, fdr), false_discovery_control(p, method="bh") <= fdr
+            )
+    assert benjamini_hochberg([0.0, 0.9], 0.1).tolist() == [True, False]
+    assert benjamini_hochberg([], 0.1).size == 0
+    for bad in ([0.1, 1.5], [np.nan, 0.1], [-0.1]):
+        with pytest.raises(ContractError):
+            benjamini_hochberg(bad, 0.1)
+    with pytest.raises(ConfigError):
+        benjamini_hochberg([0.1], 1.0)
+
+
 def test_conformal_gate_flags_outlier_and_controls_null() -> None:
     rng = np.random.default_rng(8)
     cal = rng.normal(0.1, 0.02, 4000)
@@ -327,16 +384,18 @@ def sample_file(with_clusters: bool = True) -> ThresholdsFile:
             {"cluster_id": 0, "centroid": [1.0, 0.0, 0.0], "threshold": 0.05, "size": 10},
             {"cluster_id": 1, "centroid": [0.0, 1.0, 0.0], "threshold": 0.2, "size": 12},
         ]
-    return ThresholdsFile.model_validate({
-        "model_version": "resnet18-abc",
-        "embedding_dim": 3,
-        "global_threshold": 0.1,
-        "method": "f1_max",
-        "method_reason": "test",
-        "candidates": [{"method": "f1_max", "threshold": 0.1, "f1": 0.9}],
-        "clusters": clusters,
-        "conformal": {"scores": [0.01, 0.02, 0.03], "n_total": 3},
-    })
+    return ThresholdsFile.model_validate(
+        {
+            "model_version": "resnet18-abc",
+            "embedding_dim": 3,
+            "global_threshold": 0.1,
+            "method": "f1_max",
+            "method_reason": "test",
+            "candidates": [{"method": "f1_max", "threshold": 0.1, "f1": 0.9}],
+            "clusters": clusters,
+            "conformal": {"scores": [0.01, 0.02, 0.03], "n_total": 3},
+        }
+    )
 
 
 def test_thresholds_file_round_trips(tmp_path: Path) -> None:
@@ -356,8 +415,15 @@ def test_thresholds_file_round_trips(tmp_path: Path) -> None:
         json.dumps({"model_version": "m", "global_threshold": -1.0, "method": "f1_max"}),
         json.dumps({"model_version": "m", "global_threshold": 0.1}),
         json.dumps({"schema_version": 99, "model_version": "m", "global_threshold": 0.1, "method": "x"}),
-        json.dumps({"model_version": "m", "global_threshold": 0.1, "method": "x", "embedding_dim": 2,
-                    "clusters": [{"cluster_id": 0, "centroid": [1.0, 0.0, 0.0], "threshold": 0.1}]}),
+        json.dumps(
+            {
+                "model_version": "m",
+                "global_threshold": 0.1,
+                "method": "x",
+                "embedding_dim": 2,
+                "clusters": [{"cluster_id": 0, "centroid": [1.0, 0.0, 0.0], "threshold": 0.1}],
+            }
+        ),
         json.dumps({"model_version": "m", "global_threshold": 0.1, "method": "x", "surprise": 1}),
     ],
 )
@@ -403,8 +469,13 @@ def test_calibrate_from_embeddings_separates_held_out_groups(tmp_path: Path) -> 
 def test_calibration_by_holdout_label_and_per_cluster_on() -> None:
     emb, labels = grouped_embeddings(seed=3)
     run = run_calibration(
-        emb, labels, model_version="m", holdout_label="family", holdout_values=["odd"],
-        per_cluster="on", n_clusters=3,
+        emb,
+        labels,
+        model_version="m",
+        holdout_label="family",
+        holdout_values=["odd"],
+        per_cluster="on",
+        n_clusters=3,
     )
     assert run.summary["split"]["novel_rule"] == "family in ['odd']"
     assert run.thresholds.clusters is not None and len(run.thresholds.clusters) == 3
@@ -431,11 +502,25 @@ def test_calibrate_command_with_saved_embeddings(tmp_path: Path, capsys: pytest.
     np.save(tmp_path / "emb.npy", emb)
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args([
-        "calibrate", "--dataset", str(tmp_path / "data"), "--embeddings", str(tmp_path / "emb.npy"),
-        "--model-version", "mv", "--out", str(tmp_path / "t.json"), "--report", str(tmp_path / "report"),
-        "--json", str(tmp_path / "summary.json"), "--per-cluster", "off",
-    ])
+    args = parser.parse_args(
+        [
+            "calibrate",
+            "--dataset",
+            str(tmp_path / "data"),
+            "--embeddings",
+            str(tmp_path / "emb.npy"),
+            "--model-version",
+            "mv",
+            "--out",
+            str(tmp_path / "t.json"),
+            "--report",
+            str(tmp_path / "report"),
+            "--json",
+            str(tmp_path / "summary.json"),
+            "--per-cluster",
+            "off",
+        ]
+    )
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "summary.json").read_text())
@@ -443,10 +528,17 @@ def test_calibrate_command_with_saved_embeddings(tmp_path: Path, capsys: pytest.
     index = (tmp_path / "report" / "index.html").read_text()
     for name in ("novelty_hist_cal.png", "roc_test.png", "pr_test.png"):
         assert f"src='{name}'" in index and (tmp_path / "report" / name).stat().st_size > 1000
-    bad = parser.parse_args([
-        "calibrate", "--dataset", str(tmp_path / "data"), "--embeddings", str(tmp_path / "t.json"),
-        "--out", str(tmp_path / "x.json"),
-    ])
+    bad = parser.parse_args(
+        [
+            "calibrate",
+            "--dataset",
+            str(tmp_path / "data"),
+            "--embeddings",
+            str(tmp_path / "t.json"),
+            "--out",
+            str(tmp_path / "x.json"),
+        ]
+    )
     with pytest.raises(ConfigError):
         bad.func(bad)
 
@@ -479,10 +571,15 @@ def test_near_identity_gate_is_the_low_quantile_of_same_layout_pairs() -> None:
 
 def test_calibration_writes_the_near_identity_gate(tmp_path: Path) -> None:
     emb, labels = grouped_embeddings(jitter=0.3)
-    tf, summary = calibrate_from_embeddings(emb, labels, model_version="m1", per_cluster="off",
-                                            near_identity_quantile=0.05)
-    same = [float(emb[i] @ emb[j]) for i in range(len(labels)) for j in range(i + 1, len(labels))
-            if labels[i]["group"] == labels[j]["group"]]
+    tf, summary = calibrate_from_embeddings(
+        emb, labels, model_version="m1", per_cluster="off", near_identity_quantile=0.05
+    )
+    same = [
+        float(emb[i] @ emb[j])
+        for i in range(len(labels))
+        for j in range(i + 1, len(labels))
+        if labels[i]["group"] == labels[j]["group"]
+    ]
     assert tf.near_identity is not None and tf.near_identity.quantile == 0.05
     assert tf.near_identity.similarity == pytest.approx(float(np.quantile(same, 0.05)), abs=1e-5)
     assert summary["near_identity"]["similarity"] == tf.near_identity.similarity
