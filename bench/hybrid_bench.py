@@ -82,10 +82,10 @@ from services.novelty.confirm import (
 )
 from services.novelty.print_check import judge_prints, topology_change
 from shared.calibration.near_identity import near_identity_gate
-from shared.calibration.thresholds_file import NearIdentityGate
 from shared.contracts import SimResult, UniqueResult
 from shared.errors import ContractError
 from shared.imageref import make_image_ref
+from shared.index.thresholds import NearIdentityGate
 from shared.litho import ClipSample, FarmGenerator, Variant, applicable_defects
 from shared.litho.families import FAMILIES
 from shared.model.checkpoint import load_encoder

@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared import metrics
-from shared.calibration.policy import ThresholdPolicy
 from shared.contracts import (
     AlertRecord,
     EmbeddedResult,
@@ -56,6 +55,7 @@ from shared.contracts import (
 )
 from shared.errors import ContractError, DependencyUnavailable, InputError
 from shared.index import LibraryState, provisional_entry_id, vector_digest
+from shared.index.policy import ThresholdPolicy
 from shared.runtime import ItemResult, Output
 
 Confirm = Callable[[EmbeddedResult, np.ndarray, list[Neighbour]], Output | None]

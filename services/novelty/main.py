@@ -25,11 +25,11 @@ from services.novelty.confirm_settings import (
 )
 from services.novelty.core import MAX_PROVISIONAL_DEFAULT, NoveltyConfig, NoveltyCore
 from services.novelty.library_feed import LibraryFeed
-from shared.calibration.policy import ThresholdPolicy
-from shared.calibration.thresholds_file import ThresholdsFile
 from shared.contracts import LibraryEntry
 from shared.errors import ConfigError, DependencyUnavailable
 from shared.index import IndexSettings
+from shared.index.policy import ThresholdPolicy
+from shared.index.thresholds import ThresholdsFile
 from shared.runtime import StageRunner
 from shared.settings import StageSettings, load_settings
 

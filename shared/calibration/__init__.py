@@ -9,7 +9,8 @@ Public surface::
     cluster_thresholds(library, global_threshold, k=None, quantile=0.05, ...) -> ClusterModel
     conformal_p_values(scores, calibration_scores); benjamini_hochberg(p, fdr)
     ConformalGate(calibration_scores, fdr, window).update(novelty_score) -> GateDecision
-    # the file the novelty service reads
+    # the file the novelty service reads, and how it applies it (defined in shared.index,
+    # beside the library, so the service never imports this toolkit; re-exported here)
     ThresholdsFile, save_thresholds(path, tf), load_thresholds(path)
     ThresholdPolicy(tf).threshold_for(vector) -> (threshold, cluster_id | None)
     # the recipe behind ``lithowatch calibrate``
@@ -21,48 +22,53 @@ a result is novel when ``novelty_score >= threshold``.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from shared.calibration.clusters import ClusterModel, cluster_thresholds
+from shared.calibration.conformal import ConformalGate, GateDecision, benjamini_hochberg, conformal_p_values
+from shared.calibration.pairs import PairSample, pair_similarities, sample_pairs
+from shared.calibration.recipe import CalibrationRun, calibrate_from_embeddings, run_calibration
+from shared.calibration.roc import auroc, confusion_at, pr_curve, roc_curve
+from shared.calibration.similarity import l2_normalise, novelty_scores
+from shared.calibration.thresholds import Recommendation, recommend_threshold
+from shared.index.policy import ThresholdPolicy
+from shared.index.thresholds import (
+    DECISION_RULE,
+    NOVELTY_SCORE_DEFINITION,
+    CandidateThreshold,
+    ClusterThreshold,
+    ConformalCalibration,
+    ThresholdsFile,
+    load_thresholds,
+    save_thresholds,
+)
 
-# Names are imported on first use, so that a service needing only the thresholds
-# policy does not pay for scikit-learn and matplotlib at start-up.
-_EXPORTS: dict[str, str] = {
-    "CalibrationRun": "shared.calibration.recipe",
-    "ClusterModel": "shared.calibration.clusters",
-    "ClusterThreshold": "shared.calibration.thresholds_file",
-    "ConformalCalibration": "shared.calibration.thresholds_file",
-    "ConformalGate": "shared.calibration.conformal",
-    "DECISION_RULE": "shared.calibration.thresholds_file",
-    "GateDecision": "shared.calibration.conformal",
-    "NOVELTY_SCORE_DEFINITION": "shared.calibration.thresholds_file",
-    "PairSample": "shared.calibration.pairs",
-    "Recommendation": "shared.calibration.thresholds",
-    "CandidateThreshold": "shared.calibration.thresholds_file",
-    "ThresholdPolicy": "shared.calibration.policy",
-    "ThresholdsFile": "shared.calibration.thresholds_file",
-    "auroc": "shared.calibration.roc",
-    "benjamini_hochberg": "shared.calibration.conformal",
-    "calibrate_from_embeddings": "shared.calibration.recipe",
-    "cluster_thresholds": "shared.calibration.clusters",
-    "conformal_p_values": "shared.calibration.conformal",
-    "confusion_at": "shared.calibration.roc",
-    "l2_normalise": "shared.calibration.similarity",
-    "load_thresholds": "shared.calibration.thresholds_file",
-    "novelty_scores": "shared.calibration.similarity",
-    "pair_similarities": "shared.calibration.pairs",
-    "pr_curve": "shared.calibration.roc",
-    "recommend_threshold": "shared.calibration.thresholds",
-    "roc_curve": "shared.calibration.roc",
-    "run_calibration": "shared.calibration.recipe",
-    "sample_pairs": "shared.calibration.pairs",
-    "save_thresholds": "shared.calibration.thresholds_file",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'shared.calibration' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__ = [
+    "DECISION_RULE",
+    "NOVELTY_SCORE_DEFINITION",
+    "CalibrationRun",
+    "CandidateThreshold",
+    "ClusterModel",
+    "ClusterThreshold",
+    "ConformalCalibration",
+    "ConformalGate",
+    "GateDecision",
+    "PairSample",
+    "Recommendation",
+    "ThresholdPolicy",
+    "ThresholdsFile",
+    "auroc",
+    "benjamini_hochberg",
+    "calibrate_from_embeddings",
+    "cluster_thresholds",
+    "conformal_p_values",
+    "confusion_at",
+    "l2_normalise",
+    "load_thresholds",
+    "novelty_scores",
+    "pair_similarities",
+    "pr_curve",
+    "recommend_threshold",
+    "roc_curve",
+    "run_calibration",
+    "sample_pairs",
+    "save_thresholds",
+]

@@ -3,51 +3,20 @@
 Thin wiring: read the data set, embed it (or read saved embeddings), call the
 pure functions of :mod:`shared.calibration.recipe` and :mod:`shared.evaluation.commands`,
 print the JSON summary, write it (``--json``) and the HTML report (``--report``).
+The arguments and output both commands share are in :mod:`shared.calibration.cli_common`;
+``lithowatch eval`` is registered here, beside ``calibrate``, from :mod:`shared.evaluation.cli`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
-from typing import Any
 
+from shared.calibration.cli_common import add_embedding_args, emit, split_values
 from shared.calibration.data import dataset_labels, embed
-from shared.calibration.thresholds_file import save_thresholds
 from shared.dataset import read_dataset
 from shared.errors import ConfigError
-
-
-def add_embedding_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="data set folder with manifest.jsonl")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--model", help="encoder checkpoint directory (default: the shipped model)")
-    source.add_argument("--embeddings", help="saved (N, D) .npy embeddings in manifest order")
-    p.add_argument("--model-version", default=None, help="model version of --embeddings")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--json", dest="json_out", default=None, help="also write the JSON summary to this file")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def split_values(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values:
-        raise ConfigError("--holdout-values is empty")
-    return values
-
-
-def emit(summary: dict[str, Any], json_out: str | None) -> None:
-    """Print the summary as JSON on stdout and write it to ``json_out`` when given."""
-    text = json.dumps(summary, indent=2, default=str)
-    print(text)
-    if json_out:
-        path = Path(json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n", encoding="utf-8")
+from shared.index.thresholds import save_thresholds
 
 
 def progress(message: str) -> None:
@@ -70,17 +39,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout-label", default=None, help="label whose values mark the novel results")
     p.add_argument("--holdout-values", default=None, help="comma-separated values of --holdout-label")
     p.add_argument("--query-fraction", type=float, default=0.3, help="share of each known group as queries")
-    p.add_argument("--novel-group-fraction", type=float, default=0.15,
-                   help="share of groups held out as novel when no --holdout-label is given")
-    p.add_argument("--precision-target", type=float, default=None,
-                   help="pick the most lenient threshold reaching this precision")
-    p.add_argument("--per-cluster", choices=("auto", "on", "off"), default="auto",
-                   help="per-cluster thresholds: auto keeps them only when they beat the global one")
+    p.add_argument(
+        "--novel-group-fraction",
+        type=float,
+        default=0.15,
+        help="share of groups held out as novel when no --holdout-label is given",
+    )
+    p.add_argument(
+        "--precision-target",
+        type=float,
+        default=None,
+        help="pick the most lenient threshold reaching this precision",
+    )
+    p.add_argument(
+        "--per-cluster",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="per-cluster thresholds: auto keeps them only when they beat the global one",
+    )
     p.add_argument("--clusters", type=int, default=None, help="number of clusters (default: by silhouette)")
-    p.add_argument("--near-identity-quantile", type=float, default=0.01,
-                   help="hybrid confirmation gate: this quantile of the cosine similarity of two results of "
-                   "one layout (default 0.01); the data set should hold re-simulations as far apart as the "
-                   "farm makes them")
+    p.add_argument(
+        "--near-identity-quantile",
+        type=float,
+        default=0.01,
+        help="hybrid confirmation gate: this quantile of the cosine similarity of two results of "
+        "one layout (default 0.01); the data set should hold re-simulations as far apart as the "
+        "farm makes them",
+    )
     p.set_defaults(func=run_calibrate)
 
     from shared.evaluation.cli import register_eval
@@ -96,8 +81,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--precision-target must be in (0, 1], got {args.precision_target}")
     dataset = read_dataset(args.dataset)
     embeddings, model_version = embed(
-        dataset, model=args.model, embeddings_file=args.embeddings, model_version=args.model_version,
-        batch_size=args.batch_size, device=args.device,
+        dataset,
+        model=args.model,
+        embeddings_file=args.embeddings,
+        model_version=args.model_version,
+        batch_size=args.batch_size,
+        device=args.device,
     )
     run = run_calibration(
         embeddings,

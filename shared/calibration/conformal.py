@@ -27,8 +27,8 @@ import numpy as np
 from scipy.stats import false_discovery_control
 
 from shared.calibration.roc import check_scores
-from shared.calibration.thresholds_file import ThresholdsFile
 from shared.errors import ConfigError, ContractError
+from shared.index.thresholds import ThresholdsFile
 
 
 def conformal_p_values(

@@ -1,9 +1,9 @@
-"""What the calibrate and eval commands read: a data set's embeddings, labels and baseline features.
+"""What the calibrate and eval commands read: a data set's embeddings and labels.
 
 Embeddings come from an encoder checkpoint (``shared.model``, imported only
 here and only when a checkpoint is given) or from a saved ``.npy`` matrix, in
-manifest order. Baseline features are computed item by item so a large data
-set never sits in memory as full-size images.
+manifest order. The evaluation's baseline features of a data set are
+:func:`shared.evaluation.baselines.baseline_features`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,11 @@ import hashlib
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
-from tqdm import tqdm
 
 from shared.calibration.pairs import LabelValue
 from shared.dataset import Dataset
 from shared.errors import ConfigError
-from shared.evaluation.baselines import phash_features, pixel_features
 
 
 def dataset_labels(dataset: Dataset) -> list[dict[str, LabelValue]]:
@@ -77,24 +74,3 @@ def embed(
             f"--model-version {model_version!r} differs from the checkpoint's {encoder.model_version!r}"
         )
     return np.asarray(matrix, dtype=np.float32), str(encoder.model_version)
-
-
-def _item_planes(mask: np.ndarray, simulated: np.ndarray) -> np.ndarray:
-    """(2, H, W) stack of mask and print; the print is resized to the mask when they differ."""
-    if simulated.shape != mask.shape:
-        simulated = cv2.resize(simulated, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_AREA)
-    return np.stack([mask, simulated]).astype(np.float32)
-
-
-def baseline_features(
-    dataset: Dataset, *, pixel_size: int = 32, with_phash: bool = True, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pixel thumbnails (mask + print, normalised) and pHash bits (mask + print) of every item."""
-    pixels: list[np.ndarray] = []
-    hashes: list[np.ndarray] = []
-    for item in tqdm(dataset.items, desc="baseline features", unit="item", disable=not progress):
-        planes = _item_planes(item.load_mask(), item.load_simulated())
-        pixels.append(pixel_features([planes], size=pixel_size)[0])
-        if with_phash:
-            hashes.append(phash_features([planes])[0])
-    return np.stack(pixels), (np.stack(hashes) if with_phash else None)

@@ -127,7 +127,7 @@ def plot_gaps(result: Mapping[str, Any], path: Path, title: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from shared.calibration.cli import add_embedding_args, emit, split_values
+    from shared.calibration.cli_common import add_embedding_args, emit, split_values
     from shared.calibration.data import dataset_labels, embed
     from shared.dataset import read_dataset
 
@@ -144,18 +144,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dataset = read_dataset(args.dataset)
     embeddings, version = embed(
-        dataset, model=args.model, embeddings_file=args.embeddings, model_version=args.model_version,
-        batch_size=args.batch_size, device=args.device,
+        dataset,
+        model=args.model,
+        embeddings_file=args.embeddings,
+        model_version=args.model_version,
+        batch_size=args.batch_size,
+        device=args.device,
     )
     result = gap_over_seeds(
-        embeddings, dataset_labels(dataset), list(range(args.seed, args.seed + args.seeds)), bar=args.bar,
-        group_label=args.group_label, holdout_label=args.holdout_label,
-        holdout_values=split_values(args.holdout_values), query_fraction=args.query_fraction,
+        embeddings,
+        dataset_labels(dataset),
+        list(range(args.seed, args.seed + args.seeds)),
+        bar=args.bar,
+        group_label=args.group_label,
+        holdout_label=args.holdout_label,
+        holdout_values=split_values(args.holdout_values),
+        query_fraction=args.query_fraction,
         novel_group_fraction=args.novel_group_fraction,
         progress=lambda msg: print(f"[gap] {msg}", file=sys.stderr, flush=True),
     )
-    summary = {"command": "calibration gap over seeds", "model_version": version,
-               "dataset": str(dataset.root), **result}
+    summary = {
+        "command": "calibration gap over seeds",
+        "model_version": version,
+        "dataset": str(dataset.root),
+        **result,
+    }
     if args.report:
         from shared.calibration.report import Section, Table, write_html_report
 

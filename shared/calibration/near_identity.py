@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from shared.calibration.pairs import LabelValue, pair_similarities, sample_pairs
-from shared.calibration.thresholds_file import NearIdentityGate
 from shared.errors import ConfigError
+from shared.index.thresholds import NearIdentityGate
 
 NEAR_IDENTITY_QUANTILE_DEFAULT = 0.01
 NEAR_IDENTITY_MAX_PAIRS = 20_000

@@ -37,14 +37,14 @@ from shared.calibration.roc import auroc, confusion_at, sweep
 from shared.calibration.similarity import l2_normalise, top1_cosine
 from shared.calibration.split import CalibrationSplit, split_for_calibration
 from shared.calibration.thresholds import Recommendation, recommend_threshold
-from shared.calibration.thresholds_file import (
+from shared.errors import ConfigError, ContractError
+from shared.index.thresholds import (
     CONFORMAL_SCORES_MAX,
     ClusterThreshold,
     ConformalCalibration,
     NearIdentityGate,
     ThresholdsFile,
 )
-from shared.errors import ConfigError, ContractError
 
 PerClusterMode = Literal["auto", "on", "off"]
 QUANTILE_GRID = (0.01, 0.02, 0.05, 0.1, 0.2)
@@ -130,8 +130,10 @@ def _per_cluster(
     def f1_with(model: ClusterModel, half: str) -> float:
         table = np.array([c.threshold for c in model.clusters])
         return _f1_of(
-            scores[f"novel_{half}"], scores[f"known_{half}"],
-            table[nearest[f"novel_{half}"]], table[nearest[f"known_{half}"]],
+            scores[f"novel_{half}"],
+            scores[f"known_{half}"],
+            table[nearest[f"novel_{half}"]],
+            table[nearest[f"known_{half}"]],
         )
 
     models = {
@@ -210,8 +212,11 @@ def run_calibration(
 
     say("choosing the threshold on the calibration split")
     rec = recommend_threshold(
-        scores["novel_cal"], scores["known_cal"],
-        precision_target=precision_target, positive_name="novel", negative_name="known",
+        scores["novel_cal"],
+        scores["known_cal"],
+        precision_target=precision_target,
+        positive_name="novel",
+        negative_name="known",
     )
     cal_report = _split_report(scores["novel_cal"], scores["known_cal"], rec.threshold)
     test_report = _split_report(scores["novel_test"], scores["known_test"], rec.threshold)
@@ -247,8 +252,9 @@ def run_calibration(
     gate: NearIdentityGate | None = None
     gate_report: dict[str, Any] = {"available": False}
     try:
-        gate = near_identity_gate(emb, labels, group_label=group_label, quantile=near_identity_quantile,
-                                  seed=seed)
+        gate = near_identity_gate(
+            emb, labels, group_label=group_label, quantile=near_identity_quantile, seed=seed
+        )
         gate_report = {"available": True, **gate.model_dump()}
     except ConfigError as exc:
         gate_report["why"] = str(exc)
@@ -265,8 +271,11 @@ def run_calibration(
     if cluster_model is not None:
         clusters = [
             ClusterThreshold(
-                cluster_id=c.cluster_id, centroid=[float(v) for v in c.centroid],
-                threshold=c.threshold, size=c.size, fallback=c.fallback,
+                cluster_id=c.cluster_id,
+                centroid=[float(v) for v in c.centroid],
+                threshold=c.threshold,
+                size=c.size,
+                fallback=c.fallback,
             )
             for c in cluster_model.clusters
         ]

@@ -26,8 +26,8 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.special import ndtr
 
 from shared.calibration.roc import Sweep, auroc, check_scores, confusion_at, sweep
-from shared.calibration.thresholds_file import CandidateThreshold
 from shared.errors import ContractError
+from shared.index.thresholds import CandidateThreshold
 
 MIN_POPULATION_DEFAULT = 10
 VALLEY_GRID_BINS = 2048
@@ -73,9 +73,7 @@ def f1_max_threshold(sw: Sweep) -> CandidateThreshold:
     return _scored("f1_max", sw, index, f"highest F1 over {sw.thresholds.size} cut points")
 
 
-def smoothed_counts(
-    thresholds: np.ndarray, scores: np.ndarray, bandwidth: float
-) -> np.ndarray:
+def smoothed_counts(thresholds: np.ndarray, scores: np.ndarray, bandwidth: float) -> np.ndarray:
     """Expected number of ``scores`` at or above each threshold when each score is a Gaussian."""
     out = np.empty(thresholds.size, dtype=np.float64)
     for start in range(0, thresholds.size, SMOOTH_CHUNK):
@@ -84,9 +82,7 @@ def smoothed_counts(
     return out
 
 
-def smoothed_f1(
-    positives: np.ndarray, negatives: np.ndarray, thresholds: np.ndarray
-) -> np.ndarray:
+def smoothed_f1(positives: np.ndarray, negatives: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """F1 at each threshold from kernel-smoothed counts (Silverman bandwidth per population)."""
     both = np.concatenate([positives, negatives])
     fallback = max(float(np.ptp(both)), 1e-3) * 0.02
@@ -115,7 +111,9 @@ def f1_smooth_threshold(positives: np.ndarray, negatives: np.ndarray, sw: Sweep)
     values = smoothed_f1(positives, negatives, sw.thresholds[candidates])
     index = int(candidates[_middle_of_best(values)])
     return _scored(
-        "f1_smooth", sw, index,
+        "f1_smooth",
+        sw,
+        index,
         f"highest kernel-smoothed F1 ({float(values.max()):.3f}) over the {candidates.size} cut points "
         f"within one standard error ({standard_error:.3f}) of the best raw F1",
     )
@@ -136,9 +134,7 @@ def precision_target_threshold(sw: Sweep, target: float) -> CandidateThreshold:
         )
     index = int(ok[0])
     recall = float(sw.recall[index])
-    return _scored(
-        "precision_target", sw, index, f"precision >= {target:.3f} costs recall {1 - recall:.3f}"
-    )
+    return _scored("precision_target", sw, index, f"precision >= {target:.3f} costs recall {1 - recall:.3f}")
 
 
 def _bandwidth(values: np.ndarray, fallback: float) -> float:

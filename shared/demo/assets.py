@@ -244,7 +244,7 @@ def calibrate(
 ) -> tuple[Path, Path]:
     from shared.calibration.recipe import run_calibration
     from shared.calibration.report import write_calibration_report
-    from shared.calibration.thresholds_file import save_thresholds
+    from shared.index.thresholds import save_thresholds
     from shared.model import embed_dataset, load_encoder
 
     dataset = read_dataset(library_dir)

@@ -1,17 +1,24 @@
 """Baseline features for retrieval and transfer: downsampled pixels and perceptual hashes.
 
 An image is a 2-D float array in [0, 1] or a ``(C, H, W)`` stack (e.g. mask and
-print); channels are processed separately and concatenated.
+print); channels are processed separately and concatenated. :func:`baseline_features`
+computes both for every item of a data set, item by item, so a large data set never
+sits in memory as full-size images.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from shared.errors import ContractError, ImageError
+
+if TYPE_CHECKING:
+    from shared.dataset import Dataset
 
 PHASH_BITS_PER_CHANNEL = 64
 
@@ -84,3 +91,24 @@ def hamming_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ContractError(f"bit matrices of shapes {a.shape} and {b.shape} are not comparable")
     agreements = a @ b.T + (1.0 - a) @ (1.0 - b).T
     return agreements / a.shape[1]
+
+
+def _item_planes(mask: np.ndarray, simulated: np.ndarray) -> np.ndarray:
+    """(2, H, W) stack of mask and print; the print is resized to the mask when they differ."""
+    if simulated.shape != mask.shape:
+        simulated = cv2.resize(simulated, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_AREA)
+    return np.stack([mask, simulated]).astype(np.float32)
+
+
+def baseline_features(
+    dataset: Dataset, *, pixel_size: int = 32, with_phash: bool = True, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixel thumbnails (mask + print, normalised) and pHash bits (mask + print) of every item."""
+    pixels: list[np.ndarray] = []
+    hashes: list[np.ndarray] = []
+    for item in tqdm(dataset.items, desc="baseline features", unit="item", disable=not progress):
+        planes = _item_planes(item.load_mask(), item.load_simulated())
+        pixels.append(pixel_features([planes], size=pixel_size)[0])
+        if with_phash:
+            hashes.append(phash_features([planes])[0])
+    return np.stack(pixels), (np.stack(hashes) if with_phash else None)

@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shared.calibration.cli import add_embedding_args, emit, split_values
-from shared.calibration.data import baseline_features, dataset_labels, embed
+from shared.calibration.cli_common import add_embedding_args, emit, split_values
+from shared.calibration.data import dataset_labels, embed
 from shared.calibration.pairs import LabelValue
-from shared.calibration.thresholds_file import load_thresholds
 from shared.dataset import Dataset, read_dataset
 from shared.errors import ConfigError, ImageError
 from shared.evaluation import commands
+from shared.evaluation.baselines import baseline_features
 from shared.evaluation.maps import MapMethod
 from shared.evaluation.novelty import NoveltyScoring
 from shared.evaluation.retrieval import Metric
+from shared.index.thresholds import load_thresholds
 
 NOVELTY_PROTOCOLS: dict[str, tuple[str, ...]] = {
     "groups": ("groups",),
@@ -46,20 +47,32 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--report", default=None)
     n.add_argument("--thresholds", default=None, help="thresholds file to judge (default: F1-max)")
     n.add_argument(
-        "--protocol", choices=tuple(NOVELTY_PROTOCOLS), default="groups",
+        "--protocol",
+        choices=tuple(NOVELTY_PROTOCOLS),
+        default="groups",
         help="novel queries: groups = a random share of groups (or --holdout-label/--holdout-values); "
         "within-family = a share of the --holdout-within values inside each family (new cells of a known "
         "library); families = each family held out in turn (mean AUROC); both = within-family and families",
     )
     n.add_argument("--holdout-label", default=None, help="with --protocol groups: hold out by this label")
     n.add_argument("--holdout-values", default=None, help="comma-separated values of --holdout-label")
-    n.add_argument("--holdout-within", default=None,
-                   help="label held out within each family (default: cell when items carry it, else --label)")
-    n.add_argument("--holdout-share", type=float, default=0.3,
-                   help="share of the --holdout-within values held out in each family")
+    n.add_argument(
+        "--holdout-within",
+        default=None,
+        help="label held out within each family (default: cell when items carry it, else --label)",
+    )
+    n.add_argument(
+        "--holdout-share",
+        type=float,
+        default=0.3,
+        help="share of the --holdout-within values held out in each family",
+    )
     n.add_argument("--family-label", default="family")
-    n.add_argument("--no-reconstruction", action="store_true",
-                   help="with an autoencoder checkpoint, skip its reconstruction error as a novelty score")
+    n.add_argument(
+        "--no-reconstruction",
+        action="store_true",
+        help="with an autoencoder checkpoint, skip its reconstruction error as a novelty score",
+    )
     n.add_argument("--no-baselines", action="store_true")
     n.add_argument("--pixel-size", type=int, default=32)
     n.set_defaults(func=run_eval_novelty)
@@ -79,8 +92,11 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--label", default="group", help="group label for group-wise folds ('' for none)")
     t.add_argument("--severity-label", default="severity")
     t.add_argument("--defect-label", default="defect")
-    t.add_argument("--all-items-severity", action="store_true",
-                   help="regress severity over every item, not only the defective ones")
+    t.add_argument(
+        "--all-items-severity",
+        action="store_true",
+        help="regress severity over every item, not only the defective ones",
+    )
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--report", default=None)
     t.add_argument("--pixel-size", type=int, default=32)
@@ -90,8 +106,12 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace) -> tuple[Dataset, np.ndarray, str]:
     dataset = read_dataset(args.dataset)
     embeddings, version = embed(
-        dataset, model=args.model, embeddings_file=args.embeddings, model_version=args.model_version,
-        batch_size=args.batch_size, device=args.device,
+        dataset,
+        model=args.model,
+        embeddings_file=args.embeddings,
+        model_version=args.model_version,
+        batch_size=args.batch_size,
+        device=args.device,
     )
     return dataset, embeddings, version
 
@@ -115,7 +135,9 @@ def _feature_sets(
 def run_eval_retrieval(args: argparse.Namespace) -> int:
     dataset, embeddings, version = _load(args)
     summary = commands.eval_retrieval(
-        _feature_sets(args, dataset, embeddings), dataset_labels(dataset), label=args.label,
+        _feature_sets(args, dataset, embeddings),
+        dataset_labels(dataset),
+        label=args.label,
         report_dir=_report_dir(args),
     )
     emit({**summary, "model_version": version, "dataset": str(dataset.root)}, args.json_out)
@@ -169,14 +191,26 @@ def run_eval_novelty(args: argparse.Namespace) -> int:
     labels = dataset_labels(dataset)
     if args.protocol == "groups":
         summary = commands.eval_novelty(
-            sets, labels, thresholds=thresholds, group_label=args.label, holdout_label=args.holdout_label,
-            holdout_values=split_values(args.holdout_values), seed=args.seed, report_dir=_report_dir(args),
+            sets,
+            labels,
+            thresholds=thresholds,
+            group_label=args.label,
+            holdout_label=args.holdout_label,
+            holdout_values=split_values(args.holdout_values),
+            seed=args.seed,
+            report_dir=_report_dir(args),
         )
     else:
         summary = commands.eval_novelty_protocols(
-            sets, labels, protocols=protocols, thresholds=thresholds, group_label=args.label,
+            sets,
+            labels,
+            protocols=protocols,
+            thresholds=thresholds,
+            group_label=args.label,
             holdout_within=args.holdout_within or default_holdout_within(labels, args.label),
-            holdout_share=args.holdout_share, family_label=args.family_label, seed=args.seed,
+            holdout_share=args.holdout_share,
+            family_label=args.family_label,
+            seed=args.seed,
             report_dir=_report_dir(args),
         )
     emit({**summary, "model_version": version, "dataset": str(dataset.root)}, args.json_out)
@@ -198,9 +232,14 @@ def run_eval_clusters(args: argparse.Namespace) -> int:
         baselines[f"pixels{args.pixel_size}"] = pixels
     print(f"[eval] mapping with {', '.join(methods)}", file=sys.stderr, flush=True)
     summary = commands.eval_clusters(
-        embeddings, dataset_labels(dataset), label=args.label, baselines=baselines,
+        embeddings,
+        dataset_labels(dataset),
+        label=args.label,
+        baselines=baselines,
         methods=methods,
-        max_points=args.max_points, seed=args.seed, report_dir=_report_dir(args),
+        max_points=args.max_points,
+        seed=args.seed,
+        report_dir=_report_dir(args),
     )
     emit({**summary, "model_version": version, "dataset": str(dataset.root)}, args.json_out)
     return 0
@@ -210,10 +249,15 @@ def run_eval_transfer(args: argparse.Namespace) -> int:
     dataset, embeddings, version = _load(args)
     pixels, _ = baseline_features(dataset, pixel_size=args.pixel_size, with_phash=False)
     summary = commands.eval_transfer(
-        {"encoder": embeddings, f"pixels{args.pixel_size}": pixels}, dataset_labels(dataset),
-        severity_label=args.severity_label, defect_label=args.defect_label,
-        group_label=args.label or None, severity_of_defective_only=not args.all_items_severity,
-        n_splits=args.folds, seed=args.seed, report_dir=_report_dir(args),
+        {"encoder": embeddings, f"pixels{args.pixel_size}": pixels},
+        dataset_labels(dataset),
+        severity_label=args.severity_label,
+        defect_label=args.defect_label,
+        group_label=args.label or None,
+        severity_of_defective_only=not args.all_items_severity,
+        n_splits=args.folds,
+        seed=args.seed,
+        report_dir=_report_dir(args),
     )
     emit({**summary, "model_version": version, "dataset": str(dataset.root)}, args.json_out)
     return 0

@@ -16,7 +16,6 @@ from shared.calibration.pairs import LabelValue
 from shared.calibration.plots import new_figure, plot_pr, plot_roc, plot_score_histograms, save_figure
 from shared.calibration.report import Section, Table, write_html_report
 from shared.calibration.split import split_for_calibration
-from shared.calibration.thresholds_file import ThresholdsFile
 from shared.errors import ConfigError
 from shared.evaluation.maps import MapMethod, embedding_maps, silhouette
 from shared.evaluation.novelty import (
@@ -27,6 +26,7 @@ from shared.evaluation.novelty import (
 )
 from shared.evaluation.retrieval import KS_DEFAULT, Metric, retrieval_metrics
 from shared.evaluation.transfer import Task, compare_transfer
+from shared.index.thresholds import ThresholdsFile
 
 FeatureSets = Mapping[str, tuple[np.ndarray, Metric]]
 PLOT_KINDS = ("hist", "roc", "pr")
@@ -75,12 +75,21 @@ def eval_retrieval(
     }
     if report_dir is not None:
         rows = [
-            {"features": name, **{f"P@{k}": r.precision_at[k] for k in ks}, "mAP@R": r.map_at_r,
-             "R-precision": r.r_precision, "queries": r.n_queries, "skipped": r.n_skipped, "mean R": r.mean_r}
+            {
+                "features": name,
+                **{f"P@{k}": r.precision_at[k] for k in ks},
+                "mAP@R": r.map_at_r,
+                "R-precision": r.r_precision,
+                "queries": r.n_queries,
+                "skipped": r.n_skipped,
+                "mean R": r.mean_r,
+            }
             for name, r in results.items()
         ]
-        bars = {name: {**{f"P@{k}": r.precision_at[k] for k in ks}, "mAP@R": r.map_at_r}
-                for name, r in results.items()}
+        bars = {
+            name: {**{f"P@{k}": r.precision_at[k] for k in ks}, "mAP@R": r.map_at_r}
+            for name, r in results.items()
+        }
         plot_bars(bars, report_dir / "retrieval.png", f"retrieval by {label}")
         section = Section(
             f"Retrieval by {label}",
@@ -115,14 +124,24 @@ def _novelty_split(
     """One split, every feature set scored on it: the summary and (with a report folder) its section."""
     check_feature_sets(feature_sets, len(labels))
     split = split_for_calibration(
-        labels, group_label=group_label, holdout_label=holdout_label, holdout_values=holdout_values,
-        holdout_within=holdout_within, holdout_share=holdout_share, family_label=family_label, seed=seed,
+        labels,
+        group_label=group_label,
+        holdout_label=holdout_label,
+        holdout_values=holdout_values,
+        holdout_within=holdout_within,
+        holdout_share=holdout_share,
+        family_label=family_label,
+        seed=seed,
     )
     protocol = _split_protocol_name(holdout_label, holdout_within)
     scored = score_split(feature_sets, split, thresholds)
     results = {name: s.entry for name, s in scored.items()}
-    summary: dict[str, Any] = {"command": "eval novelty", "protocol": protocol, "split": split.describe(),
-                               "results": results}
+    summary: dict[str, Any] = {
+        "command": "eval novelty",
+        "protocol": protocol,
+        "split": split.describe(),
+        "results": results,
+    }
     if thresholds is not None:
         summary["thresholds_model_version"] = thresholds.model_version
     if report_dir is None:
@@ -131,12 +150,29 @@ def _novelty_split(
     for name, s in scored.items():
         mark = float(s.entry["threshold"])
         scoring = feature_sets[name][1]
-        plot_score_histograms(s.novel, s.known, {"threshold": mark}, report_dir / f"{prefix}_hist_{name}.png",
-                              chosen="threshold", xlabel=f"novelty score ({name}, {scoring})")
+        plot_score_histograms(
+            s.novel,
+            s.known,
+            {"threshold": mark},
+            report_dir / f"{prefix}_hist_{name}.png",
+            chosen="threshold",
+            xlabel=f"novelty score ({name}, {scoring})",
+        )
         plot_roc(s.novel, s.known, report_dir / f"{prefix}_roc_{name}.png", mark=mark, title=f"ROC ({name})")
         plot_pr(s.novel, s.known, report_dir / f"{prefix}_pr_{name}.png", mark=mark, title=f"PR ({name})")
-    keys = ("policy", "auroc", "average_precision", "threshold", "precision", "recall", "f1", "fpr",
-            "best_f1", "n_known", "n_novel")
+    keys = (
+        "policy",
+        "auroc",
+        "average_precision",
+        "threshold",
+        "precision",
+        "recall",
+        "f1",
+        "fpr",
+        "best_f1",
+        "n_known",
+        "n_novel",
+    )
     table_rows = [{"features": n, **{k: r.get(k) for k in keys}} for n, r in results.items()]
     section = Section(
         f"Novelty ({protocol}): known queries vs held-out novel results",
@@ -174,9 +210,17 @@ def eval_novelty(
     calibration half of the queries is scored again.
     """
     summary, section = _novelty_split(
-        feature_sets, labels, thresholds=thresholds, group_label=group_label, holdout_label=holdout_label,
-        holdout_values=holdout_values, holdout_within=holdout_within, holdout_share=holdout_share,
-        family_label=family_label, seed=seed, report_dir=report_dir,
+        feature_sets,
+        labels,
+        thresholds=thresholds,
+        group_label=group_label,
+        holdout_label=holdout_label,
+        holdout_values=holdout_values,
+        holdout_within=holdout_within,
+        holdout_share=holdout_share,
+        family_label=family_label,
+        seed=seed,
+        report_dir=report_dir,
     )
     if report_dir is not None and section is not None:
         write_html_report(report_dir, "lithowatch eval novelty", [section], summary)
@@ -200,22 +244,33 @@ def _novelty_families(
         return summary, None
     done = {f: e["results"] for f, e in scored["families"].items() if "results" in e}
     per_family_rows = [
-        {family_label: f, "n_novel": next(iter(e.values()))["n_novel"],
-         **{f"AUROC {n}": e[n]["auroc"] for n in e}}
+        {
+            family_label: f,
+            "n_novel": next(iter(e.values()))["n_novel"],
+            **{f"AUROC {n}": e[n]["auroc"] for n in e},
+        }
         for f, e in done.items()
     ]
-    per_family_rows += [{family_label: f, "skipped": e["skipped"]}
-                        for f, e in scored["families"].items() if "skipped" in e]
+    per_family_rows += [
+        {family_label: f, "skipped": e["skipped"]} for f, e in scored["families"].items() if "skipped" in e
+    ]
     mean_rows = [{"features": n, **r} for n, r in scored["results"].items()]
-    plot_bars({n: {f: r[n]["auroc"] for f, r in done.items()} for n in feature_sets},
-              report_dir / "novelty_families_auroc.png", f"AUROC with each {family_label} held out")
+    plot_bars(
+        {n: {f: r[n]["auroc"] for f, r in done.items()} for n in feature_sets},
+        report_dir / "novelty_families_auroc.png",
+        f"AUROC with each {family_label} held out",
+    )
     section = Section(
         f"Novelty (families): each {family_label} held out in turn",
-        paragraphs=[f"One {family_label} is novel, the library and the known queries come from the others; "
-                    "AUROC and average precision per held-out family, then their mean "
-                    "(thresholds not applied)."],
-        tables=[Table("mean over held-out families", mean_rows),
-                Table("per held-out family", per_family_rows)],
+        paragraphs=[
+            f"One {family_label} is novel, the library and the known queries come from the others; "
+            "AUROC and average precision per held-out family, then their mean "
+            "(thresholds not applied)."
+        ],
+        tables=[
+            Table("mean over held-out families", mean_rows),
+            Table("per held-out family", per_family_rows),
+        ],
         images=[("novelty_families_auroc.png", f"AUROC per held-out {family_label} and feature set")],
     )
     return summary, section
@@ -247,14 +302,26 @@ def eval_novelty_protocols(
     for protocol in protocols:
         if protocol == "families":
             summary, section = _novelty_families(
-                feature_sets, labels, family_label=family_label, group_label=group_label, seed=seed,
+                feature_sets,
+                labels,
+                family_label=family_label,
+                group_label=group_label,
+                seed=seed,
                 report_dir=report_dir,
             )
         else:
             summary, section = _novelty_split(
-                feature_sets, labels, thresholds=thresholds, group_label=group_label, holdout_label=None,
-                holdout_values=None, holdout_within=holdout_within if protocol == "within-family" else None,
-                holdout_share=holdout_share, family_label=family_label, seed=seed, report_dir=report_dir,
+                feature_sets,
+                labels,
+                thresholds=thresholds,
+                group_label=group_label,
+                holdout_label=None,
+                holdout_values=None,
+                holdout_within=holdout_within if protocol == "within-family" else None,
+                holdout_share=holdout_share,
+                family_label=family_label,
+                seed=seed,
+                report_dir=report_dir,
             )
         summaries[protocol] = {k: v for k, v in summary.items() if k != "command"}
         if section is not None:
@@ -263,16 +330,25 @@ def eval_novelty_protocols(
         protocol: {n: {k: r[k] for k in ("auroc", "average_precision")} for n, r in s["results"].items()}
         for protocol, s in summaries.items()
     }
-    combined: dict[str, Any] = {"command": "eval novelty", "protocol": "+".join(protocols), "table": table,
-                                "protocols": summaries}
+    combined: dict[str, Any] = {
+        "command": "eval novelty",
+        "protocol": "+".join(protocols),
+        "table": table,
+        "protocols": summaries,
+    }
     if report_dir is not None:
         rows = [{"protocol": p, "features": n, **r} for p, per in table.items() for n, r in per.items()]
-        plot_bars({n: {p: table[p][n]["auroc"] for p in table} for n in feature_sets},
-                  report_dir / "novelty_protocols_auroc.png", "AUROC per protocol")
+        plot_bars(
+            {n: {p: table[p][n]["auroc"] for p in table} for n in feature_sets},
+            report_dir / "novelty_protocols_auroc.png",
+            "AUROC per protocol",
+        )
         overview = Section(
             "Novelty by protocol",
-            paragraphs=["AUROC and average precision of every feature set under every protocol "
-                        "(families: the mean over held-out families)."],
+            paragraphs=[
+                "AUROC and average precision of every feature set under every protocol "
+                "(families: the mean over held-out families)."
+            ],
             tables=[Table("protocol x feature set", rows)],
             images=[("novelty_protocols_auroc.png", "AUROC per protocol and feature set")],
         )
@@ -363,7 +439,8 @@ def eval_transfer(
         f"log1p({severity_label})": ([_log1p_or_none(v) for v in severity], "regression"),
         defect_label: (defects, "classification"),
         f"{defect_label} (defective only)": (
-            [d if keep else None for d, keep in zip(defects, defective, strict=True)], "classification"
+            [d if keep else None for d, keep in zip(defects, defective, strict=True)],
+            "classification",
         ),
     }
     tasks: dict[str, dict[str, Any]] = {}

@@ -15,13 +15,13 @@ from typing import Any, Literal
 import numpy as np
 
 from shared.calibration.pairs import LabelValue
-from shared.calibration.policy import ThresholdPolicy
 from shared.calibration.roc import auroc, check_scores, confusion_at, pr_curve, sweep
 from shared.calibration.similarity import novelty_scores
 from shared.calibration.split import CalibrationSplit, split_for_calibration
-from shared.calibration.thresholds_file import ThresholdsFile
 from shared.errors import ConfigError, ContractError
 from shared.evaluation.retrieval import Metric, comparable_matrix, similarity_from_dot
+from shared.index.policy import ThresholdPolicy
+from shared.index.thresholds import ThresholdsFile
 
 NoveltyScoring = Literal["cosine", "hamming", "precomputed"]
 #: name -> (features (N, D), or scores (N,) when precomputed; how they score novelty)
@@ -163,9 +163,14 @@ def score_split(
             base = novelty_metrics(known, novel, thresholds.global_threshold).as_dict()
             tp = int((novel >= thr_novel).sum())
             fp = int((known >= thr_known).sum())
-            entry = {**base, "policy": "per-cluster" if policy.has_clusters else "global",
-                     "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / novel.size,
-                     "f1": 2 * tp / (tp + fp + novel.size), "fpr": fp / known.size}
+            entry = {
+                **base,
+                "policy": "per-cluster" if policy.has_clusters else "global",
+                "precision": tp / (tp + fp) if tp + fp else 1.0,
+                "recall": tp / novel.size,
+                "f1": 2 * tp / (tp + fp + novel.size),
+                "fpr": fp / known.size,
+            }
         else:
             entry = {**novelty_metrics(known, novel).as_dict(), "policy": "f1_max on these scores"}
         out[name] = SplitScores(known, novel, entry)
@@ -195,7 +200,10 @@ def held_out_family_scores(
     for family in families:
         try:
             split = split_for_calibration(
-                labels, group_label=group_label, holdout_label=family_label, holdout_values=[family],
+                labels,
+                group_label=group_label,
+                holdout_label=family_label,
+                holdout_values=[family],
                 seed=seed,
             )
         except ConfigError as exc:

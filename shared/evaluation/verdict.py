@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.calibration.data import baseline_features, dataset_labels
+from shared.calibration.data import dataset_labels
 from shared.dataset import Dataset
+from shared.evaluation.baselines import baseline_features
 from shared.evaluation.commands import eval_novelty_protocols
 from shared.evaluation.novelty import NoveltyFeatureSets
 from shared.evaluation.retrieval import retrieval_metrics
@@ -81,9 +82,7 @@ def compare_embeddings(
     if novelty:
         within = _holdout_label(labels)
         protocols = ("within-family", "families") if len(families) >= 2 else ("within-family",)
-        summary = eval_novelty_protocols(
-            sets, labels, protocols=protocols, holdout_within=within, seed=seed
-        )
+        summary = eval_novelty_protocols(sets, labels, protocols=protocols, holdout_within=within, seed=seed)
         table = summary["table"]
         details["novelty_holdout_within"] = within
     rows = []

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from services.explain.cli import register
-from shared.calibration.thresholds_file import ThresholdsFile, save_thresholds
 from shared.contracts import (
     DuplicateRecord,
     EmbeddedResult,
@@ -25,6 +24,7 @@ from shared.contracts import (
 from shared.errors import ConfigError
 from shared.imageref import make_image_ref
 from shared.imaging import decode_image
+from shared.index.thresholds import ThresholdsFile, save_thresholds
 from shared.launcher import EmbeddedStack
 from shared.litho import ClipSample, FarmGenerator, Variant
 from shared.supervisor import Pipeline

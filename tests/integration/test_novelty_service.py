@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.calibration.thresholds_file import ThresholdsFile, save_thresholds
 from shared.contracts import AlertRecord, DLQRecord, LibraryEntry, ScoreRecord, Topics
 from shared.index import LibraryState
+from shared.index.thresholds import ThresholdsFile, save_thresholds
 from shared.kafka_io import ensure_topics, make_admin
 from shared.launcher import EmbeddedStack
 from shared.settings import CommonSettings

@@ -179,7 +179,7 @@ def test_novelty_service_reads_the_calibrated_gate_from_the_thresholds_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from services.novelty.main import NoveltySettings, ThresholdsWatcher
-    from shared.calibration.thresholds_file import NearIdentityGate, ThresholdsFile, save_thresholds
+    from shared.index.thresholds import NearIdentityGate, ThresholdsFile, save_thresholds
 
     path = tmp_path / "thresholds.json"
     save_thresholds(path, ThresholdsFile(model_version="m", global_threshold=0.2, method="fixed",

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from services.novelty.core import NoveltyConfig, NoveltyCore
-from shared.calibration.policy import ThresholdPolicy
-from shared.calibration.thresholds_file import ThresholdsFile
 from shared.contracts import EmbeddedResult, Hashes, LibraryEntry, ScoreRecord, Topics, Vector
 from shared.errors import ContractError, DependencyUnavailable, InputError, TransientError
 from shared.index import LibraryState, provisional_entry_id
+from shared.index.policy import ThresholdPolicy
+from shared.index.thresholds import ThresholdsFile
 from shared.runtime import Output
 from shared.testing import embedded_result
 

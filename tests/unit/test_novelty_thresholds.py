@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.novelty.main import ThresholdsWatcher
-from shared.calibration.thresholds_file import ClusterThreshold, ThresholdsFile, save_thresholds
 from shared.errors import ConfigError, DependencyUnavailable
+from shared.index.thresholds import ClusterThreshold, ThresholdsFile, save_thresholds
 
 MODEL = "enc-v1"
 

@@ -1,4 +1,8 @@
-"""Which threshold applies to a result: the call the novelty service makes per vector."""
+"""Which threshold applies to a result: the call the novelty service makes per vector.
+
+Reads the thresholds file of :mod:`shared.index.thresholds`; beside the library so the
+service needs nothing of the calibration toolkit that writes the file.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.calibration.thresholds_file import ThresholdsFile, load_thresholds
 from shared.errors import ContractError
+from shared.index.thresholds import ThresholdsFile, load_thresholds
 
 
 class ThresholdPolicy:

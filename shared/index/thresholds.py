@@ -1,5 +1,9 @@
 """The versioned thresholds file that calibration writes and the novelty service reads.
 
+It sits with the library, not with the calibration toolkit, so that the service
+reads it (and :mod:`shared.index.policy` applies it) without importing the
+toolkit; :mod:`shared.calibration` re-exports it for the toolkit's users.
+
 One JSON document (:class:`ThresholdsFile`). The novelty score it speaks of is
 ``novelty_score = 1 - max cosine similarity to the library (top-1)`` and a
 result is novel when ``novelty_score >= threshold``. The threshold is global,
