@@ -259,3 +259,32 @@ def test_restarted_replica_rebuilds_the_same_index(stack: EmbeddedStack, tmp_pat
             n.id for n in reference.neighbours(query.embedding.to_array(), 5, exclude={score.result_id})
         ]
         assert [n.id for n in score.neighbours] == expected
+
+
+def test_results_wait_while_the_library_is_empty_and_are_scored_once_it_arrives(
+    stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    pipeline = start_novelty(stack, tmp_path)  # the library topic exists, with nothing in it
+    try:
+        results = [embedded_result(f"early-{c}", near(c, rng)) for c in range(4)]
+        produce(stack.bootstrap, Topics.EMBEDDED, results)
+        waited = collect(stack.bootstrap, [Topics.SCORES, Topics.DLQ], lambda rs: False, timeout_seconds=10)
+        assert waited == []  # neither scored nor dead-lettered while there is nothing to compare with
+        produce(
+            stack.bootstrap,
+            Topics.LIBRARY,
+            [library_entry(f"lib-{c}-{j}", near(c, rng)) for c in range(4) for j in range(3)],
+        )
+        records = collect(
+            stack.bootstrap,
+            [Topics.SCORES, Topics.DLQ],
+            lambda rs: len({r.key for r in rs if r.topic == Topics.SCORES}) >= 4,
+            timeout_seconds=120,
+        )
+    finally:
+        pipeline.stop()
+    assert decoded(records, Topics.DLQ, DLQRecord) == []
+    scores = decoded(records, Topics.SCORES, ScoreRecord)
+    assert sorted(s.result_id for s in scores) == [f"early-{c}" for c in range(4)]  # each once
+    assert all(s.decision == "known" for s in scores)
