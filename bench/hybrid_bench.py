@@ -69,7 +69,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.dedupe.core import DedupeCore
 from services.dedupe.store import InMemoryDedupeStore
-from services.novelty.blind_spot import overlap_windows
 from services.novelty.confirm import (
     Clip,
     ConfirmSettings,
@@ -80,7 +79,6 @@ from services.novelty.confirm import (
     hash_path,
     process_of,
 )
-from services.novelty.print_check import judge_prints, topology_change
 from shared.calibration.near_identity import near_identity_gate
 from shared.contracts import SimResult, UniqueResult
 from shared.errors import ContractError
@@ -90,6 +88,7 @@ from shared.litho import ClipSample, FarmGenerator, Variant, applicable_defects
 from shared.litho.families import FAMILIES
 from shared.model.checkpoint import load_encoder
 from shared.model.encoder import Encoder, build_untrained
+from shared.verification import judge_prints, overlap_windows, topology_change
 
 DEFOCUS_NM = (-60.0, -40.0, -20.0, 20.0, 40.0, 60.0)
 # defects that change the print's topology (bridge, contact gone or merged, a blob printed)

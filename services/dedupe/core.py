@@ -4,7 +4,8 @@ For each result: decode mask and print, compute the exact digest and the
 shift-robust spectral hash of the mask (:mod:`shared.hashing`), then ask the
 store. The store returns candidates (same pixels, or a hash within
 ``hamming_radius`` sharing a probed band); a perceptual candidate becomes a
-duplicate only after :func:`verify_shifted_match` confirms it on pixels:
+duplicate only after :func:`shared.verification.verify_shifted_match` confirms it
+on pixels (:meth:`DedupeSettings.tolerances`):
 
 - the candidate's mask is searched for the result's central mask (template
   matching, shifts up to ``verify_max_shift_px``) and, over the whole overlap of
@@ -38,7 +39,6 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,11 +48,10 @@ from shared.errors import ConfigError, ImageError, InputError
 from shared.hashing import band_probes, exact_digest, spectral_hash, split_bands
 from shared.imageref import ImageLoader
 from shared.imaging import to_uint8
+from shared.verification import MASK_TOLERANCE_LEVELS, MAX_SHIFT_PX, PixelTolerances, verify_shifted_match
 
 STAGE = "dedupe"
 PAYLOAD_MAGIC = b"LWD1"
-TIE_SLACK = 1.0  # template SSD (in [0, 1] units) within which two shifts count as tied
-MAX_TIED_SHIFTS = 96
 ImageLoadFn = Callable[[ImageRef], np.ndarray]
 Outcome = UniqueResult | DuplicateRecord | InputError
 
@@ -68,8 +67,8 @@ class DedupeSettings(BaseModel):
     probe_flips_per_band: int = Field(2, ge=0, le=8)  # extra lookups per band, least reliable bits flipped
     hamming_radius: int = Field(64, ge=0)  # candidates farther than this are not verified
     max_candidates: int = Field(6, ge=1, le=64)  # nearest candidates verified per result
-    verify_max_shift_px: int = Field(32, ge=0, le=96)  # relative window shift the pixel check searches
-    mask_tolerance_levels: int = Field(2, ge=0, le=255)  # 8-bit levels two mask pixels may differ by
+    verify_max_shift_px: int = Field(32, ge=0, le=MAX_SHIFT_PX)  # relative window shift searched
+    mask_tolerance_levels: int = Field(MASK_TOLERANCE_LEVELS, ge=0, le=255)  # 8-bit levels of mask noise
     mask_mismatch_max_px: int = Field(4, ge=0)
     print_tolerance_px: int = Field(2, ge=0, le=8)
     print_mismatch_max_px: int = Field(4, ge=0)
@@ -77,6 +76,14 @@ class DedupeSettings(BaseModel):
 
     def namespace(self) -> str:
         return f"{self.hash_kind}.{self.hash_bits}.{self.n_bands}"
+
+    def tolerances(self) -> PixelTolerances:
+        """The pixel check's limits: the plain print check (no edge band, no topology)."""
+        return PixelTolerances(
+            max_shift_px=self.verify_max_shift_px, mask_mismatch_max_px=self.mask_mismatch_max_px,
+            print_tolerance_px=self.print_tolerance_px, print_mismatch_max_px=self.print_mismatch_max_px,
+            mask_tolerance_levels=self.mask_tolerance_levels,
+        )
 
 
 # -- verification payload: the 8-bit mask and the binarised print, zlib-compressed -------------
@@ -102,69 +109,6 @@ def decode_payload(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
     if mask.size != h * w or bits.size * 8 < h * w:
         raise ImageError("dedupe payload size does not match its shape", reason="dedupe_payload")
     return mask.reshape(h, w), np.unpackbits(bits)[: h * w].reshape(h, w).astype(bool)
-
-
-# -- pixel verification --------------------------------------------------------------------------
-
-
-def _overlap(shape: tuple[int, int], dx: int, dy: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-    """Index windows of ``a`` and ``b`` that see the same layout when ``b[y, x] == a[y + dy, x + dx]``."""
-    h, w = shape
-    in_a = (slice(max(0, dy), h + min(0, dy)), slice(max(0, dx), w + min(0, dx)))
-    in_b = (slice(max(0, -dy), h + min(0, -dy)), slice(max(0, -dx), w + min(0, -dx)))
-    return in_a, in_b
-
-
-def tied_shifts(mask_a: np.ndarray, mask_b: np.ndarray, max_shift_px: int) -> list[tuple[int, int]]:
-    """Shifts at which ``b``'s central mask matches ``a`` as well as at the best one, smallest
-    first, at most ``MAX_TIED_SHIFTS`` (``b[y, x] == a[y + dy, x + dx]``; 8-bit masks of one shape)."""
-    h, w = mask_a.shape
-    margin = min(max_shift_px, (min(h, w) - 8) // 2)
-    if margin < 0:
-        return []
-    a = mask_a.astype(np.float32) / 255.0
-    template = mask_b[margin:h - margin, margin:w - margin].astype(np.float32) / 255.0
-    scores = cv2.matchTemplate(a, template, cv2.TM_SQDIFF)
-    ys, xs = np.nonzero(scores <= float(scores.min()) + TIE_SLACK)
-    shifts = sorted(zip((xs - margin).tolist(), (ys - margin).tolist(), strict=True),
-                    key=lambda s: (max(abs(s[0]), abs(s[1])), abs(s[0]) + abs(s[1])))
-    return [(int(dx), int(dy)) for dx, dy in shifts[:MAX_TIED_SHIFTS]]
-
-
-def verify_shifted_match(mask_a: np.ndarray, print_a: np.ndarray, mask_b: np.ndarray, print_b: np.ndarray,
-                         settings: DedupeSettings) -> dict[str, Any] | None:
-    """Whether result ``b`` is result ``a`` seen through a shifted window (details) or not (None).
-
-    Masks are 8-bit, prints boolean, all of one shape. The returned shift
-    ``(dx, dy)`` maps ``b`` onto ``a``: ``b[y, x] == a[y + dy, x + dx]``. Periodic
-    or line-like layouts match the central template at many shifts equally well;
-    each of those (smallest shifts first, at most ``MAX_TIED_SHIFTS``) is judged
-    over the whole overlap, where the layout's non-periodic parts show (in the
-    print too: a line end just outside the window pulls the print back inside).
-    """
-    if mask_a.shape != mask_b.shape or print_a.shape != mask_a.shape or print_b.shape != mask_b.shape:
-        return None
-    h, w = mask_a.shape
-    for dx, dy in tied_shifts(mask_a, mask_b, settings.verify_max_shift_px):
-        in_a, in_b = _overlap((h, w), dx, dy)
-        diff = np.abs(mask_a[in_a].astype(np.int16) - mask_b[in_b].astype(np.int16))
-        mask_mismatch = int(np.count_nonzero(diff > settings.mask_tolerance_levels))
-        if mask_mismatch > settings.mask_mismatch_max_px:
-            continue
-        print_mismatch = _print_mismatch(print_a[in_a], print_b[in_b], settings.print_tolerance_px)
-        if print_mismatch <= settings.print_mismatch_max_px:
-            return {"shift_px": [int(dx), int(dy)], "mask_mismatch_px": mask_mismatch,
-                    "print_mismatch_px": print_mismatch}
-    return None
-
-
-def _print_mismatch(print_a: np.ndarray, print_b: np.ndarray, tolerance_px: int) -> int:
-    """Pixels where two binarised prints differ, after dropping slivers up to ``tolerance_px`` wide."""
-    diff = (print_a != print_b).astype(np.uint8)
-    if tolerance_px > 0 and diff.any():
-        size = 2 * tolerance_px + 1
-        diff = cv2.morphologyEx(diff, cv2.MORPH_OPEN, np.ones((size, size), np.uint8))
-    return int(np.count_nonzero(diff))
 
 
 # -- the core ------------------------------------------------------------------------------------
@@ -193,6 +137,7 @@ class DedupeCore:
             raise ConfigError(f"{self.settings.hash_bits} hash bits do not split into "
                               f"{self.settings.n_bands} bands")
         self.load_image: ImageLoadFn = load_image or ImageLoader()
+        self.tolerances = self.settings.tolerances()
 
     def prepare(self, result: SimResult) -> _Prepared:
         """Decode and hash one result (raises InputError for undecodable or mismatched images)."""
@@ -240,12 +185,12 @@ class DedupeCore:
                 except ImageError:
                     return None
                 cache[candidate.result_id] = arrays
-            details = verify_shifted_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
-                                           self.settings)
-            if details is not None:
-                details = {"hash_kind": self.settings.hash_kind, "hamming_bits": candidate.distance_bits,
-                           **details}
-            return details
+            match = verify_shifted_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
+                                         self.tolerances)
+            if match is None:
+                return None
+            return {"hash_kind": self.settings.hash_kind, "hamming_bits": candidate.distance_bits,
+                    **match.details()}
 
         verdicts = self.store.check_and_insert_batch(
             [p.item for p in ready], verify,

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from services.dedupe.core import DedupeSettings, verify_shifted_match
 from services.explain.duplicates import duplicate_tiles, render_duplicate_panel
-from services.novelty.blind_spot import blind_spot_conflict, overlap_windows
 from services.novelty.confirm import (
     Clip,
     ConfirmSettings,
@@ -22,10 +20,10 @@ from services.novelty.confirm import (
     descriptor_path,
     process_of,
 )
-from services.novelty.print_check import PrintJudgement, judge_prints
 from shared.contracts import DuplicateRecord, EmbeddedResult, Hashes, Neighbour, Topics, Transform, Vector
 from shared.imageref import ImageLoader, make_image_ref
 from shared.litho import ClipSample, FarmGenerator, Variant, applicable_defects
+from shared.verification import PixelTolerances, blind_spot_conflict, overlap_windows, verify_shifted_match
 
 SETTINGS = ConfirmSettings()
 # a re-simulation whose print edges moved beyond 2 px slivers (found by a scan of generated layouts)
@@ -215,80 +213,19 @@ def test_a_defect_hidden_by_a_registration_one_period_off_is_refused() -> None:
     library, bridged = grating_windows(bridge=True)
     # the dedupe stage's registration alone accepts a shift one pitch off: the bridge is then
     # outside the overlap, where nothing was compared
+    dedupe_limits = PixelTolerances(max_shift_px=56, mask_mismatch_max_px=4, print_tolerance_px=2,
+                                    print_mismatch_max_px=4)
     alias = verify_shifted_match(library.mask_u8, library.print_binary, bridged.mask_u8, bridged.print_binary,
-                                 DedupeSettings(verify_max_shift_px=56))
-    assert alias is not None and alias["shift_px"] != [1, 4]
-    shift = (alias["shift_px"][0], alias["shift_px"][1])
-    assert blind_spot_conflict(
-        library.mask_u8, library.print_binary, bridged.mask_u8, bridged.print_binary, shift,
-        max_shift_px=56, mask_tolerance_levels=2, mask_mismatch_max_px=4, print_tolerance_px=2,
-        print_mismatch_max_px=40,
-    ) == (1, 4)
-    assert blind_spot_conflict(  # the same with the topology-aware print check
-        library.mask_u8, library.print_binary, bridged.mask_u8, bridged.print_binary, shift,
-        max_shift_px=56, mask_tolerance_levels=2, mask_mismatch_max_px=4, print_tolerance_px=2,
-        print_mismatch_max_px=40, print_edge_band_px=SETTINGS.print_edge_band_px,
-    ) == (1, 4)
+                                 dedupe_limits)
+    assert alias is not None and alias.shift_px != (1, 4)
+    limits = PixelTolerances(max_shift_px=56, mask_mismatch_max_px=4, print_tolerance_px=2,
+                             print_mismatch_max_px=40)
+    pair = (library.mask_u8, library.print_binary, bridged.mask_u8, bridged.print_binary, alias.shift_px)
+    assert blind_spot_conflict(*pair, limits) == (1, 4)
+    topology_aware = PixelTolerances(max_shift_px=56, mask_mismatch_max_px=4, print_tolerance_px=2,
+                                     print_mismatch_max_px=40, print_edge_band_px=SETTINGS.print_edge_band_px)
+    assert blind_spot_conflict(*pair, topology_aware) == (1, 4)
     assert confirm_pair(library, bridged, SETTINGS) is None
-
-
-# -- the topology-aware print check: what another dose or focus may change, and what it may not --------
-
-
-def layout_print(grow: int = 0) -> np.ndarray:
-    """Two lines, two contacts and a ring (a hole), every edge moved out by ``grow`` px (as defocus does)."""
-    printed = np.zeros((128, 128), dtype=bool)
-    for y0, y1, x0, x1 in ((10, 118, 16, 28), (10, 118, 52, 64), (20, 32, 84, 96), (50, 62, 84, 96),
-                           (80, 116, 76, 116)):
-        printed[y0 - grow:y1 + grow, x0 - grow:x1 + grow] = True
-    printed[92 + grow:104 - grow, 88 + grow:104 - grow] = False  # the ring's hole shrinks as the print grows
-    return printed
-
-
-def judged(library: np.ndarray, result: np.ndarray, band: int) -> PrintJudgement:
-    return judge_prints(library, result, tolerance_px=2, mismatch_max_px=40, edge_band_px=band)
-
-
-def test_print_edges_moved_by_focus_are_accepted_only_within_the_edge_band() -> None:
-    library, defocused = layout_print(), layout_print(grow=5)
-    assert judged(library, defocused, 0).accepted is False  # 5 px strips: the older check alone refuses
-    verdict = judged(library, defocused, 6)
-    assert verdict.accepted and verdict.topology == "same" and verdict.mismatch_px == 0
-    assert 5.0 <= verdict.edge_px <= 7.5  # 5 px along the edges, the diagonal at the corners
-    moved_more = judged(library, layout_print(grow=5), 2)
-    assert not moved_more.accepted and moved_more.topology == "same" and moved_more.mismatch_px > 40
-
-
-@pytest.mark.parametrize(
-    ("edit", "topology"),
-    [("bridge", "components"), ("missing_contact", "components"), ("sidelobe", "components"),
-     ("pinched_off", "components"), ("hole_filled", "holes")],
-)
-def test_a_topology_change_in_the_print_is_refused_even_within_the_edge_band(edit: str, topology: str
-                                                                          ) -> None:
-    library, result = layout_print(), layout_print(grow=3)
-    assert judged(library, result, 6).accepted
-    if edit == "bridge":
-        result[60:64, 30:52] = True  # the two lines joined by a 4 px neck
-    elif edit == "missing_contact":
-        result[17:35, 81:99] = False
-    elif edit == "sidelobe":
-        result[60:65, 38:43] = True  # a 5 x 5 blob between the lines: 25 px, within the older 40 px limit
-    elif edit == "pinched_off":
-        result[60:62, :40] = False  # the first line cut in two
-    else:
-        result[80:116, 76:116] = True
-    verdict = judged(library, result, 6)
-    assert not verdict.accepted and verdict.topology == topology
-    if edit == "sidelobe":
-        assert verdict.mismatch_px <= 40  # only the topology check refuses it
-
-
-def test_a_feature_mostly_outside_the_overlap_is_left_out_of_the_topology() -> None:
-    library, result = layout_print(), layout_print()
-    library[60:64, :2] = True  # a line end just entering the window on one side only
-    verdict = judge_prints(library, result, tolerance_px=2, mismatch_max_px=40, edge_band_px=4)
-    assert verdict.accepted and verdict.topology == "same"
 
 
 def print_hotspot(printed: np.ndarray, window: tuple[slice, slice], edit: str) -> np.ndarray:
@@ -338,60 +275,6 @@ def test_a_defocused_resimulation_is_confirmed_and_a_print_only_hotspot_of_it_re
     for edit in ("missing", "sidelobe", "bridge"):
         hotspot = Clip(resim.mask, print_hotspot(resim.simulated, window, edit))  # the mask is unchanged
         assert confirm_pair(lib, hotspot, SETTINGS) is None, edit
-
-
-# -- marginal features: what may come and go between process conditions -----------------------------
-
-
-def drawn_and_printed() -> tuple[np.ndarray, np.ndarray]:
-    """A drawn mask (two lines, a 24 px contact, a 24 px island) and its print: the lines and the contact
-    print near their drawn size, the island only as a 6 px speck (at the resolution limit)."""
-    drawn = np.zeros((128, 128), dtype=bool)
-    printed = np.zeros((128, 128), dtype=bool)
-    for y0, y1, x0, x1 in ((10, 118, 16, 28), (10, 118, 52, 64), (20, 44, 84, 108)):
-        drawn[y0:y1, x0:x1] = True
-        printed[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = True
-    drawn[70:94, 84:108] = True  # the island
-    printed[79:85, 93:99] = True
-    return drawn, printed
-
-
-def marginal_judged(library: np.ndarray, result: np.ndarray, drawn: np.ndarray | None) -> PrintJudgement:
-    return judge_prints(library, result, tolerance_px=2, mismatch_max_px=40, edge_band_px=4, drawn=drawn,
-                        marginal_width_fraction=0.5)
-
-
-def test_a_marginal_feature_may_vanish_or_appear_but_a_printing_one_may_not() -> None:
-    drawn, library = drawn_and_printed()
-    result = library.copy()
-    result[79:85, 93:99] = False  # the speck does not print at the other focus
-    assert judged(library, result, 4).topology == "components"
-    assert not marginal_judged(library, result, None).accepted  # no drawn mask: nothing is forgiven
-    verdict = marginal_judged(library, result, drawn)
-    assert verdict.accepted and verdict.topology == "marginal" and verdict.marginal == (1, 0)
-    assert verdict.details()["print_marginal_vanished"] == 1
-    appeared = marginal_judged(result, library, drawn)  # the other way round: the speck appears
-    assert appeared.accepted and appeared.marginal == (0, 1)
-    contact_gone = library.copy()
-    contact_gone[21:43, 85:107] = False  # the contact printed near its drawn size: a hotspot
-    assert not marginal_judged(library, contact_gone, drawn).accepted
-
-
-@pytest.mark.parametrize("edit", ["sidelobe", "bridge", "pinched_off", "large_speck"])
-def test_marginal_forgiveness_never_covers_a_sidelobe_a_bridge_or_a_pinch(edit: str) -> None:
-    drawn, library = drawn_and_printed()
-    result = library.copy()
-    if edit == "sidelobe":
-        result[60:65, 38:43] = True  # a blob in free space, on no drawn feature
-    elif edit == "bridge":
-        result[60:64, 27:54] = True
-    elif edit == "pinched_off":
-        result[60:62, 16:28] = False
-    else:  # the island prints at 16 px of its 24: no longer at the resolution limit, so its loss counts
-        library[74:90, 88:104] = True
-        result[79:85, 93:99] = False
-    verdict = marginal_judged(library, result, drawn)
-    assert not verdict.accepted and verdict.topology == "components" and verdict.marginal == (0, 0)
 
 
 # a routing re-simulation whose print lost a marginal feature at +60 nm (found by a scan of generated layouts)

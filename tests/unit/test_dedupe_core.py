@@ -11,13 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services.dedupe.core import (
-    DedupeCore,
-    DedupeSettings,
-    decode_payload,
-    encode_payload,
-    verify_shifted_match,
-)
+from services.dedupe.core import DedupeCore, DedupeSettings, decode_payload, encode_payload
 from services.dedupe.store import Candidate, DedupeItem, InMemoryDedupeStore, Verdict, _Lookup
 from shared.contracts import DuplicateRecord, ImageRef, SimResult, UniqueResult
 from shared.errors import ConfigError, ImageError, InputError
@@ -25,6 +19,7 @@ from shared.hashing import hamming_distance, spectral_hash, split_bands
 from shared.imageref import make_image_ref
 from shared.imaging import ImageFormat, sha256_hex, to_uint8
 from shared.litho import Layout, generate_layout, rasterize
+from shared.verification import verify_shifted_match
 
 NM_PER_PX = 4.0
 SIZE_PX = 256
@@ -182,9 +177,11 @@ def test_pixel_check_rejects_a_print_difference_and_accepts_edge_wobble() -> Non
     canvas = Canvas(layout("contacts", 8))
     mask, printed = canvas.window()
     mask_b, printed_b = canvas.window((10, -6), 1.03)
-    settings = DedupeSettings()
+    settings = DedupeSettings().tolerances()
     match = verify_shifted_match(to_uint8(mask), printed > 0.5, to_uint8(mask_b), printed_b > 0.5, settings)
-    assert match is not None and match["shift_px"] == [10, -6]
+    assert match is not None and match.shift_px == (10, -6)
+    assert match.details() == {"shift_px": [10, -6], "mask_mismatch_px": match.mask_mismatch_px,
+                               "print_mismatch_px": match.prints.mismatch_px}
     blob = printed_b.copy()
     blob[120:128, 120:128] = 1.0 - blob[120:128, 120:128]
     assert verify_shifted_match(to_uint8(mask), printed > 0.5, to_uint8(mask_b), blob > 0.5, settings) is None
