@@ -24,8 +24,9 @@ from kafka.structs import OffsetAndMetadata
 from shared.contracts import ImageRef, SimResult, Topics
 from shared.imaging import sha256_hex
 from shared.launcher import EmbeddedStack
-from shared.runtime import ItemResult, Output, StageRunner
+from shared.runtime import StageRunner
 from shared.settings import StageSettings
+from shared.stage import ItemResult, Output, StageBase
 from shared.testing import produce
 
 
@@ -37,7 +38,7 @@ def ten_kb_result(i: int, rng: np.random.Generator) -> SimResult:
                      produced_at=datetime.now(UTC))
 
 
-class PassThrough:
+class PassThrough(StageBase):
     name = "bench-passthrough"
     input_topic = Topics.RESULTS
     input_model = SimResult

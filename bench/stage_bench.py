@@ -218,7 +218,7 @@ def time_cores(
     figures.append(time_stage("novelty", novelty.process_batch, inputs.embedded, 32))
     feed.close()
 
-    explain = ExplainCore(loader, store, 3, 200)
+    explain = ExplainCore(loader, store, 3)
     figures.append(time_stage("explain", explain.process_batch, inputs.alerts, 32))
     return figures
 

@@ -1,8 +1,11 @@
 """The one stage runtime every service uses.
 
-Loop: poll a batch (by size and wait time) -> decode -> ``stage.process_batch`` ->
-produce outputs keyed by ``result_id`` -> flush -> commit the consumed offsets.
-Offsets are committed only after every output is acknowledged (at least once).
+Loop: ``stage.tick()`` -> poll a batch (by size and wait time) -> decode ->
+``stage.process_batch`` -> produce outputs keyed by ``result_id`` -> flush -> commit the
+consumed offsets; ``stage.close()`` once at the end. Offsets are committed only after every
+output is acknowledged (at least once). The stage protocol is :mod:`shared.stage` (no Kafka);
+DLQ records and size checks are :mod:`shared.dead_letters`, the produce phase
+:mod:`shared.produce`, batches and attempt marks :mod:`shared.batches`.
 
 Error policy, by phase, in one place:
 - decode: invalid JSON, schema violations, unknown fields, over-size messages ->
@@ -32,37 +35,29 @@ SIGTERM/SIGINT finish the current batch, commit and exit.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
-from pydantic import ValidationError
 
 from shared import metrics
-from shared.attempts import AttemptJournal, Mark
-from shared.blobstore import LocalBlobStore
-from shared.contracts import Contract, DLQRecord, Topics
+from shared.attempts import AttemptJournal
+from shared.batches import AttemptMarks, Polled, offset_ranges
+from shared.dead_letters import DeadLetters, OutputSizes, decode
 from shared.errors import InputError, TransientError
-from shared.imaging import sha256_hex
+from shared.produce import count_produced, send_outputs
 from shared.settings import StageSettings, metrics_port_for
+from shared.stage import ItemResult, Output, Stage
 
 log = logging.getLogger("lithowatch.runtime")
-
-DLQ_INLINE_LIMIT_BYTES = 512 * 1024
-DLQ_RECORD_OVERHEAD_BYTES = 32 * 1024  # error text, headers, key and field names
-OUTPUT_HEADER_ALLOWANCE_BYTES = 1024  # the headers a stage adds to an output (result id, timestamps)
 
 
 def _raise_if_out_of_memory(exc: BaseException) -> None:
@@ -71,65 +66,6 @@ def _raise_if_out_of_memory(exc: BaseException) -> None:
         from shared.errors import ResourceExhausted
 
         raise ResourceExhausted(f"out of memory: {type(exc).__name__}: {exc}") from exc
-
-
-def _header_bytes(headers: Any) -> int:
-    """Bytes of a record's headers as the broker counts them (names and values; a null value is 0)."""
-    return sum(len(k.encode()) + len(v or b"") for k, v in headers or [])
-
-
-@dataclass(frozen=True)
-class Output:
-    """One message a stage wants produced."""
-
-    topic: str
-    value: Contract
-    key: str
-
-
-ItemResult = Sequence[Output] | InputError
-
-
-class Stage(Protocol):
-    """What a service core offers the runtime. Stages never touch offsets."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def input_topic(self) -> str: ...
-
-    @property
-    def input_model(self) -> type[Contract]: ...
-
-    def process_batch(self, items: Sequence[Any]) -> Sequence[ItemResult]:
-        """One entry per input, in order: its outputs, or the InputError that rejects it."""
-        ...
-
-
-def _reason_for_validation(exc: ValidationError) -> str:
-    kinds = {str(err.get("type")) for err in exc.errors()}
-    if "json_invalid" in kinds or "json_type" in kinds:
-        return "invalid_json"
-    if "extra_forbidden" in kinds:
-        return "unknown_field"
-    if "missing" in kinds:
-        return "missing_field"
-    return "schema"
-
-
-def _short_validation(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
-        parts.append(f"{loc}: {err.get('msg')}")
-    return "; ".join(parts)
-
-
-@dataclass
-class _Polled:
-    record: Any  # kafka ConsumerRecord
-    received_monotonic: float
 
 
 BATCH_TIME_SHARE = 0.25  # of max_poll_interval_ms that one batch may take at the measured pace
@@ -153,7 +89,6 @@ class StageRunner:
         consumer: KafkaConsumer | None = None,
         producer: KafkaProducer | None = None,
         routes: dict[str, metrics.Route] | None = None,
-        tick: Callable[[], None] | None = None,
     ) -> None:
         from shared.kafka_io import make_consumer, make_producer
 
@@ -170,18 +105,20 @@ class StageRunner:
         )
         self.producer = producer or make_producer(settings, client_id=f"lithowatch-{stage.name}")
         self.routes = routes or {}
-        self.tick = tick
         self._stop = threading.Event()
         self._paused = False
         self._next_offsets: dict[TopicPartition, int] = {}
         self._last_lag_update = 0.0
-        self._blobs: LocalBlobStore | None = None
         self._server: metrics.MetricsServer | None = None
         self.processed = 0
         self.seconds_per_message: float | None = None
-        self._encoded: dict[int, tuple[Output, bytes]] = {}  # outputs serialised by the size check
-        self._journal = AttemptJournal(Path(settings.state_dir) / "attempts", self.group_id)
-        self._marks_before: dict[TopicPartition, Mark | None] = {}  # restored when a batch is given back
+        self._dead_letters = DeadLetters(stage.name, settings.kafka_max_message_bytes, settings.blob_root)
+        self._sizes = OutputSizes(settings.kafka_max_message_bytes)
+        self._marks = AttemptMarks(
+            AttemptJournal(Path(settings.state_dir) / "attempts", self.group_id),
+            settings.crash_attempts,
+            stage.name,
+        )
         self._lag_series: set[TopicPartition] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -200,18 +137,22 @@ class StageRunner:
         return self._server.port
 
     def run(self, install_signals: bool = True, serve_metrics: bool = True) -> int:
-        if install_signals:
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
-        if self.settings.cpu_nice:
-            os.nice(self.settings.cpu_nice)
-        if serve_metrics:
-            port = self.start_metrics()
-            log.info("%s: metrics on %s:%d", self.name, self.settings.metrics_host, port)
+        """Consume until stopped; the stage is closed when this returns, however it ends."""
+        try:
+            if install_signals:
+                signal.signal(signal.SIGTERM, self.request_stop)
+                signal.signal(signal.SIGINT, self.request_stop)
+            if self.settings.cpu_nice:
+                os.nice(self.settings.cpu_nice)
+            if serve_metrics:
+                port = self.start_metrics()
+                log.info("%s: metrics on %s:%d", self.name, self.settings.metrics_host, port)
+        except BaseException:
+            self.stage.close()
+            raise
         try:
             while not self._stop.is_set():
-                if self.tick is not None:
-                    self.tick()
+                self.stage.tick()
                 batch = self._poll_batch()
                 if batch:
                     self._handle(batch)
@@ -224,17 +165,17 @@ class StageRunner:
 
     def _close(self) -> None:
         try:
-            self.producer.flush(timeout=10)
-        except KafkaError as exc:
-            log.warning("%s: final flush failed: %s", self.name, exc)
-        self.producer.close(timeout=5)
-        self._finish_join()
-        self.consumer.close(autocommit=False)
-        if self._server is not None:
-            self._server.stop()
-        close = getattr(self.stage, "close", None)
-        if callable(close):
-            close()
+            try:
+                self.producer.flush(timeout=10)
+            except KafkaError as exc:
+                log.warning("%s: final flush failed: %s", self.name, exc)
+            self.producer.close(timeout=5)
+            self._finish_join()
+            self.consumer.close(autocommit=False)
+            if self._server is not None:
+                self._server.stop()
+        finally:
+            self.stage.close()
 
     def _finish_join(self, timeout_seconds: float = 15.0) -> None:
         """Complete a group join in progress before leaving.
@@ -265,16 +206,16 @@ class StageRunner:
             limit = min(limit, max(1, int(budget_seconds / self.seconds_per_message)))
         return limit
 
-    def _poll_batch(self) -> list[_Polled]:
+    def _poll_batch(self) -> list[Polled]:
         limit = self.batch_limit()
         deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000.0
-        batch: list[_Polled] = []
+        batch: list[Polled] = []
         timeout_ms = max(self.settings.batch_max_wait_ms, 100)
         while len(batch) < limit and not self._stop.is_set():
             polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=limit - len(batch))
             now = time.monotonic()
             for records in polled.values():
-                batch.extend(_Polled(r, now) for r in records)
+                batch.extend(Polled(r, now) for r in records)
             remaining_ms = int((deadline - now) * 1000)
             if not batch:
                 return batch
@@ -306,11 +247,12 @@ class StageRunner:
             self._lag_series.add(tp)
 
     # ---- one batch -------------------------------------------------------------------------
-    def _handle(self, polled_batch: list[_Polled]) -> None:
+    def _handle(self, polled_batch: list[Polled]) -> None:
         started = time.monotonic()
-        batch, crashed = self._mark_attempts(polled_batch)
+        batch, crashed, given_back = self._marks.begin(polled_batch)
+        self._rewind(given_back)
         dlq: list[Output] = [
-            self._dlq_output(
+            self._dead_letters.output(
                 polled.record,
                 "crashed",
                 f"the stage process ended {self.settings.crash_attempts} times while handling this "
@@ -320,7 +262,7 @@ class StageRunner:
             for polled in crashed
         ]
         batch = [*crashed, *batch]
-        decoded: list[tuple[_Polled, Any]] = []
+        decoded: list[tuple[Polled, Any]] = []
         for polled in batch[len(crashed) :]:
             value = self._decode(polled)
             if isinstance(value, Output):
@@ -363,7 +305,7 @@ class StageRunner:
                 self._sleep_polling(self.settings.retry_backoff_max_seconds, pause=True)
                 return
         if self._commit(batch):
-            self._advance_marks(batch)
+            self._marks.advance(batch)
         elapsed = time.monotonic() - started
         per_message = elapsed / max(1, len(batch))
         self.seconds_per_message = (
@@ -378,27 +320,16 @@ class StageRunner:
         metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
         self.processed += len(batch)
 
-    def _decode(self, polled: _Polled) -> Any:
-        record = polled.record
-        value: bytes | None = record.value
-        if value is None:
-            return self._dlq_output(record, "empty_message", "message has no value")
-        size = len(value) + _header_bytes(record.headers)
-        limit = self.settings.kafka_max_message_bytes
-        if size > limit:
-            return self._dlq_output(
-                record, "too_large", f"message of {size} bytes (value and headers) is over {limit}"
-            )
-        try:
-            return self.stage.input_model.model_validate_json(value)
-        except ValidationError as exc:
-            return self._dlq_output(record, _reason_for_validation(exc), _short_validation(exc))
-        except ValueError as exc:  # e.g. invalid UTF-8
-            return self._dlq_output(record, "invalid_json", str(exc))
+    def _decode(self, polled: Polled) -> Any:
+        """The input's contract, or its DLQ output (empty, over the limit, invalid)."""
+        value = decode(polled.record, self.stage.input_model, self.settings.kafka_max_message_bytes)
+        if isinstance(value, tuple):
+            return self._dead_letters.output(polled.record, *value)
+        return value
 
-    def _process(self, decoded: list[tuple[_Polled, Any]]) -> tuple[list[_Polled], list[Output]]:
+    def _process(self, decoded: list[tuple[Polled, Any]]) -> tuple[list[Polled], list[Output]]:
         """Return (inputs that produced outputs, outputs incl. DLQ records)."""
-        self._encoded.clear()
+        self._sizes.clear()
         if not decoded:
             return [], []
         items = [value for _, value in decoded]
@@ -418,40 +349,16 @@ class StageRunner:
             )
             results = [self._process_one(value) for value in items]
         outputs: list[Output] = []
-        done: list[_Polled] = []
+        done: list[Polled] = []
         for (polled, _), result in zip(decoded, results, strict=True):
             if isinstance(result, InputError):
-                outputs.append(self._dlq_output(polled.record, result.reason, str(result)))
-            elif (oversized := self._oversized(polled.record, result)) is not None:
-                outputs.append(self._dlq_output(polled.record, "output_too_large", oversized))
+                outputs.append(self._dead_letters.output(polled.record, result.reason, str(result)))
+            elif (oversized := self._sizes.oversized(polled.record, result)) is not None:
+                outputs.append(self._dead_letters.output(polled.record, "output_too_large", oversized))
             else:
                 outputs.extend(result)
                 done.append(polled)
         return done, outputs
-
-    def _encoded_value(self, out: Output) -> bytes:
-        """The output's JSON, serialised once: by the size check when it ran on this very object."""
-        cached = self._encoded.pop(id(out), None)
-        if cached is not None and cached[0] is out:
-            return cached[1]
-        return out.value.model_dump_json().encode()
-
-    def _oversized(self, record: Any, outputs: Sequence[Output]) -> str | None:
-        """Why an output of this input cannot be produced (over the message limit), or None.
-
-        The broker refuses such a record whatever the retries, so it is this input's
-        verdict (dead-lettered with the reason), not a transient failure that would
-        block the partition. Header bytes count: the input's are copied onto outputs.
-        """
-        limit = self.settings.kafka_max_message_bytes
-        headers = _header_bytes(record.headers) + OUTPUT_HEADER_ALLOWANCE_BYTES
-        for out in outputs:
-            encoded = out.value.model_dump_json().encode()
-            self._encoded[id(out)] = (out, encoded)
-            size = len(encoded) + len(out.key) + headers
-            if size > limit:
-                return f"output to {out.topic} of about {size} bytes is over the {limit}-byte message limit"
-        return None
 
     def _process_one(self, value: Any) -> ItemResult:
         try:
@@ -465,121 +372,20 @@ class StageRunner:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             return InputError(f"{detail}", reason="processing_error")
 
-    def _produce(self, outputs: list[Output], done: list[_Polled]) -> None:
-        input_headers: dict[str, list[tuple[str, bytes]]] = {}
-        for polled in done:
-            rid = self._header(polled.record, "result_id") or (polled.record.key or b"").decode(
-                errors="replace"
-            )
-            input_headers[rid] = list(polled.record.headers or [])
-        stamp = datetime.now(UTC).isoformat().encode()
-        futures = []
-        try:
-            for out in outputs:
-                inherited = [
-                    (k, v)
-                    for k, v in input_headers.get(out.key, [])
-                    if v is not None and not k.startswith("lw-ts-" + self.name)  # a null header is not copied
-                ]
-                headers = [*inherited, ("lw-ts-" + self.name, stamp)]
-                if not any(k == "result_id" for k, _ in headers):
-                    headers.append(("result_id", out.key.encode()))
-                futures.append(
-                    self.producer.send(
-                        out.topic,
-                        key=out.key.encode(),
-                        value=self._encoded_value(out),
-                        headers=headers,
-                    )
-                )
-            self.producer.flush(timeout=30)
-            for future in futures:
-                future.get(timeout=30)
-        except KafkaError as exc:
-            from shared.errors import DependencyUnavailable
-
-            raise DependencyUnavailable(f"produce failed: {exc}") from exc
-        now = datetime.now(UTC)
-        dlq_count = 0
-        for out in outputs:
-            if out.topic == Topics.DLQ:
-                dlq_count += 1
-                reason = getattr(out.value, "reason", "unknown")
-                metrics.DLQ.labels(self.name, reason).inc()
-                continue
-            produced_at = getattr(out.value, "produced_at", None)
-            if isinstance(produced_at, datetime):
-                metrics.END_TO_END_LATENCY.labels(self.name).observe(
-                    max(0.0, (now - produced_at).total_seconds())
-                )
-        metrics.MESSAGES.labels(self.name, "dlq").inc(dlq_count)
-        metrics.MESSAGES.labels(self.name, "ok").inc(len(done))
-
-    @staticmethod
-    def _header(record: Any, name: str) -> str | None:
-        for key, value in record.headers or []:
-            if key == name and value is not None:  # a null header value (legal in Kafka) says nothing
-                return bytes(value).decode(errors="replace")
-        return None
-
-    def _dlq_inline_limit(self) -> int:
-        """Largest value kept inline: its base64 plus the record must fit under the message limit.
-
-        An over-size input inlined as base64 would make a DLQ record the producer refuses,
-        and the stage would retry that batch for ever.
-        """
-        fits = (self.settings.kafka_max_message_bytes - DLQ_RECORD_OVERHEAD_BYTES) * 3 // 4
-        return max(0, min(DLQ_INLINE_LIMIT_BYTES, fits))
-
-    def _dlq_output(self, record: Any, reason: str, error: str) -> Output:
-        value: bytes = record.value or b""
-        value_b64: str | None = None
-        value_uri: str | None = None
-        if len(value) <= self._dlq_inline_limit():
-            value_b64 = base64.b64encode(value).decode("ascii")
-        else:
-            if self._blobs is None:
-                self._blobs = LocalBlobStore(self.settings.blob_root, max_bytes=1 << 31)
-            value_uri = self._blobs.put(value, sha256_hex(value), "bin")
-        key: bytes | None = record.key
-        result_id = self._header(record, "result_id") or (key.decode(errors="replace") if key else None)
-        headers = {  # a null header value is kept as an empty string
-            k: "" if v is None else bytes(v).decode(errors="replace") for k, v in (record.headers or [])
-        }
-        dlq = DLQRecord(
-            stage=self.name,
-            reason=reason,
-            error=error[:2000],
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key_b64=base64.b64encode(key).decode("ascii") if key else None,
-            value_b64=value_b64,
-            value_uri=value_uri,
-            value_bytes=len(value),
-            result_id=result_id,
-            headers=headers,
-        )
-        log.warning(
-            "%s: DLQ %s@%d/%d: %s: %s",
-            self.name,
-            record.topic,
-            record.partition,
-            record.offset,
-            reason,
-            error[:200],
-        )
-        return Output(Topics.DLQ, dlq, result_id or f"{record.topic}-{record.partition}-{record.offset}")
+    def _produce(self, outputs: list[Output], done: list[Polled]) -> None:
+        """Send every output and wait for its ack (see :mod:`shared.produce`), then count them."""
+        send_outputs(self.producer, self.name, outputs, [p.record for p in done], self._sizes.encoded)
+        count_produced(self.name, outputs, len(done))
 
     # ---- offsets ---------------------------------------------------------------------------
-    def _commit(self, batch: list[_Polled]) -> bool:
+    def _commit(self, batch: list[Polled]) -> bool:
         """Commit past the batch on the partitions still assigned; False when the commit failed.
 
         A partition a rebalance took away is not committed (the whole commit would be
         refused): its new owner re-reads the batch from the last commit.
         """
         assigned = self.consumer.assignment()
-        offsets = {tp: last + 1 for tp, (_, last) in _offset_ranges(batch).items() if tp in assigned}
+        offsets = {tp: last + 1 for tp, (_, last) in offset_ranges(batch).items() if tp in assigned}
         if not offsets:
             log.warning("%s: the batch's partitions were reassigned; its new owner re-reads it", self.name)
             return False
@@ -592,76 +398,13 @@ class StageRunner:
             return False
         return True
 
-    def _rewind(self, batch: list[_Polled], restore_marks: bool = False) -> None:
+    def _rewind(self, batch: list[Polled], restore_marks: bool = False) -> None:
         assigned = self.consumer.assignment()
-        for tp, (first, _) in _offset_ranges(batch).items():
+        for tp, (first, _) in offset_ranges(batch).items():
             if tp in assigned:
                 self.consumer.seek(tp, first)
         if restore_marks:  # given back unprocessed, not crashed: the attempt does not count
-            for tp, mark in self._marks_before.items():
-                self._write_mark(tp, mark)
-
-    # ---- attempt marks (shared/attempts.py) ------------------------------------------------
-    def _write_mark(self, tp: TopicPartition, mark: Mark | None) -> None:
-        """Write (or, for None, clear) a partition's mark; a file-system failure only costs the count."""
-        try:
-            if mark is None:
-                self._journal.clear(tp.topic, tp.partition)
-            else:
-                self._journal.write(tp.topic, tp.partition, mark)
-        except OSError as exc:
-            log.warning("%s: cannot write the attempt mark of %s: %s", self.name, tp, exc)
-
-    def _mark_attempts(self, batch: list[_Polled]) -> tuple[list[_Polled], list[_Polled]]:
-        """Mark the batch as attempted; return (records to process, records set aside as crashed).
-
-        Where a mark left by an earlier process covers a partition's first record, that
-        process ended inside the range: the batch shrinks to that one record (the rest is
-        sought back), whose attempt is counted, and it is set aside once it has ended the
-        process ``crash_attempts`` times.
-        """
-        ranges = _offset_ranges(batch)
-        marks = {tp: self._journal.read(tp.topic, tp.partition) for tp in ranges}
-        suspect = next(
-            (tp for tp, mark in marks.items() if mark is not None and mark.covers(ranges[tp][0])), None
-        )
-        if suspect is None:
-            self._marks_before = {tp: None for tp in ranges}
-            for tp, (first, last) in ranges.items():
-                self._write_mark(tp, Mark(first, 1, last))
-            return batch, []
-        mark = marks[suspect]
-        assert mark is not None
-        first = ranges[suspect][0]
-        record = next(p for p in batch if _tp(p) == suspect and p.record.offset == first)
-        self._rewind([p for p in batch if p is not record])
-        self._marks_before = {suspect: mark}
-        attempts = mark.attempts_on(first)
-        if attempts >= self.settings.crash_attempts:
-            return [], [record]
-        log.warning(
-            "%s: an earlier process ended while handling %s offsets %d-%d; taking them one at a "
-            "time (offset %d: attempt %d of %d)",
-            self.name,
-            suspect,
-            mark.offset,
-            mark.last,
-            first,
-            attempts + 1,
-            self.settings.crash_attempts,
-        )
-        self._write_mark(suspect, Mark(first, attempts + 1, mark.last))
-        return [record], []
-
-    def _advance_marks(self, batch: list[_Polled]) -> None:
-        """After a commit: clear each partition's mark, or move it on inside a suspect range."""
-        for tp, (_, last) in _offset_ranges(batch).items():
-            mark = self._marks_before.get(tp)
-            if mark is not None and mark.last > last:
-                self._write_mark(tp, Mark(last + 1, 0, mark.last))
-            else:
-                self._write_mark(tp, None)
-        self._marks_before = {}
+            self._marks.restore()
 
     def _sleep_polling(self, seconds: float, pause: bool = False) -> None:
         """Wait without leaving the group: paused partitions are polled for heartbeats.
@@ -686,17 +429,3 @@ class StageRunner:
         finally:
             self.consumer.resume(*self.consumer.assignment())
             self._paused = False
-
-
-def _tp(polled: _Polled) -> TopicPartition:
-    return TopicPartition(polled.record.topic, polled.record.partition)
-
-
-def _offset_ranges(batch: Sequence[_Polled]) -> dict[TopicPartition, tuple[int, int]]:
-    """First and last offset of each partition's records in a batch."""
-    ranges: dict[TopicPartition, tuple[int, int]] = {}
-    for polled in batch:
-        tp, offset = _tp(polled), polled.record.offset
-        first, last = ranges.get(tp, (offset, offset))
-        ranges[tp] = (min(first, offset), max(last, offset))
-    return ranges

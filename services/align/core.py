@@ -1,8 +1,10 @@
-"""Align stage: register each unique result's print onto its mask frame.
+"""The align stage's pure core: register each unique result's print onto its mask frame.
 
 A result whose registration falls below the quality floor is never passed on
-silently: by policy it goes out flagged (``alignment_flagged`` with the reason),
-or to the DLQ.
+silently: by policy (``on_failure``) it comes out flagged (``alignment_flagged``
+with the reason), or rejected (``alignment_failed``: the runtime dead-letters it).
+Per item the outcome is an :class:`AlignedResult` or the :class:`InputError` that
+rejects it; the stage adapter (:mod:`services.align.stage`) routes and counts them.
 """
 
 from __future__ import annotations
@@ -12,21 +14,18 @@ from typing import Literal
 
 import numpy as np
 
-from shared import metrics
 from shared.blobstore import BlobStore
-from shared.contracts import AlignedResult, ImageRef, Topics, UniqueResult
+from shared.contracts import AlignedResult, ImageRef, UniqueResult
 from shared.errors import ImageError, InputError
 from shared.imageref import make_image_ref
 from shared.registration import Aligner, AlignSettings
-from shared.runtime import ItemResult, Output
 
 FailurePolicy = Literal["flag", "dlq"]
+Outcome = AlignedResult | InputError
 
 
 class AlignCore:
-    name = "align"
-    input_topic = Topics.UNIQUE
-    input_model = UniqueResult
+    """Registration of (mask, print) pairs with one :class:`Aligner`."""
 
     def __init__(
         self,
@@ -43,6 +42,7 @@ class AlignCore:
         self.inline_limit_bytes = inline_limit_bytes
 
     def align(self, result: UniqueResult) -> AlignedResult:
+        """The result with its print warped onto the mask frame; InputError for bad or refused input."""
         mask = self.load(result.mask)
         simulated = self.load(result.simulated)
         if mask.shape != simulated.shape:
@@ -54,7 +54,6 @@ class AlignCore:
             raise InputError(f"cannot align: {registration.reason}", reason="alignment_failed")
         warped = self.aligner.warp(simulated, registration)
         aligned = make_image_ref(warped, "png", self.store, self.inline_limit_bytes)
-        metrics.MESSAGES.labels(self.name, "flagged" if not registration.ok else "aligned").inc()
         return AlignedResult(
             **result.model_dump(exclude={"schema_version"}),
             aligned_simulated=aligned,
@@ -63,11 +62,12 @@ class AlignCore:
             alignment_reason=registration.reason,
         )
 
-    def process_batch(self, items: Sequence[UniqueResult]) -> list[ItemResult]:
-        results: list[ItemResult] = []
+    def process_batch(self, items: Sequence[UniqueResult]) -> list[Outcome]:
+        """One outcome per result, in order."""
+        outcomes: list[Outcome] = []
         for item in items:
             try:
-                results.append([Output(Topics.ALIGNED, self.align(item), item.result_id)])
+                outcomes.append(self.align(item))
             except InputError as exc:
-                results.append(exc)
-        return results
+                outcomes.append(exc)
+        return outcomes

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from services.align.core import AlignCore
+from services.align.stage import AlignStage
 from shared.blobstore import LocalBlobStore
 from shared.imageref import ImageLoader
 from shared.registration import AlignSettings
@@ -22,22 +23,25 @@ class AlignServiceSettings(StageSettings):
     align_use_ecc: bool = True
     align_ecc_max_iterations: int = Field(30, ge=1, le=1000)
 
+    def registration(self) -> AlignSettings:
+        """The core's registration settings, built from these once."""
+        return AlignSettings(
+            quality_floor=self.align_quality_floor,
+            use_ecc=self.align_use_ecc,
+            ecc_max_iterations=self.align_ecc_max_iterations,
+            max_shift_px=self.align_max_shift_px,
+            fallback=self.align_fallback,
+        )
+
 
 def main(settings_file: str | None = None) -> int:
     settings = load_settings(AlignServiceSettings, settings_file)
     store = LocalBlobStore(settings.blob_root)
-    align_settings = AlignSettings(
-        quality_floor=settings.align_quality_floor,
-        use_ecc=settings.align_use_ecc,
-        ecc_max_iterations=settings.align_ecc_max_iterations,
-        max_shift_px=settings.align_max_shift_px,
-        fallback=settings.align_fallback,
-    )
     core = AlignCore(
         ImageLoader(store, settings.max_image_pixels),
-        align_settings,
+        settings.registration(),
         settings.align_on_failure,
         store,
         settings.inline_image_limit_bytes,
     )
-    return StageRunner(core, settings).run()
+    return StageRunner(AlignStage(core), settings).run()

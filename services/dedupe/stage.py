@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from services.dedupe import NAME
 from services.dedupe.core import DedupeCore
 from shared import metrics
 from shared.contracts import DuplicateRecord, SimResult, Topics
 from shared.errors import InputError
-from shared.runtime import ItemResult, Output
+from shared.stage import ItemResult, Output, StageBase
 
 
-class DedupeStage:
-    name = "dedupe"
+class DedupeStage(StageBase):
+    name = NAME
     input_topic = Topics.RESULTS
     input_model = SimResult
 

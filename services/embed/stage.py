@@ -12,15 +12,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from services.embed import NAME
 from services.embed.core import EmbedCore
 from shared import metrics
 from shared.contracts import AlignedResult, EmbeddedResult, ImageRef, Topics, Vector
 from shared.errors import InputError
-from shared.runtime import ItemResult, Output
+from shared.stage import ItemResult, Output, StageBase
 
 
-class EmbedStage:
-    name = "embed"
+class EmbedStage(StageBase):
+    name = NAME
     input_topic = Topics.ALIGNED
     input_model = AlignedResult
 

@@ -46,7 +46,7 @@ from shared.errors import ImageError, InputError
 from shared.hashing import exact_digest
 from shared.imaging import to_uint8
 from shared.index import LibraryState
-from shared.runtime import Output
+from shared.stage import Output
 from shared.verification import PixelTolerances
 
 STAGE = "novelty"

@@ -1,6 +1,10 @@
-"""Novelty stage: kNN cosine against the library, threshold, alerts, and alert-storm control.
+"""The novelty stage's pure core: kNN cosine against the library, threshold, alerts, storm control.
 
-For each embedded result (pure logic; the library and thresholds are handed in):
+For each embedded result (pure logic; the library and thresholds are handed in) the
+outcome is :class:`Scored` (the score, plus the alert and the provisional library entry
+of a novel result), a :class:`DuplicateRecord` from the hybrid confirmation hook, or the
+:class:`InputError` that rejects it; the stage adapter (:mod:`services.novelty.stage`)
+turns outcomes into the scores, alerts, library and duplicates topics' records:
 - ``novelty_score = 1 - max cosine similarity`` to the *reference* entries;
 - below the threshold (global, or of the nearest cluster) the result is ``known``;
 - otherwise, if a *provisional* entry (an earlier novel result) is within the
@@ -44,22 +48,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared import metrics
 from shared.contracts import (
     AlertRecord,
+    DuplicateRecord,
     EmbeddedResult,
     LibraryEntry,
     Neighbour,
     ScoreRecord,
-    Topics,
 )
 from shared.errors import ContractError, DependencyUnavailable, InputError
 from shared.index import LibraryState, provisional_entry_id, vector_digest
 from shared.index.policy import ThresholdPolicy
-from shared.runtime import ItemResult, Output
 
-Confirm = Callable[[EmbeddedResult, np.ndarray, list[Neighbour]], Output | None]
-"""Hybrid duplicate confirmation hook: a duplicates-topic output, or None to score as usual."""
+Confirm = Callable[[EmbeddedResult, np.ndarray, list[Neighbour]], DuplicateRecord | None]
+"""Hybrid duplicate confirmation hook: the duplicate it confirmed, or None to score as usual."""
 
 MAX_PROVISIONAL_DEFAULT = 10_000
 
@@ -126,10 +128,21 @@ def alert_id_for(result_id: str) -> str:
     return f"alert-{result_id}"
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A scored result: its score, and for a novel one its alert and provisional library entry."""
+
+    score: ScoreRecord
+    alert: AlertRecord | None = None
+    provisional_entry: LibraryEntry | None = None
+
+
+Verdict = Scored | DuplicateRecord
+Outcome = Verdict | InputError
+
+
 class NoveltyCore:
-    name = "novelty"
-    input_topic = Topics.EMBEDDED
-    input_model = EmbeddedResult
+    """Scores embedded results against the library handed in (see the module docstring)."""
 
     def __init__(
         self,
@@ -143,8 +156,6 @@ class NoveltyCore:
         self.config = config or NoveltyConfig()
         self.confirm = confirm
         self.pending = PendingEntries(self.config.max_provisional)
-        for decision in ("known", "novel", "provisional"):  # export zeros, so ratios exist before events
-            metrics.NOVELTY_DECISIONS.labels(decision)
 
     def _ready_library(self) -> LibraryState:
         library = self._library()
@@ -223,8 +234,8 @@ class NoveltyCore:
                     reason="result_id_reused",
                 )
 
-    def score(self, item: EmbeddedResult, ignore: Collection[str] = ()) -> list[Output]:
-        """Outputs for one result. ``ignore``: provisional entries left out of the comparison
+    def score(self, item: EmbeddedResult, ignore: Collection[str] = ()) -> Verdict:
+        """The verdict on one result. ``ignore``: provisional entries left out of the comparison
         (those a failed attempt at this batch added for results after this one)."""
         library = self._ready_library()
         vector = self._vector(item, library)
@@ -237,7 +248,7 @@ class NoveltyCore:
         if self.confirm is not None:
             duplicate = self.confirm(item, vector, neighbours)
             if duplicate is not None:
-                return [duplicate]
+                return duplicate
         reference = [n for n in neighbours if not n.provisional]
         provisional = [n for n in neighbours if n.provisional]
         score = 1.0 - (reference[0].similarity if reference else -1.0)
@@ -253,70 +264,54 @@ class NoveltyCore:
                 best = max(candidates, key=lambda c: c[2])
                 if 1.0 - best[2] < threshold:
                     decision, provisional_of = "provisional", best[1] or None
-        outputs = [
-            Output(
-                Topics.SCORES,
-                ScoreRecord(
-                    result_id=item.result_id,
-                    novelty_score=score,
-                    threshold=threshold,
-                    decision=decision,
-                    cluster=cluster,
-                    neighbours=neighbours,
-                    provisional_of=provisional_of,
-                    model_version=item.model_version,
-                    labels=item.labels,
-                    produced_at=item.produced_at,
-                ),
-                item.result_id,
-            )
-        ]
-        metrics.NOVELTY_DECISIONS.labels(decision).inc()
-        if decision == "novel":
-            alert_id = alert_id_for(item.result_id)
-            outputs.append(
-                Output(
-                    Topics.ALERTS,
-                    AlertRecord(
-                        alert_id=alert_id,
-                        result_id=item.result_id,
-                        novelty_score=score,
-                        threshold=threshold,
-                        cluster=cluster,
-                        neighbours=neighbours[: self.config.alert_neighbours],
-                        mask=item.mask,
-                        simulated=item.aligned_simulated,
-                        model_version=item.model_version,
-                        labels=item.labels,
-                        produced_at=item.produced_at,
-                    ),
-                    item.result_id,
-                )
-            )
-            metrics.ALERTS.inc()
-            if self.config.provisional:
-                outputs.append(
-                    Output(
-                        Topics.LIBRARY,
-                        LibraryEntry(
-                            entry_id=own_entry,
-                            status="provisional",
-                            vector=item.embedding,
-                            model_version=item.model_version,
-                            labels=item.labels,
-                            mask=item.mask,
-                            simulated=item.aligned_simulated,
-                            alert_id=alert_id,
-                            hashes=item.hashes,
-                        ),
-                        own_entry,  # the library topic is keyed (and compacted) by entry id
-                    )
-                )
-                exact_hash = item.hashes.exact if item.hashes is not None else None
-                self.pending.add(own_entry, alert_id, vector, exact_hash)
-        return outputs
+        scored = ScoreRecord(
+            result_id=item.result_id,
+            novelty_score=score,
+            threshold=threshold,
+            decision=decision,
+            cluster=cluster,
+            neighbours=neighbours,
+            provisional_of=provisional_of,
+            model_version=item.model_version,
+            labels=item.labels,
+            produced_at=item.produced_at,
+        )
+        if decision != "novel":
+            return Scored(scored)
+        alert_id = alert_id_for(item.result_id)
+        alert = AlertRecord(
+            alert_id=alert_id,
+            result_id=item.result_id,
+            novelty_score=score,
+            threshold=threshold,
+            cluster=cluster,
+            neighbours=neighbours[: self.config.alert_neighbours],
+            mask=item.mask,
+            simulated=item.aligned_simulated,
+            model_version=item.model_version,
+            labels=item.labels,
+            produced_at=item.produced_at,
+        )
+        if not self.config.provisional:
+            return Scored(scored, alert)
+        entry = LibraryEntry(
+            entry_id=own_entry,
+            status="provisional",
+            vector=item.embedding,
+            model_version=item.model_version,
+            labels=item.labels,
+            mask=item.mask,
+            simulated=item.aligned_simulated,
+            alert_id=alert_id,
+            hashes=item.hashes,
+        )
+        exact_hash = item.hashes.exact if item.hashes is not None else None
+        self.pending.add(own_entry, alert_id, vector, exact_hash)
+        return Scored(scored, alert, entry)
 
-    def process_batch(self, items: Sequence[EmbeddedResult]) -> list[ItemResult]:
+    def process_batch(self, items: Sequence[EmbeddedResult]) -> list[Outcome]:
+        """One outcome per result, in order; the whole batch waits (DependencyUnavailable) while the
+        library is missing or holds another model's vectors than any of its results."""
         if not items:
             return []
         library = self._ready_library()
@@ -330,11 +325,11 @@ class NoveltyCore:
             for i, item in enumerate(items)
             if (entry_id := provisional_entry_id(item.result_id)) in library or entry_id in self.pending
         }
-        results: list[ItemResult] = []
+        outcomes: list[Outcome] = []
         for i, item in enumerate(items):
             ignore = {entry_id for entry_id, j in earlier_attempt.items() if j > i}
             try:
-                results.append(self.score(item, ignore))
+                outcomes.append(self.score(item, ignore))
             except InputError as exc:
-                results.append(exc)
-        return results
+                outcomes.append(exc)
+        return outcomes

@@ -1,20 +1,21 @@
 """Entry point of the novelty service: library feed, thresholds (hot-reloaded) and the runtime.
 
 The service runs one model: ``LITHOWATCH_MODEL_VERSION``, else the thresholds file's, else
-the library's first entry's. A thresholds file is applied only when it was calibrated for
-that model and the library's dimension: at start another one is a configuration error; a
-changed file that does not fit is refused with a log line and the previous thresholds stay.
+the library's first entry's; the thresholds it applies are checked against that model and
+the library's dimension (:mod:`services.novelty.thresholds`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from pydantic import Field
 
+from services.novelty import NAME
 from services.novelty.confirm_settings import (
     ACROSS_PROCESS_DEFAULT,
     CANDIDATE_POOL_DEFAULT,
@@ -22,18 +23,24 @@ from services.novelty.confirm_settings import (
     MAX_CANDIDATES_DEFAULT,
     PROCESS_LABELS_DEFAULT,
     AcrossProcess,
+    ConfirmSettings,
 )
-from services.novelty.core import MAX_PROVISIONAL_DEFAULT, NoveltyConfig, NoveltyCore
+from services.novelty.core import MAX_PROVISIONAL_DEFAULT, Confirm, NoveltyConfig, NoveltyCore
 from services.novelty.library_feed import LibraryFeed
-from shared.contracts import LibraryEntry
-from shared.errors import ConfigError, DependencyUnavailable
+from services.novelty.stage import NoveltyStage
+from services.novelty.thresholds import ThresholdsWatcher
+from shared.blobstore import LocalBlobStore
+from shared.contracts import DuplicateRecord, EmbeddedResult, LibraryEntry, Neighbour
+from shared.errors import ConfigError
+from shared.imageref import ImageLoader
 from shared.index import IndexSettings
-from shared.index.policy import ThresholdPolicy
-from shared.index.thresholds import ThresholdsFile
 from shared.runtime import StageRunner
 from shared.settings import StageSettings, load_settings
+from shared.stage import Output
 
-log = logging.getLogger("lithowatch.novelty")
+__all__ = ["NoveltySettings", "ThresholdsWatcher", "main"]
+
+log = logging.getLogger(f"lithowatch.{NAME}")
 
 
 class NoveltySettings(StageSettings):
@@ -62,113 +69,81 @@ class NoveltySettings(StageSettings):
     # "mask_only": between process conditions, agreeing masks alone confirm (the print's change is recorded)
     confirm_across_process: AcrossProcess = ACROSS_PROCESS_DEFAULT
 
-
-def thresholds_dim(thresholds: ThresholdsFile) -> int | None:
-    """The embedding dimension a thresholds file was calibrated for, when it says."""
-    if thresholds.embedding_dim is not None:
-        return thresholds.embedding_dim
-    return len(thresholds.clusters[0].centroid) if thresholds.clusters else None
-
-
-class ThresholdsWatcher:
-    """Reloads the thresholds file when it changes; keeps the last good one on errors.
-
-    A file is applied only when it fits the running model: its ``model_version`` is the
-    service's (``model_version``, else the first file's) and its dimension, when it names
-    one, the library's (``library_dim``, once the library is loaded). At start a file that
-    does not fit is a ConfigError; a changed one is refused (logged once per change); should
-    the library load later with another dimension, results wait (DependencyUnavailable).
-    """
-
-    def __init__(
-        self,
-        path: Path | None,
-        default_threshold: float,
-        model_version: str | None,
-        library_dim: Callable[[], int | None] = lambda: None,
-    ) -> None:
-        self.path = path
-        self.library_dim = library_dim
-        self._mtime = 0.0
-        self._checked = 0.0
-        fallback = ThresholdsFile(
-            model_version=model_version or "unknown",
-            global_threshold=default_threshold,
-            method="default",
-            method_reason="no thresholds file configured",
-        )
-        self.policy = ThresholdPolicy(fallback)
-        self.model_version = model_version
-        if path is not None:
-            if not path.is_file():
-                raise ConfigError(f"thresholds file {path} does not exist (run lithowatch calibrate)")
-            self.reload()
-            self.model_version = self.model_version or self.policy.model_version
-
-    def misfit(self, thresholds: ThresholdsFile) -> str | None:
-        """Why ``thresholds`` do not fit the running model and library, or None when they do."""
-        if self.model_version is not None and thresholds.model_version != self.model_version:
-            return (
-                f"calibrated for model {thresholds.model_version!r}; this service runs "
-                f"{self.model_version!r}"
-            )
-        dim, library_dim = thresholds_dim(thresholds), self.library_dim()
-        if dim is not None and library_dim is not None and dim != library_dim:
-            return f"calibrated for {dim}-d embeddings; the library holds {library_dim}-d vectors"
-        return None
-
-    def verify(self) -> None:
-        """ConfigError when the thresholds in use do not fit (checked once the library is loaded)."""
-        if self.path is not None and (why := self.misfit(self.policy.file)) is not None:
-            raise ConfigError(f"thresholds file {self.path}: {why}")
-
-    def reload(self) -> None:
-        """Load the file; ConfigError (the previous thresholds stay) when it is invalid or does not fit."""
-        assert self.path is not None
-        mtime = self.path.stat().st_mtime
-        policy = ThresholdPolicy.from_file(self.path)
-        if (why := self.misfit(policy.file)) is not None:
-            self._mtime = mtime  # refused once; a newer file is looked at again
-            raise ConfigError(f"{self.path}: {why}")
-        self.policy = policy
-        self._mtime = mtime
-        log.info(
-            "thresholds loaded from %s: global %.4f, %d clusters",
-            self.path,
-            self.policy.global_threshold,
-            len(self.policy.file.clusters or []),
+    def novelty_config(self) -> NoveltyConfig:
+        """The core's settings, built from these once."""
+        return NoveltyConfig(
+            k=self.novelty_k,
+            provisional=self.novelty_provisional,
+            max_provisional=self.novelty_max_provisional,
+            retired_models=frozenset(
+                version.strip() for version in self.novelty_retired_models.split(",") if version.strip()
+            ),
         )
 
-    def check(self) -> None:
-        now = time.monotonic()
-        if self.path is None or now - self._checked < 2.0:
-            return
-        self._checked = now
-        try:
-            if self.path.stat().st_mtime != self._mtime:
-                self.reload()
-        except (OSError, ConfigError) as exc:
-            log.error("thresholds file %s not reloaded, keeping the previous one: %s", self.path, exc)
+    def confirm_settings(self) -> ConfirmSettings:
+        """Hybrid confirmation's settings; the similarity gate only when set here (else calibrated)."""
+        overrides: dict[str, Any] = {
+            "candidate_pool": self.confirm_candidate_pool,
+            "max_candidates": self.confirm_max_candidates,
+            "marginal_width_fraction": self.confirm_marginal_width_fraction,
+            "process_labels": tuple(k.strip() for k in self.confirm_process_labels.split(",") if k.strip()),
+            "across_process": self.confirm_across_process,
+        }
+        if self.near_identity_similarity is not None:
+            overrides["near_identity_similarity"] = self.near_identity_similarity
+        return ConfirmSettings(**overrides)
 
-    def __call__(self) -> ThresholdPolicy:
-        """The thresholds in use; results wait while they do not fit the library (loaded after
-        the start, of another dimension) rather than being scored by the wrong ones."""
-        if self.path is not None and (why := self.misfit(self.policy.file)) is not None:
-            raise DependencyUnavailable(
-                f"thresholds file {self.path} does not fit: {why} (calibrate for this library)"
-            )
-        return self.policy
 
-    def near_identity_similarity(self) -> float | None:
-        """The hybrid confirmation gate calibrated for the model (None when the file has none)."""
-        gate = self.policy.file.near_identity
-        return gate.similarity if gate is not None else None
+def confirmed_duplicates(
+    confirmer: Callable[[EmbeddedResult, np.ndarray, list[Neighbour]], Output | None],
+) -> Confirm:
+    """The hybrid confirmer as the core's hook: the duplicate record it confirmed, or None."""
+
+    def confirm(
+        item: EmbeddedResult, vector: np.ndarray, neighbours: list[Neighbour]
+    ) -> DuplicateRecord | None:
+        found = confirmer(item, vector, neighbours)
+        if found is None:
+            return None
+        if not isinstance(found.value, DuplicateRecord):
+            raise TypeError(f"the confirmer answered {type(found.value).__name__}, not a DuplicateRecord")
+        return found.value
+
+    return confirm
+
+
+def hybrid_confirmation(settings: NoveltySettings, feed: LibraryFeed, watcher: ThresholdsWatcher) -> Confirm:
+    """Hybrid duplicate confirmation as configured; its similarity gate is the setting when given,
+    else the one calibrated in the thresholds file, else ConfirmSettings' default."""
+    from services.novelty.confirm import HybridConfirmer  # OpenCV: only when confirmation is on
+
+    loader = ImageLoader(LocalBlobStore(settings.blob_root), settings.max_image_pixels)
+    gate = None if settings.near_identity_similarity is not None else watcher.near_identity_similarity
+    confirmer = HybridConfirmer(loader, settings.confirm_settings(), lambda: feed.state, gate)
+    if settings.near_identity_similarity is not None:
+        source = "LITHOWATCH_NEAR_IDENTITY_SIMILARITY"
+    elif watcher.near_identity_similarity() is not None:
+        source = "the thresholds file (calibrated for the model)"
+    else:
+        source = "the default: the thresholds file has no calibrated gate (run lithowatch calibrate)"
+    tunables = confirmer.settings
+    log.info(
+        "hybrid confirmation: gate %.4f from %s; pool %d, %d checked on pixels; marginal features"
+        " forgiven up to %.2f of their drawn width between process conditions %s (across: %s)",
+        confirmer.gate,
+        source,
+        tunables.candidate_pool,
+        tunables.max_candidates,
+        tunables.marginal_width_fraction,
+        ",".join(tunables.process_labels) or "(none)",
+        tunables.across_process,
+    )
+    return confirmed_duplicates(confirmer)
 
 
 def main(settings_file: str | None = None) -> int:
     settings = load_settings(NoveltySettings, settings_file)
     watcher = ThresholdsWatcher(settings.thresholds_path, settings.default_threshold, settings.model_version)
-    model_version = watcher.model_version
     try:
         index_settings = IndexSettings(kind=settings.index_kind)
     except ValueError as exc:
@@ -181,7 +156,7 @@ def main(settings_file: str | None = None) -> int:
 
     feed = LibraryFeed(
         settings,
-        model_version,
+        watcher.model_version,
         settings.snapshot_dir,
         index_settings,
         settings.snapshot_interval_seconds,
@@ -191,45 +166,12 @@ def main(settings_file: str | None = None) -> int:
     watcher.library_dim = lambda: feed.state.dim if feed.state is not None else None
     feed.start()
     watcher.verify()
-    confirm = None
-    if settings.hybrid_confirm:
-        from services.novelty.confirm import HybridConfirmer
-
-        confirm = HybridConfirmer.from_settings(
-            settings, lambda: feed.state, watcher.near_identity_similarity
-        )
-        if settings.near_identity_similarity is not None:
-            source = "LITHOWATCH_NEAR_IDENTITY_SIMILARITY"
-        elif watcher.near_identity_similarity() is not None:
-            source = "the thresholds file (calibrated for the model)"
-        else:
-            source = "the default: the thresholds file has no calibrated gate (run lithowatch calibrate)"
-        log.info(
-            "hybrid confirmation: gate %.4f from %s; pool %d, %d checked on pixels; marginal features"
-            " forgiven up to %.2f of their drawn width between process conditions %s (across: %s)",
-            confirm.gate, source, confirm.settings.candidate_pool, confirm.settings.max_candidates,
-            confirm.settings.marginal_width_fraction, ",".join(confirm.settings.process_labels) or "(none)",
-            confirm.settings.across_process,
-        )
-    core = NoveltyCore(
-        lambda: feed.state,
-        watcher,
-        NoveltyConfig(
-            k=settings.novelty_k,
-            provisional=settings.novelty_provisional,
-            max_provisional=settings.novelty_max_provisional,
-            retired_models=frozenset(
-                version.strip() for version in settings.novelty_retired_models.split(",") if version.strip()
-            ),
-        ),
-        confirm=confirm,
-    )
-
-    def tick() -> None:
-        feed.poll(timeout_ms=0)
-        watcher.check()
-
+    confirm = hybrid_confirmation(settings, feed, watcher) if settings.hybrid_confirm else None
+    core = NoveltyCore(lambda: feed.state, watcher, settings.novelty_config(), confirm=confirm)
+    stage = NoveltyStage(core, feed, watcher)
     try:
-        return StageRunner(core, settings, tick=tick).run()
-    finally:
-        feed.close()
+        runner = StageRunner(stage, settings)
+    except BaseException:
+        stage.close()  # once running, the runner closes the stage
+        raise
+    return runner.run()

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from shared.contracts import SimResult, Topics
 from shared.errors import InputError
 from shared.imageref import ImageLoader
-from shared.runtime import ItemResult, Output, StageRunner
+from shared.runtime import StageRunner
 from shared.settings import StageSettings, load_settings
+from shared.stage import ItemResult, Output, StageBase
 
 OUTPUT_TOPIC = "lithowatch.test-passthrough.v1"
 
 
-class PassThrough:
+class PassThrough(StageBase):
     name = "passthrough"
     input_topic = Topics.RESULTS
     input_model = SimResult

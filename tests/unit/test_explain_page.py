@@ -14,6 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.explain.core import ExplainCore
+from services.explain.routes import AlertPages
+from services.explain.stage import ExplainStage
 from shared.blobstore import LocalBlobStore
 from shared.contracts import AlertRecord, ImageRef, Neighbour
 from shared.imageref import ImageLoader
@@ -46,22 +48,20 @@ def fast_thread_switches() -> Iterator[None]:
 
 def test_pages_never_fail_while_alerts_are_added(tmp_path: Path, fast_thread_switches: None) -> None:
     store = LocalBlobStore(tmp_path / "blobs")
-    core = ExplainCore(ImageLoader(store, 1 << 20), store, max_neighbours=1, keep_recent=60)
+    pages = AlertPages(store, keep_recent=60)
+    stage = ExplainStage(ExplainCore(ImageLoader(store, 1 << 20), store, max_neighbours=1), pages)
     alerts = [alert(i) for i in range(8)]
     for item in alerts * 8:
-        core.process_batch([item])  # a full page before the reads begin
+        stage.process_batch([item])  # a full page before the reads begin
     stop = threading.Event()
     added = [0]
 
     def consume() -> None:
         while not stop.is_set():
-            core.process_batch([alerts[added[0] % len(alerts)]])
+            stage.process_batch([alerts[added[0] % len(alerts)]])
             added[0] += 1
 
-    server = MetricsServer(
-        "127.0.0.1", 0, lambda: True, {"/alerts": core.alerts_page, "/panels/": core.panel_page},
-        CollectorRegistry(),
-    ).start()
+    server = MetricsServer("127.0.0.1", 0, lambda: True, pages.routes(), CollectorRegistry()).start()
     consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
     statuses: list[int] = []
@@ -89,11 +89,12 @@ def test_pages_never_fail_while_alerts_are_added(tmp_path: Path, fast_thread_swi
 
 def test_the_recent_alerts_are_a_copy_newest_first(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path / "blobs")
-    core = ExplainCore(ImageLoader(store, 1 << 20), store, keep_recent=2)
+    pages = AlertPages(store, keep_recent=2)
+    stage = ExplainStage(ExplainCore(ImageLoader(store, 1 << 20), store), pages)
     for i in range(3):
-        core.process_batch([alert(i)])
-    recent = core.recent_alerts()
+        stage.process_batch([alert(i)])
+    recent = pages.recent_alerts()
     assert [r.alert.alert_id for r in recent] == ["alert-2", "alert-1"]
     recent.clear()
-    assert len(core.recent_alerts()) == 2
-    assert isinstance(recent, list) and all(isinstance(r.alert.mask, ImageRef) for r in core.recent_alerts())
+    assert len(pages.recent_alerts()) == 2
+    assert isinstance(recent, list) and all(isinstance(r.alert.mask, ImageRef) for r in pages.recent_alerts())

@@ -1,7 +1,7 @@
 """The novelty core's verdicts on a real in-memory library (pure logic, no broker).
 
-The library is the real :class:`LibraryState`; the core's library outputs are applied to it
-the way the library feed does (``read_back``), so what the replica would see is what is tested.
+The library is the real :class:`LibraryState`; the provisional entries the core adds are applied
+to it the way the library feed does (``read_back``), so what the replica would see is what is tested.
 """
 
 from __future__ import annotations
@@ -14,13 +14,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.novelty.core import NoveltyConfig, NoveltyCore
-from shared.contracts import EmbeddedResult, Hashes, LibraryEntry, ScoreRecord, Topics, Vector
+from services.novelty.core import NoveltyConfig, NoveltyCore, Outcome, Scored
+from shared.contracts import (
+    DuplicateRecord,
+    EmbeddedResult,
+    Hashes,
+    LibraryEntry,
+    Neighbour,
+    ScoreRecord,
+    Vector,
+)
 from shared.errors import ContractError, DependencyUnavailable, InputError, TransientError
 from shared.index import LibraryState, provisional_entry_id
 from shared.index.policy import ThresholdPolicy
 from shared.index.thresholds import ThresholdsFile
-from shared.runtime import Output
 from shared.testing import embedded_result
 
 MODEL = "enc-v1"
@@ -95,26 +102,28 @@ class Replica:
         self.offset += 1
         self.core.pending.forget(entry.entry_id)
 
-    def read_back(self, outputs: list[Output]) -> None:
-        for out in outputs:
-            if out.topic == Topics.LIBRARY:
-                assert isinstance(out.value, LibraryEntry) and out.key == out.value.entry_id
-                self.publish(out.value)
+    def read_back(self, outcome: Outcome) -> None:
+        """The library topic delivers the provisional entry a novel result added."""
+        if isinstance(outcome, Scored) and outcome.provisional_entry is not None:
+            self.publish(outcome.provisional_entry)
 
 
-def stable(outputs: Any) -> list[tuple[str, str, dict[str, Any]]]:
-    """Outputs without the times they were made at (what a redelivery must reproduce)."""
-    assert not isinstance(outputs, InputError), outputs
+def scored(outcome: Outcome) -> Scored:
+    assert isinstance(outcome, Scored), outcome
+    return outcome
+
+
+def stable(outcome: Outcome) -> list[dict[str, Any] | None]:
+    """A verdict's records without the times they were made at (what a redelivery must reproduce)."""
+    verdict = scored(outcome)
     return [
-        (o.topic, o.key, o.value.model_dump(exclude={"scored_at", "raised_at", "created_at"}))
-        for o in outputs
+        None if record is None else record.model_dump(exclude={"scored_at", "raised_at", "created_at"})
+        for record in (verdict.score, verdict.alert, verdict.provisional_entry)
     ]
 
 
-def score_of(outputs: list[Output]) -> ScoreRecord:
-    score = next(o.value for o in outputs if o.topic == Topics.SCORES)
-    assert isinstance(score, ScoreRecord)
-    return score
+def score_of(outcome: Outcome) -> ScoreRecord:
+    return scored(outcome).score
 
 
 def with_library(**config: Any) -> Replica:
@@ -150,7 +159,7 @@ def test_results_of_another_model_wait_and_nothing_of_their_batch_is_scored() ->
     switched.publish(reference("lib-v2", near(0, rng)).model_copy(update={"model_version": "enc-v2"}))
     assert switched.library is not None and switched.library.model_version == "enc-v2"
     scored = switched.core.process_batch([batch[1]])
-    assert not isinstance(scored[0], InputError) and score_of(list(scored[0])).decision == "known"
+    assert not isinstance(scored[0], InputError) and score_of(scored[0]).decision == "known"
 
 
 def test_retired_models_are_dead_lettered_and_a_bad_vector_of_the_library_model_too() -> None:
@@ -164,7 +173,7 @@ def test_retired_models_are_dead_lettered_and_a_bad_vector_of_the_library_model_
     )
     assert isinstance(verdicts[0], InputError) and verdicts[0].reason == "model_retired"
     assert isinstance(verdicts[1], InputError) and verdicts[1].reason == "vector_dim"
-    assert not isinstance(verdicts[2], InputError) and score_of(list(verdicts[2])).decision == "known"
+    assert not isinstance(verdicts[2], InputError) and score_of(verdicts[2]).decision == "known"
 
 
 # -- reused result ids -----------------------------------------------------------------------------
@@ -177,12 +186,12 @@ def test_provisional_entries_never_share_an_id_with_a_reference_entry() -> None:
     assert stored is not None
     # the same clip (same pixel digest) as reference lib-2-0, embedded a little differently
     item = result("lib-2-0", near(2, rng), exact=stored.exact_hash)
-    outputs = replica.core.score(item)
-    assert score_of(outputs).decision == "novel"
-    entry = next(o for o in outputs if o.topic == Topics.LIBRARY)
-    assert isinstance(entry.value, LibraryEntry)
-    assert entry.key == entry.value.entry_id == provisional_entry_id("lib-2-0") != "lib-2-0"
-    replica.read_back(outputs)
+    outcome = replica.core.score(item)
+    assert score_of(outcome).decision == "novel"
+    entry = scored(outcome).provisional_entry
+    assert isinstance(entry, LibraryEntry) and entry.status == "provisional"
+    assert entry.entry_id == provisional_entry_id("lib-2-0") != "lib-2-0"
+    replica.read_back(outcome)
     assert replica.library is not None
     kept = replica.library.get("lib-2-0")
     assert kept is not None and kept.status == "reference" and kept.vector_digest == stored.vector_digest
@@ -197,21 +206,20 @@ def test_replaying_the_library_s_own_data_set_scores_it_known_and_demotes_nothin
         replica.publish(reference(clip_id, vector, exact=f"{int(clip_id[5:]):064d}"))
     replay = [result(clip_id, v, exact=f"{int(clip_id[5:]):064d}") for clip_id, v in vectors.items()]
     replay += [result(f"{clip_id}-nohash", vector) for clip_id, vector in list(vectors.items())[:2]]
-    for outputs in replica.core.process_batch(replay):
-        assert not isinstance(outputs, InputError)
-        score = score_of(list(outputs))
+    for outcome in replica.core.process_batch(replay):
+        score = score_of(outcome)
         assert score.decision == "known", score.result_id
         if not score.result_id.endswith("-nohash"):
             assert score.neighbours[0].id == score.result_id and score.novelty_score < 1e-5
-        assert [o.topic for o in outputs] == [Topics.SCORES]
-        replica.read_back(list(outputs))
+        assert scored(outcome).alert is None and scored(outcome).provisional_entry is None
+        replica.read_back(outcome)
     assert replica.library is not None and replica.library.provisional() == {}
     assert all(item.status == "reference" for item in map(replica.library.get, vectors) if item)
     # without pixel digests on the stored side the vectors decide: the same vector is the same clip
     bare = Replica()
     bare.publish(reference("clip-0", vectors["clip-0"]))
-    (outputs,) = bare.core.process_batch([result("clip-0", vectors["clip-0"])])
-    assert not isinstance(outputs, InputError) and score_of(list(outputs)).decision == "known"
+    (outcome,) = bare.core.process_batch([result("clip-0", vectors["clip-0"])])
+    assert score_of(outcome).decision == "known"
 
 
 def test_a_reused_result_id_with_other_content_is_dead_lettered() -> None:
@@ -226,17 +234,17 @@ def test_a_reused_result_id_with_other_content_is_dead_lettered() -> None:
     assert isinstance(verdict, InputError) and verdict.reason == "result_id_reused"
     # a novel result, then its id again with other content: before and after the read-back
     first = result("novel-1", near(20, rng), exact="a" * 64)
-    outputs = replica.core.score(first)
-    assert score_of(outputs).decision == "novel"
+    outcome = replica.core.score(first)
+    assert score_of(outcome).decision == "novel"
     other = result("novel-1", near(25, rng), exact="b" * 64)
     (verdict,) = replica.core.process_batch([other])  # against this replica's pending entry
     assert isinstance(verdict, InputError) and verdict.reason == "result_id_reused"
-    replica.read_back(outputs)
+    replica.read_back(outcome)
     (verdict,) = replica.core.process_batch([other])  # against the library's provisional entry
     assert isinstance(verdict, InputError) and verdict.reason == "result_id_reused"
     # the very same result again is a redelivery: the same records
     (again,) = replica.core.process_batch([first])
-    assert stable(again) == stable(outputs)
+    assert stable(again) == stable(outcome)
 
 
 # -- bounded growth and idempotent retries ------------------------------------------------------
@@ -253,10 +261,10 @@ def test_noise_keeps_provisional_entries_bounded() -> None:
         for i, vector in enumerate(noise):
             if i == 1_000:  # well past the bound: what is allocated from here on and kept is growth
                 tracemalloc.start()
-            outputs = replica.core.score(result(f"noise-{i}", vector))
-            decision = score_of(outputs).decision
+            outcome = replica.core.score(result(f"noise-{i}", vector))
+            decision = score_of(outcome).decision
             decisions[decision] = decisions.get(decision, 0) + 1
-            replica.read_back(outputs)
+            replica.read_back(outcome)
             assert replica.library is not None
             assert replica.library.provisional_count <= cap and len(replica.core.pending) <= cap
         grown = tracemalloc.get_traced_memory()[0]
@@ -297,7 +305,7 @@ def test_a_retried_batch_adds_nothing_twice_and_decides_the_same() -> None:
     # that entry) but nearer to "first" (0.949): a retry must not let "first" see "second"'s entry
     batch = [result("first", e0 + 0.5 * e1), result("second", 0.7 * e0 + 0.7 * e1)]
     first_attempt = replica.core.process_batch(batch)
-    scores = [score_of(list(r)) for r in first_attempt if not isinstance(r, InputError)]
+    scores = [score_of(r) for r in first_attempt]
     assert [(s.decision, s.provisional_of) for s in scores] == [
         ("provisional", "alert-earlier"),
         ("novel", None),
@@ -306,8 +314,8 @@ def test_a_retried_batch_adds_nothing_twice_and_decides_the_same() -> None:
     # produce failed: the runtime retries the same batch, maybe after the library read some back
     for read_back in (False, True):
         if read_back:
-            for outputs in first_attempt:
-                replica.read_back(list(outputs))  # type: ignore[arg-type]
+            for outcome in first_attempt:
+                replica.read_back(outcome)
         retry = replica.core.process_batch(batch)
         assert [stable(r) for r in retry] == [stable(r) for r in first_attempt]
         assert list(replica.core.pending.entries) == ["provisional/second"]  # never twice
@@ -316,3 +324,36 @@ def test_a_retried_batch_adds_nothing_twice_and_decides_the_same() -> None:
     for _ in range(3):
         replica.core.process_batch([lonely])
     assert list(replica.core.pending.entries) == ["provisional/second", "provisional/lonely"]
+
+
+# -- the hybrid confirmation hook -------------------------------------------------------------------
+
+
+def test_a_confirmed_duplicate_is_the_verdict_and_adds_no_provisional_entry() -> None:
+    asked: list[tuple[str, list[str]]] = []
+
+    def confirm(
+        item: EmbeddedResult, vector: np.ndarray, neighbours: list[Neighbour]
+    ) -> DuplicateRecord | None:
+        asked.append((item.result_id, [n.id for n in neighbours]))
+        if not item.result_id.startswith("resim"):
+            return None
+        return DuplicateRecord(
+            result_id=item.result_id,
+            duplicate_of=neighbours[0].id,
+            method="embedding+hash",
+            distance=round(1.0 - neighbours[0].similarity, 6),
+            stage="novelty",
+            produced_at=item.produced_at,
+        )
+
+    replica = with_library(threshold=1e-6)  # without the hook both would be novel
+    replica.core.confirm = confirm
+    rng = np.random.default_rng(8)
+    resim, other = result("resim-1", near(3, rng, 0.01)), result("other-1", near(3, rng, 0.01))
+    duplicate, novel = replica.core.process_batch([resim, other])
+    assert isinstance(duplicate, DuplicateRecord) and duplicate.duplicate_of.startswith("lib-3-")
+    assert score_of(novel).decision == "novel"
+    assert list(replica.core.pending.entries) == ["provisional/other-1"]  # none for the duplicate
+    assert [rid for rid, _ in asked] == ["resim-1", "other-1"]
+    assert all(ids and all(i.startswith("lib-3-") for i in ids[:3]) for _, ids in asked)

@@ -26,8 +26,9 @@ from test_runtime_policy import (
 )
 
 from shared.attempts import AttemptJournal, Mark
-from shared.runtime import ItemResult, StageRunner
+from shared.runtime import StageRunner
 from shared.settings import StageSettings
+from shared.stage import ItemResult
 
 OUT_TOPIC = "policy.out"
 

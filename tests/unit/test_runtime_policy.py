@@ -21,8 +21,9 @@ from pydantic import BaseModel
 
 from shared.contracts import Contract, DLQRecord, Topics
 from shared.errors import DependencyUnavailable, InputError
-from shared.runtime import ItemResult, Output, StageRunner
+from shared.runtime import StageRunner
 from shared.settings import StageSettings
+from shared.stage import ItemResult, Output, StageBase
 
 IN_TOPIC = "policy.in"
 OUT_TOPIC = "policy.out"
@@ -138,7 +139,7 @@ class Out(BaseModel):
     n: int
 
 
-class ScriptedStage:
+class ScriptedStage(StageBase):
     """Doubles ``n``; can raise transient errors, reject items, or crash on chosen values."""
 
     name = "policy"

@@ -35,7 +35,7 @@ from shared.model import (
 from shared.model.checkpoint import METADATA_NAME
 from shared.model.data import load_training_set
 from shared.model.preprocess import default_normalisation, rescale_clip, resize_pairs
-from shared.runtime import Output
+from shared.stage import Output
 from shared.testing import make_result
 
 TINY = "resnet18-w16"

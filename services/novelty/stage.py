@@ -1,0 +1,90 @@
+"""The novelty stage as the runtime sees it: the core's verdicts, the library feed and thresholds.
+
+A scored result goes to the scores topic; a novel one also raises an alert and (with
+provisional entries on) adds its provisional entry to the library topic, keyed by entry
+id (the topic is compacted by it); a confirmed duplicate goes to the duplicates topic.
+Decisions and alerts are counted.
+
+Between batches (:meth:`NoveltyStage.tick`) the library feed applies what the library
+topic has delivered and the thresholds file is looked at for changes; at the end
+(:meth:`NoveltyStage.close`) the feed writes its snapshot and closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from services.novelty import NAME
+from services.novelty.core import NoveltyCore, Verdict
+from shared import metrics
+from shared.contracts import DuplicateRecord, EmbeddedResult, Topics
+from shared.errors import InputError
+from shared.stage import ItemResult, Output, StageBase
+
+DECISIONS = ("known", "novel", "provisional")
+
+
+class LibrarySource(Protocol):
+    """The library feed as the stage drives it."""
+
+    def poll(self, timeout_ms: int = 0) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class ThresholdsSource(Protocol):
+    """The thresholds watcher as the stage drives it."""
+
+    def check(self) -> None: ...
+
+
+class NoveltyStage(StageBase):
+    name = NAME
+    input_topic = Topics.EMBEDDED
+    input_model = EmbeddedResult
+
+    def __init__(
+        self,
+        core: NoveltyCore,
+        library: LibrarySource | None = None,
+        thresholds: ThresholdsSource | None = None,
+    ) -> None:
+        self.core = core
+        self.library = library
+        self.thresholds = thresholds
+        for decision in DECISIONS:  # export zeros, so ratios exist before events
+            metrics.NOVELTY_DECISIONS.labels(decision)
+
+    def process_batch(self, items: Sequence[EmbeddedResult]) -> list[ItemResult]:
+        return [
+            outcome if isinstance(outcome, InputError) else self.outputs(outcome)
+            for outcome in self.core.process_batch(items)
+        ]
+
+    @staticmethod
+    def outputs(verdict: Verdict) -> list[Output]:
+        """The records of one verdict, counted."""
+        if isinstance(verdict, DuplicateRecord):
+            return [Output(Topics.DUPLICATES, verdict, verdict.result_id)]
+        score = verdict.score
+        outputs = [Output(Topics.SCORES, score, score.result_id)]
+        metrics.NOVELTY_DECISIONS.labels(score.decision).inc()
+        if verdict.alert is not None:
+            outputs.append(Output(Topics.ALERTS, verdict.alert, score.result_id))
+            metrics.ALERTS.inc()
+        if verdict.provisional_entry is not None:
+            entry = verdict.provisional_entry
+            outputs.append(Output(Topics.LIBRARY, entry, entry.entry_id))
+        return outputs
+
+    def tick(self) -> None:
+        """Apply what the library topic delivered, reload changed thresholds (never blocks)."""
+        if self.library is not None:
+            self.library.poll(timeout_ms=0)
+        if self.thresholds is not None:
+            self.thresholds.check()
+
+    def close(self) -> None:
+        if self.library is not None:
+            self.library.close()
