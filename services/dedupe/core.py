@@ -42,6 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.dedupe import NAME as STAGE
 from services.dedupe.store import Candidate, DedupeItem, DedupeStore, Verdict
 from shared.contracts import DuplicateRecord, Hashes, ImageRef, SimResult, UniqueResult
 from shared.errors import ConfigError, ImageError, InputError
@@ -50,7 +51,6 @@ from shared.imageref import ImageLoader
 from shared.imaging import to_uint8
 from shared.verification import MASK_TOLERANCE_LEVELS, MAX_SHIFT_PX, PixelTolerances, verify_shifted_match
 
-STAGE = "dedupe"
 PAYLOAD_MAGIC = b"LWD1"
 ImageLoadFn = Callable[[ImageRef], np.ndarray]
 Outcome = UniqueResult | DuplicateRecord | InputError

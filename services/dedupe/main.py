@@ -7,6 +7,7 @@ from typing import Any
 import redis
 from pydantic import Field
 
+from services.dedupe import NAME
 from services.dedupe.core import DedupeCore, DedupeSettings
 from services.dedupe.stage import DedupeStage
 from services.dedupe.store import BAND_MAX_MEMBERS_DEFAULT, RedisDedupeStore
@@ -23,7 +24,11 @@ class DedupeServiceSettings(StageSettings):
     dedupe_hamming_radius: int = Field(64, ge=0)
     # newest members kept (and read) per band set: bounds a lookup however busy one band value is
     dedupe_band_max_members: int = Field(BAND_MAX_MEMBERS_DEFAULT, ge=1, le=100_000)
-    dedupe_key_prefix: str = "lithowatch:dedupe"
+    dedupe_key_prefix: str = f"lithowatch:{NAME}"
+
+    def core_settings(self) -> DedupeSettings:
+        """The core's settings, built from these once."""
+        return DedupeSettings(ttl_seconds=self.dedupe_ttl_seconds, hamming_radius=self.dedupe_hamming_radius)
 
 
 def redis_client(settings: CommonSettings) -> Any:
@@ -49,12 +54,13 @@ def redis_client(settings: CommonSettings) -> Any:
 
 def main(settings_file: str | None = None) -> int:
     settings = load_settings(DedupeServiceSettings, settings_file)
-    core_settings = DedupeSettings(
-        ttl_seconds=settings.dedupe_ttl_seconds, hamming_radius=settings.dedupe_hamming_radius
+    store = RedisDedupeStore(
+        redis_client(settings),
+        settings.dedupe_key_prefix,
+        settings.dedupe_ttl_seconds,
+        band_max_members=settings.dedupe_band_max_members,
+        on_trimmed=metrics.DEDUPE_BAND_TRIMMED.inc,
     )
-    store = RedisDedupeStore(redis_client(settings), settings.dedupe_key_prefix, settings.dedupe_ttl_seconds,
-                             band_max_members=settings.dedupe_band_max_members,
-                             on_trimmed=metrics.DEDUPE_BAND_TRIMMED.inc)
     loader = ImageLoader(LocalBlobStore(settings.blob_root), settings.max_image_pixels)
-    core = DedupeCore(store, core_settings, load_image=loader)
+    core = DedupeCore(store, settings.core_settings(), load_image=loader)
     return StageRunner(DedupeStage(core), settings).run()

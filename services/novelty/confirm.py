@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from services.novelty import NAME as STAGE
 from services.novelty.confirm_settings import ConfirmSettings
 from shared import metrics, verification
 from shared.contracts import DuplicateRecord, EmbeddedResult, ImageRef, Neighbour, Topics
@@ -49,7 +50,6 @@ from shared.index import LibraryState
 from shared.stage import Output
 from shared.verification import PixelTolerances
 
-STAGE = "novelty"
 ImageLoadFn = Callable[[ImageRef], np.ndarray]
 Path_ = Literal["exact", "hash", "descriptors"]
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
+from services.simfarm import NAME
 from shared import metrics
 from shared.blobstore import LocalBlobStore
 from shared.contracts import SimResult, Topics
@@ -23,7 +24,7 @@ from shared.kafka_io import make_producer
 from shared.litho import FAMILIES
 from shared.settings import CommonSettings, StageSettings, load_settings, metrics_port_for
 
-log = logging.getLogger("lithowatch.simfarm")
+log = logging.getLogger(f"lithowatch.{NAME}")
 
 
 def _families(text: str) -> tuple[str, ...]:
@@ -85,7 +86,7 @@ def publish(
     progress: bool = True,
 ) -> int:
     """Publish results at ``rate`` per second (0: as fast as possible); return how many."""
-    producer = make_producer(settings, client_id="lithowatch-simfarm")
+    producer = make_producer(settings, client_id=f"lithowatch-{NAME}")
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -96,7 +97,7 @@ def publish(
     previous = signal.signal(signal.SIGINT, _stop) if in_main else None
     sent = 0
     begin = time.monotonic()
-    bar = tqdm(total=count or None, unit="result", disable=not progress, desc="simfarm")
+    bar = tqdm(total=count or None, unit="result", disable=not progress, desc=NAME)
     try:
         stream = itertools.islice(results, count) if count else results
         for result in stream:
@@ -132,11 +133,11 @@ def publish(
 
 def start_metrics(settings: StageSettings) -> metrics.MetricsServer | None:
     """Serve the farm's counter for Prometheus; a busy port only costs the metrics."""
-    port = metrics_port_for(settings, "simfarm")
+    port = metrics_port_for(settings, NAME)
     try:
         return metrics.MetricsServer(settings.metrics_host, port, lambda: True).start()
     except OSError as exc:
-        log.warning("simfarm metrics not served on %s:%d: %s", settings.metrics_host, port, exc)
+        log.warning("%s metrics not served on %s:%d: %s", NAME, settings.metrics_host, port, exc)
         return None
 
 
