@@ -20,7 +20,7 @@ from shared.contracts import (
     model_for_topic,
 )
 from shared.display import mask_url, terminal_safe
-from shared.errors import ConfigError, ContractError, DependencyUnavailable
+from shared.errors import ConfigError, ContractError
 from shared.settings import CommonSettings, load_settings
 
 
@@ -135,13 +135,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    from shared.kafka_io import client_options, committed_offsets, consumer_groups, make_admin
+    from shared.kafka_io import committed_offsets, consumer_groups, make_admin, make_reader
 
     settings = load_settings(CommonSettings, args.settings_file)
     admin = make_admin(settings)
-    consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    consumer = make_reader(settings)
     try:
         names = sorted(t for t in admin.list_topics() if t.startswith("lithowatch."))
         ends: dict[Any, int] = {}
@@ -185,18 +185,15 @@ def _summarise(value: Any, full: bool) -> Any:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    from shared.kafka_io import client_options
+    from shared.kafka_io import make_reader
 
     if args.topic not in TOPIC_MODELS:
         raise ConfigError(f"unknown topic {args.topic!r}; known: {', '.join(Topics.all())}")
     model = model_for_topic(args.topic)
     settings = load_settings(CommonSettings, args.settings_file)
-    try:
-        consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    except Exception as exc:
-        raise DependencyUnavailable(f"Kafka at {settings.kafka_bootstrap} is not reachable: {exc}") from exc
+    consumer = make_reader(settings)
     try:
         parts = consumer.partitions_for_topic(args.topic)
         if not parts:
@@ -254,15 +251,12 @@ def format_alert(alert: AlertRecord, explanation: ExplanationRecord | None, pane
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    from shared.kafka_io import client_options
+    from shared.kafka_io import make_reader
 
     settings = load_settings(CommonSettings, args.settings_file)
-    try:
-        consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    except Exception as exc:
-        raise DependencyUnavailable(f"Kafka at {settings.kafka_bootstrap} is not reachable: {exc}") from exc
+    consumer = make_reader(settings)
     pending: dict[str, AlertRecord] = {}
     panels: dict[str, ExplanationRecord] = {}
     shown = 0

@@ -1,17 +1,24 @@
-"""Helpers for tests and benchmarks: quick results, producing and collecting topics."""
+"""Helpers for tests and benchmarks: quick results, producing and collecting topics.
+
+:class:`InMemoryTopics` is an honest fake of a broker's partitioned logs for the calls a
+:class:`~shared.kafka_io.TopicFollower` makes, so the follower's own logic (and what is
+built on it) runs unchanged in unit tests.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 
 from shared.contracts import Contract, SimResult
 from shared.imageref import make_image_ref
+from shared.kafka_io import make_reader
 
 
 def random_manhattan(rng: np.random.Generator, size_px: int = 64, n_rects: int = 6) -> np.ndarray:
@@ -73,7 +80,7 @@ def collect(
     timeout_seconds: float = 60.0,
 ) -> list[Any]:
     """Read topics from the beginning (no group) until ``done(records)`` or the timeout."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = make_reader(bootstrap)
     records: list[Any] = []
     try:
         tps = []
@@ -123,3 +130,104 @@ def library_entry(
     return LibraryEntry(
         entry_id=entry_id, vector=Vector.from_array(unit), model_version=model_version, labels=labels or {}
     )
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One record of an in-memory log, with the fields of kafka-python's ``ConsumerRecord`` used here."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class InMemoryTopics:
+    """Partitioned append-only logs; :meth:`consumer` reads them as a group-less consumer does.
+
+    ``first_offsets`` sets a partition's first offset (records before it deleted), so
+    seeking to the beginning and seeking to offset 0 differ, as on a broker. A position
+    out of range (before the first offset or past the end) is reset to the first offset,
+    as :func:`~shared.kafka_io.make_reader`'s consumers do (``auto_offset_reset="earliest"``).
+    """
+
+    def __init__(
+        self, partitions: Mapping[str, int], first_offsets: Mapping[TopicPartition, int] | None = None
+    ):
+        self.logs: dict[TopicPartition, list[LogRecord]] = {
+            TopicPartition(topic, p): [] for topic, count in partitions.items() for p in range(count)
+        }
+        self.first: dict[TopicPartition, int] = dict(first_offsets or {})
+
+    def append(self, topic: str, value: bytes | None, partition: int = 0, key: bytes | None = None) -> int:
+        """Append a record; returns its offset."""
+        tp = TopicPartition(topic, partition)
+        log = self.logs[tp]
+        offset = self.first.get(tp, 0) + len(log)
+        log.append(LogRecord(topic, partition, offset, key, value))
+        return offset
+
+    def consumer(self) -> InMemoryConsumer:
+        return InMemoryConsumer(self)
+
+
+class InMemoryConsumer:
+    """The assign/seek/poll calls of a ``KafkaConsumer`` over :class:`InMemoryTopics`."""
+
+    def __init__(self, topics: InMemoryTopics) -> None:
+        self.topics = topics
+        self.assigned: list[TopicPartition] = []
+        self.positions: dict[TopicPartition, int] = {}
+        self.closed = False
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        found = {tp.partition for tp in self.topics.logs if tp.topic == topic}
+        return found or None
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = list(partitions)
+        self.positions = {tp: self._first(tp) for tp in self.assigned}
+
+    def _first(self, tp: TopicPartition) -> int:
+        return self.topics.first.get(tp, 0)
+
+    def _end(self, tp: TopicPartition) -> int:
+        return self._first(tp) + len(self.topics.logs[tp])
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.positions[partition] = offset
+
+    def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        for tp in partitions or tuple(self.assigned):
+            self.positions[tp] = self._first(tp)
+
+    def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._first(tp) for tp in partitions}
+
+    def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._end(tp) for tp in partitions}
+
+    def position(self, partition: TopicPartition) -> int:
+        return self.positions[partition]
+
+    def poll(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[LogRecord]]:
+        budget = max_records if max_records is not None else 500
+        out: dict[TopicPartition, list[LogRecord]] = {}
+        for tp in self.assigned:
+            if budget <= 0:
+                break
+            if not self._first(tp) <= self.positions[tp] <= self._end(tp):
+                self.positions[tp] = self._first(tp)
+            start = self.positions[tp] - self._first(tp)
+            records = self.topics.logs[tp][start : start + budget]
+            if records:
+                out[tp] = records
+                self.positions[tp] = records[-1].offset + 1
+                budget -= len(records)
+        return out
+
+    def close(self) -> None:
+        self.closed = True

@@ -16,6 +16,10 @@ topic is what is served. A snapshot that cannot
 be written is logged and tried again at the next interval; the service goes on.
 Provisional entries are bounded (``max_provisional``); evictions are counted as
 ``event="provisional_evicted"``.
+
+The topic is read by :class:`shared.kafka_io.TopicFollower` (every partition assigned,
+sought to the snapshot's offsets or the beginning, caught up to the end offsets as of
+start, then polled); tests hand the feed a follower over in-memory logs.
 """
 
 from __future__ import annotations
@@ -24,19 +28,20 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from shared import metrics
 from shared.contracts import LibraryEntry, Topics
 from shared.errors import ConfigError, ContractError, DependencyUnavailable
 from shared.index import IndexSettings, LibraryState, TopicState, find_snapshot
-from shared.kafka_io import client_options, make_admin
+from shared.kafka_io import TopicFollower, make_admin
 from shared.settings import CommonSettings
 
 log = logging.getLogger("lithowatch.novelty.library")
+
+POLL_MAX_RECORDS = 2000
 
 
 def library_topic_id(settings: CommonSettings) -> str | None:
@@ -71,7 +76,10 @@ class LibraryFeed:
         snapshot_interval_seconds: float = 300.0,
         on_applied: Callable[[LibraryEntry], None] | None = None,
         max_provisional: int | None = None,
+        open_follower: Callable[[], TopicFollower] | None = None,
+        read_topic_id: Callable[[], str | None] | None = None,
     ) -> None:
+        """``open_follower`` and ``read_topic_id`` default to the library topic on the settings' broker."""
         self.settings = settings
         self.model_version = model_version
         self.snapshot_dir = snapshot_dir
@@ -85,8 +93,9 @@ class LibraryFeed:
         self._evicted_reported = 0
         self._dirty = False
         self._last_snapshot = time.monotonic()
-        self._consumer: KafkaConsumer | None = None
-        self._partitions: list[TopicPartition] = []
+        self._open_follower = open_follower or (lambda: TopicFollower.open(settings, Topics.LIBRARY))
+        self._read_topic_id = read_topic_id or (lambda: library_topic_id(settings))
+        self._follower: TopicFollower | None = None
         for event in ("provisional_evicted", "snapshot_refused"):  # export zeros
             metrics.LIBRARY_EVENTS.labels(event)
 
@@ -133,57 +142,36 @@ class LibraryFeed:
 
     def _topic_state(self) -> TopicState:
         """The library topic's id and (low, high) watermarks per partition, as of now."""
-        assert self._consumer is not None
-        try:
-            lows = self._consumer.beginning_offsets(self._partitions)
-            highs = self._consumer.end_offsets(self._partitions)
-        except KafkaError as exc:
-            raise DependencyUnavailable(f"cannot read the library topic's offsets: {exc}") from exc
-        return TopicState(
-            topic_id=library_topic_id(self.settings),
-            watermarks={tp.partition: (lows[tp], highs[tp]) for tp in self._partitions},
-        )
+        assert self._follower is not None
+        return TopicState(topic_id=self._read_topic_id(), watermarks=self._follower.watermarks())
 
     def start(self, catch_up_timeout_seconds: float = 120.0) -> None:
         try:
-            self._consumer = KafkaConsumer(
-                **client_options(self.settings),
-                enable_auto_commit=False,
-                max_partition_fetch_bytes=max(1 << 20, self.settings.kafka_max_message_bytes),
-            )
-            parts = self._consumer.partitions_for_topic(Topics.LIBRARY) or set()
-        except KafkaError as exc:
-            raise DependencyUnavailable(f"cannot read the library topic: {exc}") from exc
-        if not parts:
-            raise DependencyUnavailable(f"topic {Topics.LIBRARY} does not exist")
-        self._partitions = [TopicPartition(Topics.LIBRARY, p) for p in sorted(parts)]
-        self._consumer.assign(self._partitions)
+            self._follower = self._open_follower()
+        except ConfigError as exc:  # no topic yet: whoever starts the stack creates it, so wait
+            raise DependencyUnavailable(str(exc)) from exc
         self.topic = self._topic_state()
         self.restore()
         self._update_gauges()
-        offsets = self.state.next_offsets if self.state is not None else {}
-        for tp in self._partitions:
-            self._consumer.seek(tp, offsets.get(tp.partition, 0))
+        self._follower.seek(self.state.next_offsets if self.state is not None else None)
         self.catch_up(catch_up_timeout_seconds)
 
     def catch_up(self, timeout_seconds: float) -> None:
         """Apply records until the topic's end offsets as of now are reached."""
-        assert self._consumer is not None
-        ends = self._consumer.end_offsets(self._partitions)
-        deadline = time.monotonic() + timeout_seconds
-        while any(self._consumer.position(tp) < end for tp, end in ends.items()):
-            if time.monotonic() > deadline:
-                raise DependencyUnavailable("library topic replay did not finish in time")
-            self.poll(timeout_ms=200)
+        assert self._follower is not None
+        for records in self._follower.catch_up(timeout_seconds, max_records=POLL_MAX_RECORDS):
+            self._apply_records(records)
         log.info("library caught up: %d entries", len(self.state) if self.state else 0)
 
     # ---- steady state -----------------------------------------------------------------------
     def poll(self, timeout_ms: int = 0) -> int:
-        assert self._consumer is not None
+        assert self._follower is not None
+        return self._apply_records(self._follower.poll(timeout_ms=timeout_ms, max_records=POLL_MAX_RECORDS))
+
+    def _apply_records(self, records: list[Any]) -> int:
         applied = 0
-        for records in self._consumer.poll(timeout_ms=timeout_ms, max_records=2000).values():
-            for record in records:
-                applied += self._apply(record.value, record.partition, record.offset)
+        for record in records:
+            applied += self._apply(record.value, record.partition, record.offset)
         if applied:
             self._dirty = True
             self._update_gauges()
@@ -262,5 +250,5 @@ class LibraryFeed:
         try:
             self.maybe_snapshot(force=True)
         finally:
-            if self._consumer is not None:
-                self._consumer.close()
+            if self._follower is not None:
+                self._follower.close()

@@ -9,7 +9,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from shared.contracts import (
     AlertRecord,
@@ -20,6 +20,7 @@ from shared.contracts import (
     ScoreRecord,
     Topics,
 )
+from shared.kafka_io import make_reader
 
 _SAMPLE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\}\s+(?P<value>[-+0-9.eE]+|NaN)$")
 
@@ -70,7 +71,7 @@ class OutputWatcher:
         return self
 
     def _run(self) -> None:
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = make_reader(self.bootstrap)
         topics: dict[str, tuple[type[Contract], dict[str, Any]]] = {
             Topics.SCORES: (ScoreRecord, self.scores),
             Topics.DUPLICATES: (DuplicateRecord, self.duplicates),
