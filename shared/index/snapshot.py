@@ -102,7 +102,12 @@ def stale_reason(meta: SnapshotMeta, topic: TopicState) -> str | None:
       and the tombstones among them with them, so the snapshot cannot be completed.
 
     A snapshot without a recorded id (or a broker without ids) is judged by offsets alone.
+    When both ids are known and equal, a stored offset past the high watermark is not held
+    against it: offsets of one topic only grow, and Tansu 0.6 reports the end of a partition
+    as the first offset of its last batch plus one (five records written in one batch end at
+    1), which would refuse every snapshot taken after a batched write.
     """
+    same_topic = meta.topic_id is not None and meta.topic_id == topic.topic_id
     if meta.topic_id is not None and topic.topic_id is not None and meta.topic_id != topic.topic_id:
         return (
             f"it was taken from topic id {meta.topic_id}, the topic now has id {topic.topic_id} "
@@ -112,7 +117,7 @@ def stale_reason(meta: SnapshotMeta, topic: TopicState) -> str | None:
         if partition not in topic.watermarks:
             return f"partition {partition} it continues no longer exists"
         low, high = topic.watermarks[partition]
-        if next_offset > high:
+        if next_offset > high and not same_topic:
             return (
                 f"it continues partition {partition} at offset {next_offset}, past the topic's end "
                 f"({high}): the topic was recreated or truncated since"
