@@ -64,7 +64,7 @@ DEFAULT_TRAIN_ARGS := --objective contrastive --backbone resnet18-w16 --epochs 8
 default-model: install
 	rm -rf $(DEFAULT_DATA)
 	$(BIN)/lithowatch dataset make --n 600 --variants 5 --max-shift-px 16 --seed 11 --out $(DEFAULT_DATA)/generated
-	$(BIN)/lithowatch dataset from-layout shared/litho/cells/sky130_fd_sc_hd --rows --layer li1=67/20 \
+	$(BIN)/lithowatch dataset from-layout toolkit/litho/cells/sky130_fd_sc_hd --rows --layer li1=67/20 \
 	  --layer licon=66/44 --layer poly=66/20 --shrink 0.37 --variants 6 --eval-share 0.3 --out $(DEFAULT_DATA)/sky130
 	$(BIN)/lithowatch train --dataset $(DEFAULT_DATA)/generated --dataset $(DEFAULT_DATA)/sky130/train \
 	  --eval-dataset $(DEFAULT_DATA)/sky130/eval $(DEFAULT_TRAIN_ARGS) --recipe "make default-model" \

@@ -1,6 +1,6 @@
 """Dedupe benchmark: duplicate recall, false merges and throughput, against plain pHash.
 
-Data (from ``shared.litho.FarmGenerator``, cached under ``--cache-dir``):
+Data (from ``toolkit.litho.FarmGenerator``, cached under ``--cache-dir``):
 ``--layouts`` distinct layouts, each simulated once at the nominal window and
 once more as a re-simulated duplicate (window shifted by an integer in
 ``[-max_shift, max_shift]`` px on each axis, dose ``1 ± U(0, 0.03)``, PNG
@@ -45,14 +45,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.launcher import free_port, wait_for_port
 from services.dedupe.core import DedupeCore, DedupeSettings, Outcome
 from services.dedupe.store import DedupeStore, InMemoryDedupeStore, RedisDedupeStore
 from shared.contracts import DuplicateRecord, ImageRef, SimResult, UniqueResult
 from shared.errors import InputError
 from shared.hashing import hamming_distance, spectral_hash
 from shared.imaging import decode_image, sha256_hex
-from shared.launcher import free_port, wait_for_port
-from shared.litho import FarmGenerator, Variant, applicable_defects
+from toolkit.litho import FarmGenerator, Variant, applicable_defects
 
 CACHE_VERSION = 1
 Verdicts = dict[str, str | None]  # result_id -> the result it duplicates (None: unique)

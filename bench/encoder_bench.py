@@ -36,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.dataset import Dataset, DatasetWriter, read_dataset
 from shared.errors import ContractError
-from shared.litho import FAMILIES, ClipSample, FarmGenerator, Variant, applicable_defects
-from shared.model import build_untrained, embed_dataset, load_encoder, precision_at_k, save_encoder
-from shared.model.train import TrainConfig, train_encoder
+from shared.model import build_untrained, embed_dataset, load_encoder, save_encoder
+from toolkit.litho import FAMILIES, ClipSample, FarmGenerator, Variant, applicable_defects
+from toolkit.training.evaluate import precision_at_k
+from toolkit.training.train import TrainConfig, train_encoder
 
 ALL_METHODS = ("pixel", "phash", "untrained", "autoencoder", "supervised", "default", "speed")
 

@@ -104,10 +104,10 @@ def main() -> int:
 
     from pipeline_bench import Tap, cpu_seconds, steady_rate
 
+    from app.launcher import EmbeddedStack, wait_until
+    from app.supervisor import Pipeline
     from shared.contracts import Topics
-    from shared.launcher import EmbeddedStack, wait_until
     from shared.model import build_untrained, save_encoder
-    from shared.supervisor import Pipeline
     from shared.testing import produce
 
     torch.backends.cudnn.benchmark = True

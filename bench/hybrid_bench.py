@@ -1,6 +1,6 @@
 """Hybrid duplicate confirmation benchmark: re-simulations the dedupe stage misses.
 
-Data (``shared.litho.FarmGenerator``, one seed): ``--layouts`` layouts form the
+Data (``toolkit.litho.FarmGenerator``, one seed): ``--layouts`` layouts form the
 library (nominal window). Each is re-simulated once with a large window shift
 (the larger axis moved by 20-48 px at 256 px, the other by up to 48 px), another
 dose (+-5 %) and another focus: the "true re-simulations". ``--distinct`` new
@@ -26,7 +26,7 @@ judged, marginal features forgiven). The other policy and the strict check
 Steps, one run, nothing asserted:
 0. the gate: ``--gate calibrated`` (default) reads it off re-simulation pairs of
    ``--calibration-layouts`` *other* layouts (seed + 1000) with
-   ``shared.calibration.near_identity``, as ``lithowatch calibrate`` does for the
+   ``toolkit.calibration.near_identity``, as ``lithowatch calibrate`` does for the
    thresholds file; ``--gate 0.95`` fixes it;
 1. the dedupe core (``InMemoryDedupeStore``) sees the library, then the queries:
    which re-simulations does it miss?
@@ -79,16 +79,16 @@ from services.novelty.confirm import (
     hash_path,
     process_of,
 )
-from shared.calibration.near_identity import near_identity_gate
 from shared.contracts import SimResult, UniqueResult
 from shared.errors import ContractError
 from shared.imageref import make_image_ref
 from shared.index.thresholds import NearIdentityGate
-from shared.litho import ClipSample, FarmGenerator, Variant, applicable_defects
-from shared.litho.families import FAMILIES
 from shared.model.checkpoint import load_encoder
 from shared.model.encoder import Encoder, build_untrained
 from shared.verification import judge_prints, overlap_windows, topology_change
+from toolkit.calibration.near_identity import near_identity_gate
+from toolkit.litho import ClipSample, FarmGenerator, Variant, applicable_defects
+from toolkit.litho.families import FAMILIES
 
 DEFOCUS_NM = (-60.0, -40.0, -20.0, 20.0, 40.0, 60.0)
 # defects that change the print's topology (bridge, contact gone or merged, a blob printed)
@@ -227,7 +227,7 @@ def main() -> int:
     parser.add_argument(
         "--gate", default="calibrated",
         help="near_identity_similarity: a number, or 'calibrated' (default): the gate"
-        " shared.calibration.near_identity reads off re-simulation pairs of a separate calibration"
+        " toolkit.calibration.near_identity reads off re-simulation pairs of a separate calibration"
         " set (another seed), as lithowatch calibrate does for the thresholds file",
     )
     parser.add_argument("--calibration-layouts", type=int, default=60,

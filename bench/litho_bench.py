@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.fft
 
-from shared.litho import (
+from toolkit.litho import (
     FAMILIES,
     FarmGenerator,
     LithoSimulator,

@@ -1,7 +1,7 @@
 """End-to-end performance of the pipeline next to its embedder's limit, in one table.
 
 Real broker and Redis (EmbeddedStack), every service its own process
-(shared.supervisor.Pipeline), an untrained encoder of the chosen architecture
+(app.supervisor.Pipeline), an untrained encoder of the chosen architecture
 (``--model``, default ResNet-50 at 224 px, mask+print: the production embedder,
 the stage the rest of the pipeline has to hide behind) and thresholds calibrated
 on the library. It measures:
@@ -52,6 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kafka import KafkaConsumer, TopicPartition
 from stage_bench import CoreInputs, StageFigures, model_forward, time_cores
 
+from app.launcher import EmbeddedStack, wait_until
+from app.supervisor import SHARED_HOST_NICE, Pipeline, RunningService
 from shared.contracts import (
     AlertRecord,
     AlignedResult,
@@ -61,8 +63,6 @@ from shared.contracts import (
     Topics,
     UniqueResult,
 )
-from shared.launcher import EmbeddedStack, wait_until
-from shared.supervisor import SHARED_HOST_NICE, Pipeline, RunningService
 
 STAGES = ("dedupe", "align", "embed", "novelty", "explain")
 STAGE_IO = {
@@ -172,7 +172,7 @@ def parse_model(spec: str) -> tuple[str, int]:
 def prepare_assets(root: Path, stream_known: int, arch: str, size_px: int) -> tuple[Path, Path, Path]:
     """(library data set, encoder: the shipped one for arch ``default``, else untrained ``arch`` at
     ``size_px``, calibrated thresholds), cached."""
-    from shared.demo.assets import DemoConfig, calibrate, make_datasets
+    from app.demo.assets import DemoConfig, calibrate, make_datasets
     from shared.model import build_untrained, read_metadata, save_encoder
     from shared.model.default import default_model_path
 
@@ -484,9 +484,9 @@ def main() -> int:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="asset cache (default: user cache)")
     args = parser.parse_args()
+    from app.demo.assets import KNOWN_FAMILIES, NOVEL_FAMILY, cache_root
     from services.novelty.library_cli import build_library
     from services.simfarm.core import FarmSettings, FarmStream
-    from shared.demo.assets import KNOWN_FAMILIES, NOVEL_FAMILY, cache_root
     from shared.settings import CommonSettings
 
     stream_known = 150  # the library and calibration data sets (the stream comes from the farm)

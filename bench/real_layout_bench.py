@@ -27,10 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.dataset import read_dataset
-from shared.evaluation.verdict import compare_embeddings, embed_with, format_table, verdict
 from shared.model import build_untrained, load_encoder
 from shared.model.default import DEFAULT_MODEL_DIR
 from shared.model.descriptors import DescriptorSpec
+from toolkit.evaluation.verdict import compare_embeddings, embed_with, format_table, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = ROOT / "shared" / "data" / "sky130_fd_sc_hd"
@@ -40,7 +40,7 @@ def make_eval_set(out: Path, cells: Path) -> Path:
     """Import the cell library (train and eval halves) unless it is there already."""
     if not (out / "eval" / "manifest.jsonl").is_file():
         cmd = [
-            sys.executable, "-m", "shared.cli", "dataset", "from-layout", str(cells), "--rows",
+            sys.executable, "-m", "app.cli", "dataset", "from-layout", str(cells), "--rows",
             "--layer", "li1=67/20", "--layer", "licon=66/44", "--layer", "poly=66/20", "--shrink", "0.37",
             "--variants", "6", "--eval-share", "0.3", "--out", str(out),
         ]

@@ -21,9 +21,9 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from app.launcher import EmbeddedStack
 from shared.contracts import ImageRef, SimResult, Topics
 from shared.imaging import sha256_hex
-from shared.launcher import EmbeddedStack
 from shared.runtime import StageRunner
 from shared.settings import StageSettings
 from shared.stage import ItemResult, Output, StageBase

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.launcher import EmbeddedStack
+from app.launcher import EmbeddedStack
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ bands reach, or whose print changed with another dose or focus. The encoder
 still places such a result near its library entry, but a cosine similarity
 cannot say "this is the same result". So the ``candidate_pool`` nearest entries
 above a similarity gate (calibrated per model by ``lithowatch calibrate``,
-:mod:`shared.calibration.near_identity`; ``near_identity_similarity`` is the
+:mod:`toolkit.calibration.near_identity`; ``near_identity_similarity`` is the
 fallback) are ranked by a coarse cross-correlation of the masks
 (:func:`coarse_score`) and the best ``max_candidates`` checked on pixels with
 :mod:`shared.verification`. The gate never confirms; the pixels do:

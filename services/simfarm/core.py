@@ -25,7 +25,7 @@ from shared.blobstore import BlobStore
 from shared.contracts import LabelValue, SimResult
 from shared.dataset import Dataset
 from shared.imageref import make_image_ref
-from shared.litho import FAMILIES, FarmGenerator, Layout, Variant, rasterize
+from toolkit.litho import FAMILIES, FarmGenerator, Layout, Variant, rasterize
 
 
 class FarmSettings(BaseModel):

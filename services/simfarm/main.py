@@ -21,8 +21,8 @@ from shared.contracts import SimResult, Topics
 from shared.dataset import read_dataset
 from shared.errors import ConfigError, DependencyUnavailable
 from shared.kafka_io import make_producer
-from shared.litho import FAMILIES
 from shared.settings import CommonSettings, StageSettings, load_settings, metrics_port_for
+from toolkit.litho import FAMILIES
 
 log = logging.getLogger(f"lithowatch.{NAME}")
 

@@ -2,7 +2,7 @@
 
 It sits with the library, not with the calibration toolkit, so that the service
 reads it (and :mod:`shared.index.policy` applies it) without importing the
-toolkit; :mod:`shared.calibration` re-exports it for the toolkit's users.
+toolkit; :mod:`toolkit.calibration` re-exports it for the toolkit's users.
 
 One JSON document (:class:`ThresholdsFile`). The novelty score it speaks of is
 ``novelty_score = 1 - max cosine similarity to the library (top-1)`` and a
@@ -91,7 +91,7 @@ class ConformalCalibration(_Frozen):
 
 
 class NearIdentityGate(_Frozen):
-    """The hybrid confirmation's similarity gate for this model (:mod:`shared.calibration.near_identity`)."""
+    """The hybrid confirmation's similarity gate for this model (:mod:`toolkit.calibration.near_identity`)."""
 
     similarity: float = Field(ge=0.0, le=1.0)  # cosine: pixel checks only for neighbours at least this near
     quantile: float = Field(ge=0.0, lt=0.5)  # of the same-group pair similarities it was read from

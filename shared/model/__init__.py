@@ -13,7 +13,7 @@ Public surface::
     Encoder.with_descriptor(DescriptorSpec | None) -> Encoder     # the hybrid vector's settings
 
 A checkpoint is a directory: ``model.safetensors`` + ``metadata.json`` (see
-:mod:`shared.model.checkpoint`). Training lives in :mod:`shared.model.train`.
+:mod:`shared.model.checkpoint`). Training is a toolkit: :mod:`toolkit.training`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 from shared.model.checkpoint import CheckpointMetadata, load_encoder, read_metadata, save_encoder
 from shared.model.embed import embed_dataset
 from shared.model.encoder import Encoder, EncoderSpec, build_untrained, resolve_device
-from shared.model.evaluate import precision_at_k
 
 __all__ = [
     "CheckpointMetadata",
@@ -30,7 +29,6 @@ __all__ = [
     "build_untrained",
     "embed_dataset",
     "load_encoder",
-    "precision_at_k",
     "read_metadata",
     "resolve_device",
     "save_encoder",

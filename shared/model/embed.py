@@ -29,7 +29,7 @@ def embed_dataset(
 
     ``ckpt_path`` may also be an already loaded :class:`Encoder`. The simulated
     images of a data set are taken as aligned to their masks (same frame), which is
-    how farms and ``shared.litho`` write them. Each item's ``nm_per_px`` goes with
+    how farms and ``toolkit.litho`` write them. Each item's ``nm_per_px`` goes with
     its images, so an encoder with a canonical scale resamples every clip to it (a
     legacy encoder ignores it). Images of the next batch are decoded on a worker
     thread while the model runs.

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from app.demo.assets import DemoAssets, DemoConfig, calibrate, make_datasets, prepare_model
+from app.launcher import EmbeddedStack
+from app.supervisor import Pipeline
 from services.novelty.library_cli import build_library
-from shared.demo.assets import DemoAssets, DemoConfig, calibrate, make_datasets, prepare_model
-from shared.launcher import EmbeddedStack
 from shared.settings import CommonSettings
-from shared.supervisor import Pipeline
 
 STAGES = ("dedupe", "align", "embed", "novelty", "explain")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from app.demo.assets import KNOWN_FAMILIES, NOVEL_FAMILY
+from app.launcher import EmbeddedStack
 from services.simfarm.core import FarmSettings, FarmStream
 from shared.blobstore import LocalBlobStore
-from shared.demo.assets import KNOWN_FAMILIES, NOVEL_FAMILY
-from shared.launcher import EmbeddedStack
 from shared.settings import CommonSettings
 
 

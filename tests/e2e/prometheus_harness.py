@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from shared.launcher import ChildProcess, free_port
+from app.launcher import ChildProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy" / "prometheus"

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.launcher import EmbeddedStack
+from app.supervisor import Pipeline, http_status
 from shared.contracts import DLQRecord, EmbeddedResult, ImageRef, ScoreRecord, Topics, UniqueResult, Vector
 from shared.imaging import encode_png, sha256_hex
-from shared.launcher import EmbeddedStack
-from shared.supervisor import Pipeline, http_status
 from shared.testing import collect, embedded_result, library_entry, make_result, produce
 
 pytestmark = pytest.mark.e2e

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from farm_streams import known_farm, stream_settings
 
+from app.supervisor import Pipeline
 from services.simfarm.main import publish
 from shared.contracts import AlertRecord, DuplicateRecord, ExplanationRecord, ScoreRecord, SimResult, Topics
-from shared.supervisor import Pipeline
 from shared.testing import collect
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.launcher import ChildProcess
+from app.launcher import ChildProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +21,7 @@ def test_quick_demo_finds_the_held_out_family(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "app.cli",
             "demo",
             "--quick",
             "--exit",

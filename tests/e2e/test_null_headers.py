@@ -12,8 +12,8 @@ import json
 
 import pytest
 
+from app.supervisor import Pipeline, http_status
 from shared.contracts import DLQRecord, Topics
-from shared.supervisor import Pipeline, http_status
 from shared.testing import collect, make_result
 
 pytestmark = pytest.mark.e2e

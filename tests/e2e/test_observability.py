@@ -54,12 +54,12 @@ from prometheus_harness import (
     shorten_rules,
 )
 
+from app.demo.assets import NOVEL_FAMILY, DemoAssets
+from app.launcher import ChildProcess, EmbeddedStack
+from app.supervisor import port_is_free
 from services.novelty.library_cli import build_library
 from shared.contracts import Topics
-from shared.demo.assets import NOVEL_FAMILY, DemoAssets
-from shared.launcher import ChildProcess, EmbeddedStack
 from shared.settings import DEFAULT_METRICS_PORTS, CommonSettings
-from shared.supervisor import port_is_free
 from shared.testing import produce
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -153,7 +153,7 @@ def monitored(
         say(f"prometheus at {prom.url}")
         up = ChildProcess(
             "up",
-            [sys.executable, "-m", "shared.cli", "up", "--workdir", str(run_dir)],
+            [sys.executable, "-m", "app.cli", "up", "--workdir", str(run_dir)],
             tmp_path / "up.log",
             env=env,
             cwd=Path(__file__).resolve().parents[2],
@@ -177,7 +177,7 @@ def monitored(
 def simfarm(env: dict[str, str], log: Path, *args: str) -> ChildProcess:
     return ChildProcess(
         f"simfarm:{log.stem}",
-        [sys.executable, "-m", "shared.cli", "simfarm", "--quiet", *args],
+        [sys.executable, "-m", "app.cli", "simfarm", "--quiet", *args],
         log,
         env=env,
         cwd=Path(__file__).resolve().parents[2],

@@ -19,17 +19,17 @@ from typing import Any
 
 import pytest
 
+from app.demo.assets import KNOWN_FAMILIES
+from app.launcher import EmbeddedStack
+from app.supervisor import Pipeline
 from services.dedupe.core import DedupeCore, DedupeSettings
 from services.dedupe.store import InMemoryDedupeStore
 from services.simfarm.core import FarmSettings, FarmStream
 from services.simfarm.main import publish
 from shared.blobstore import LocalBlobStore
 from shared.contracts import DuplicateRecord, SimResult, Topics, UniqueResult
-from shared.demo.assets import KNOWN_FAMILIES
 from shared.imageref import ImageLoader
-from shared.launcher import EmbeddedStack
 from shared.settings import CommonSettings
-from shared.supervisor import Pipeline
 from shared.testing import collect
 
 pytestmark = pytest.mark.e2e

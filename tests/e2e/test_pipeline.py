@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from app.demo.assets import DemoAssets
+from app.demo.run import pair_merged, summarise
+from app.demo.watch import OutputWatcher
+from app.launcher import wait_until
+from app.supervisor import Pipeline
 from services.simfarm.core import replay
 from services.simfarm.main import publish
 from shared.blobstore import LocalBlobStore
 from shared.dataset import read_dataset
-from shared.demo.assets import DemoAssets
-from shared.demo.run import pair_merged, summarise
-from shared.demo.watch import OutputWatcher
-from shared.launcher import wait_until
 from shared.settings import CommonSettings
-from shared.supervisor import Pipeline
 
 pytestmark = pytest.mark.e2e
 

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from farm_streams import known_farm, stream_settings
 
+from app.demo.watch import OutputWatcher, metric_sum, scrape
+from app.launcher import wait_until
+from app.supervisor import Pipeline
 from services.simfarm.main import publish
 from shared.contracts import SimResult
-from shared.demo.watch import OutputWatcher, metric_sum, scrape
-from shared.launcher import wait_until
-from shared.supervisor import Pipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.soak]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.launcher import EmbeddedStack
+from app.supervisor import SHARED_HOST_NICE, Pipeline
 from services.simfarm.core import FarmSettings, FarmStream
 from shared.contracts import AlignedResult, DLQRecord, Hashes, Topics, UniqueResult
 from shared.imageref import ImageLoader
-from shared.launcher import EmbeddedStack
-from shared.supervisor import SHARED_HOST_NICE, Pipeline
 from shared.testing import collect, produce
 
 pytestmark = pytest.mark.integration

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.launcher import EmbeddedStack
+from app.supervisor import Pipeline
 from services.simfarm.core import FarmSettings, FarmStream
 from shared.contracts import DuplicateRecord, SimResult, Topics, UniqueResult
-from shared.launcher import EmbeddedStack
-from shared.supervisor import Pipeline
 from shared.testing import collect, produce
 
 pytestmark = pytest.mark.integration

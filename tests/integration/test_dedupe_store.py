@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import redis
 
+from app.launcher import free_port, wait_for_port
 from services.dedupe.core import DedupeCore, DedupeSettings
 from services.dedupe.store import Candidate, DedupeItem, RedisDedupeStore, Verdict, _Lookup
 from shared.contracts import DuplicateRecord, SimResult, UniqueResult
 from shared.errors import ConfigError, DependencyUnavailable, InputError
 from shared.hashing import split_bands
 from shared.imageref import make_image_ref
-from shared.launcher import free_port, wait_for_port
-from shared.litho import generate_layout, rasterize
+from toolkit.litho import generate_layout, rasterize
 
 pytestmark = pytest.mark.integration
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.cli import main as cli_main
+from app.dlq_cli import REPLAY_HEADER
+from app.launcher import EmbeddedStack
+from app.supervisor import Pipeline
 from shared.blobstore import LocalBlobStore
-from shared.cli import main as cli_main
 from shared.contracts import DLQRecord, ImageRef, SimResult, Topics, UniqueResult
-from shared.dlq_cli import REPLAY_HEADER
 from shared.imaging import encode_image, sha256_hex
-from shared.launcher import EmbeddedStack
-from shared.supervisor import Pipeline
 from shared.testing import collect, make_result, produce
 
 pytestmark = pytest.mark.integration

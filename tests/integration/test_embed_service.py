@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.launcher import EmbeddedStack
+from app.supervisor import Pipeline
 from shared.contracts import AlignedResult, DLQRecord, EmbeddedResult, Hashes, Topics, Transform
 from shared.imageref import ImageLoader, make_image_ref
-from shared.launcher import EmbeddedStack
 from shared.model import build_untrained, load_encoder, save_encoder
-from shared.supervisor import Pipeline
 from shared.testing import collect, make_result, produce
 
 pytestmark = pytest.mark.integration

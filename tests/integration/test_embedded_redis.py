@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
+from app.launcher import EmbeddedStack
 from shared.display import mask_url
-from shared.launcher import EmbeddedStack
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ import urllib.request
 import numpy as np
 import pytest
 
+from app.launcher import EmbeddedStack
+from app.supervisor import Pipeline
 from shared.blobstore import LocalBlobStore
 from shared.contracts import AlertRecord, ExplanationRecord, Neighbour, Topics
 from shared.imaging import decode_image
-from shared.launcher import EmbeddedStack
-from shared.supervisor import Pipeline
 from shared.testing import collect, make_result, produce
 
 pytestmark = pytest.mark.integration

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.launcher import EmbeddedStack
+from app.supervisor import Pipeline
 from services.explain.cli import register
 from shared.contracts import (
     DuplicateRecord,
@@ -25,10 +27,8 @@ from shared.errors import ConfigError
 from shared.imageref import make_image_ref
 from shared.imaging import decode_image
 from shared.index.thresholds import ThresholdsFile, save_thresholds
-from shared.launcher import EmbeddedStack
-from shared.litho import ClipSample, FarmGenerator, Variant
-from shared.supervisor import Pipeline
 from shared.testing import collect, produce
+from toolkit.litho import ClipSample, FarmGenerator, Variant
 
 pytestmark = pytest.mark.integration
 DIM = 8

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.launcher import EmbeddedStack
 from services.novelty.library_feed import LibraryFeed
 from shared.contracts import Topics
 from shared.errors import ConfigError
 from shared.index import IndexSettings
 from shared.kafka_io import TopicFollower, ensure_topics, make_producer, read_to_end
-from shared.launcher import EmbeddedStack
 from shared.settings import CommonSettings
 from shared.testing import library_entry, produce
 

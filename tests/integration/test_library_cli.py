@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.cli import main
+from app.launcher import EmbeddedStack
 from services.novelty.library_cli import read_library
-from shared.cli import main
 from shared.contracts import Topics
-from shared.launcher import EmbeddedStack
 from shared.settings import CommonSettings
 from shared.testing import library_entry, produce
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.launcher import EmbeddedStack
+from app.supervisor import Pipeline
 from shared.contracts import AlertRecord, DLQRecord, LibraryEntry, ScoreRecord, Topics
 from shared.index import LibraryState
 from shared.index.thresholds import ThresholdsFile, save_thresholds
 from shared.kafka_io import ensure_topics, make_admin
-from shared.launcher import EmbeddedStack
 from shared.settings import CommonSettings
-from shared.supervisor import Pipeline
 from shared.testing import collect, embedded_result, library_entry, produce
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from kafka import KafkaAdminClient
 
+from app.launcher import ChildProcess, EmbeddedStack, free_port
 from shared.contracts import DLQRecord, SimResult, Topics
 from shared.kafka_io import committed_offsets
-from shared.launcher import ChildProcess, EmbeddedStack, free_port
 from shared.testing import collect, make_result, produce
 
 pytestmark = pytest.mark.integration

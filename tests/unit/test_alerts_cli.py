@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.ops_cli import format_alert
 from shared.contracts import AlertRecord, ExplanationRecord, ImageRef, Neighbour
 from shared.imageref import make_image_ref
-from shared.ops_cli import format_alert
 from shared.testing import make_result
 
 

@@ -12,7 +12,9 @@ from scipy.stats import false_discovery_control
 from sklearn import metrics
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from shared.calibration import (
+from shared.dataset import DatasetWriter
+from shared.errors import ConfigError, ContractError
+from toolkit.calibration import (
     ConformalGate,
     ThresholdPolicy,
     ThresholdsFile,
@@ -30,14 +32,12 @@ from shared.calibration import (
     sample_pairs,
     save_thresholds,
 )
-from shared.calibration.cli import register
-from shared.calibration.gap import gap_over_seeds, plot_gaps
-from shared.calibration.near_identity import near_identity_gate
-from shared.calibration.recipe import split_size_warnings
-from shared.calibration.roc import confusion_at, sweep
-from shared.calibration.thresholds import f1_smooth_threshold, valley_threshold
-from shared.dataset import DatasetWriter
-from shared.errors import ConfigError, ContractError
+from toolkit.calibration.cli import register
+from toolkit.calibration.gap import gap_over_seeds, plot_gaps
+from toolkit.calibration.near_identity import near_identity_gate
+from toolkit.calibration.recipe import split_size_warnings
+from toolkit.calibration.roc import confusion_at, sweep
+from toolkit.calibration.thresholds import f1_smooth_threshold, valley_threshold
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -223,7 +223,7 @@ def test_small_splits_are_warned_about_and_large_ones_not() -> None:
     emb, labels = grouped_embeddings(n_groups=40, per_group=5)
     _, summary = calibrate_from_embeddings(emb, labels, model_version="m", per_cluster="off")
     warnings = summary["warnings"]
-    assert len(warnings) == 4 and all("python -m shared.calibration.gap" in w for w in warnings)
+    assert len(warnings) == 4 and all("python -m toolkit.calibration.gap" in w for w in warnings)
     assert split_size_warnings({"novel_test": 400, "known_test": 1000}) == []
     assert len(split_size_warnings({"novel_test": 399, "known_test": 1000})) == 1
 

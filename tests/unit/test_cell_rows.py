@@ -12,7 +12,7 @@ import pytest
 
 from shared.dataset import read_dataset
 from shared.errors import ConfigError
-from shared.litho.cell_rows import (
+from toolkit.litho.cell_rows import (
     SKY130_HD_DIR,
     LayerSpec,
     cell_kind,
@@ -23,7 +23,7 @@ from shared.litho.cell_rows import (
     row_windows,
     split_kinds,
 )
-from shared.litho.dataset_cli import register
+from toolkit.litho.dataset_cli import register
 
 LI1 = LayerSpec.parse("li1=67/20")
 LICON = LayerSpec.parse("licon=66/44")

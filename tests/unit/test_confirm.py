@@ -22,8 +22,8 @@ from services.novelty.confirm import (
 )
 from shared.contracts import DuplicateRecord, EmbeddedResult, Hashes, Neighbour, Topics, Transform, Vector
 from shared.imageref import ImageLoader, make_image_ref
-from shared.litho import ClipSample, FarmGenerator, Variant, applicable_defects
 from shared.verification import PixelTolerances, blind_spot_conflict, overlap_windows, verify_shifted_match
+from toolkit.litho import ClipSample, FarmGenerator, Variant, applicable_defects
 
 SETTINGS = ConfirmSettings()
 # a re-simulation whose print edges moved beyond 2 px slivers (found by a scan of generated layouts)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from app.ops_cli import schema_files
 from shared.contracts import (
     TOPIC_MODELS,
     AlertRecord,
@@ -25,7 +26,6 @@ from shared.contracts import (
 )
 from shared.errors import ContractError
 from shared.imageref import ImageLoader, make_image_ref
-from shared.ops_cli import schema_files
 from shared.testing import make_result
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -15,10 +15,11 @@ from model_fixtures import layout_canvas, make_dataset, one_torch_thread, varian
 from shared.errors import ConfigError
 from shared.model import load_encoder
 from shared.model.checkpoint import METADATA_NAME
-from shared.model.cli import register
-from shared.model.data import TrainingSet
 from shared.model.nets import build_net
-from shared.model.objectives import (
+from shared.model.preprocess import default_normalisation, parse_channels
+from toolkit.training.cli import register
+from toolkit.training.data import TrainingSet
+from toolkit.training.objectives import (
     ContrastiveCrossViewObjective,
     CrossView,
     CrossViewObjective,
@@ -26,8 +27,7 @@ from shared.model.objectives import (
     Views,
     info_nce,
 )
-from shared.model.preprocess import default_normalisation, parse_channels
-from shared.model.train import TrainConfig, train_encoder
+from toolkit.training.train import TrainConfig, train_encoder
 
 INPUT_PX = 32
 TINY = "resnet18-w16"

@@ -18,8 +18,8 @@ from shared.errors import ConfigError, ImageError, InputError
 from shared.hashing import hamming_distance, spectral_hash, split_bands
 from shared.imageref import make_image_ref
 from shared.imaging import ImageFormat, sha256_hex, to_uint8
-from shared.litho import Layout, generate_layout, rasterize
 from shared.verification import verify_shifted_match
+from toolkit.litho import Layout, generate_layout, rasterize
 
 NM_PER_PX = 4.0
 SIZE_PX = 256

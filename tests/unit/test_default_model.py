@@ -11,11 +11,11 @@ import pytest
 
 from shared.dataset import DatasetWriter
 from shared.errors import ImageError
-from shared.evaluation.cli import register_eval
-from shared.litho import FarmGenerator, Variant
 from shared.model import load_encoder
 from shared.model.checkpoint import METADATA_NAME, WEIGHTS_NAME, read_metadata
 from shared.model.default import DEFAULT_MODEL_DIR, default_model_path
+from toolkit.evaluation.cli import register_eval
+from toolkit.litho import FarmGenerator, Variant
 
 
 def test_shipped_checkpoint_is_small_and_complete() -> None:

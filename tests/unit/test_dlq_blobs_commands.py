@@ -13,11 +13,8 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from shared.blobstore import LocalBlobStore
-from shared.cli import main as cli_main
-from shared.contracts import DLQRecord, Topics
-from shared.display import terminal_safe
-from shared.dlq_cli import (
+from app.cli import main as cli_main
+from app.dlq_cli import (
     REPLAY_HEADER,
     DeadLetter,
     Selection,
@@ -29,6 +26,9 @@ from shared.dlq_cli import (
     select,
     summary_lines,
 )
+from shared.blobstore import LocalBlobStore
+from shared.contracts import DLQRecord, Topics
+from shared.display import terminal_safe
 from shared.errors import ConfigError, DependencyUnavailable
 from shared.imaging import sha256_hex
 

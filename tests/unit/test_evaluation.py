@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.calibration.cli import register
 from shared.dataset import DatasetWriter
 from shared.errors import ConfigError, ContractError, ImageError
-from shared.evaluation import (
+from toolkit.evaluation import (
     embedding_maps,
     evaluate_novelty,
     hamming_similarity,
@@ -24,8 +23,9 @@ from shared.evaluation import (
     silhouette,
     transfer_score,
 )
-from shared.evaluation.commands import eval_clusters, eval_novelty, eval_retrieval, eval_transfer
-from shared.evaluation.retrieval import Metric
+from toolkit.evaluation.cli import register_eval as register
+from toolkit.evaluation.commands import eval_clusters, eval_novelty, eval_retrieval, eval_transfer
+from toolkit.evaluation.retrieval import Metric
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from shared.hashing import (
     split_bands,
 )
 from shared.imaging import decode_image, encode_npy, encode_png
-from shared.litho import FAMILIES, Layout, generate_layout, rasterize
+from toolkit.litho import FAMILIES, Layout, generate_layout, rasterize
 
 RADIUS = 64  # DedupeSettings.hamming_radius
 N_BANDS = 16

@@ -1,4 +1,8 @@
-"""The import graph of ``shared`` and ``services``, read from the source (ast, nothing imported).
+"""The import graph of the four layers, read from the source (ast, nothing imported).
+
+Layers, lowest first: ``shared`` (the pipeline library), ``toolkit`` (offline toolkits),
+``services`` (the stages and the farm), ``app`` (command line, demo, supervisor, launcher).
+A module imports only its own layer and those below; no service imports another.
 
 Every ``import`` counts, at module level or inside a function (a lazy import still
 ties the two modules together), except those under ``if TYPE_CHECKING:``. Importing
@@ -14,7 +18,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("shared", "services")
+PACKAGES = ("shared", "toolkit", "services", "app")  # lowest layer first
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -145,7 +149,7 @@ def test_the_cycle_finder_finds_a_cycle_through_a_package() -> None:
 
 def test_no_module_of_shared_or_services_imports_itself_through_others() -> None:
     graph = import_graph()
-    assert "shared.calibration.cli" in graph and "services.novelty.main" in graph
+    assert "toolkit.calibration.cli" in graph and "services.novelty.main" in graph
     assert import_cycles(graph) == []
 
 
@@ -153,19 +157,54 @@ def test_the_novelty_service_does_not_import_the_calibration_toolkit() -> None:
     graph = import_graph()
     needed = reachable(graph, "services.novelty.main")
     assert "shared.index.policy" in needed and "shared.index.thresholds" in needed
-    assert not {m for m in needed if m == "shared.calibration" or m.startswith("shared.calibration.")}
+    assert not {m for m in needed if m == "toolkit.calibration" or m.startswith("toolkit.calibration.")}
 
 
-def test_the_calibration_toolkit_imports_evaluation_only_to_register_its_command() -> None:
+def test_the_calibration_toolkit_does_not_import_evaluation() -> None:
     graph = import_graph()
-    into_evaluation = {
+    assert not {
         (module, target)
         for module, targets in graph.items()
-        if module.startswith("shared.calibration")
+        if module.startswith("toolkit.calibration")
         for target in targets
-        if target.startswith("shared.evaluation")
+        if target.startswith("toolkit.evaluation")
     }
-    assert into_evaluation == {
-        ("shared.calibration.cli", "shared.evaluation.cli"),
-        ("shared.calibration.cli", "shared.evaluation"),
+
+
+def _layer(module: str) -> int:
+    return PACKAGES.index(module.split(".", 1)[0])
+
+
+def layer_violations(graph: dict[str, frozenset[str]]) -> list[tuple[str, str]]:
+    """Imports that go up a layer, or from one service into another."""
+    wrong = []
+    for module, targets in graph.items():
+        for target in targets:
+            upward = _layer(target) > _layer(module)
+            parts, target_parts = module.split("."), target.split(".")
+            across = (
+                parts[0] == target_parts[0] == "services"
+                and len(parts) > 1
+                and len(target_parts) > 1
+                and parts[1] != target_parts[1]
+            )
+            if upward or across:
+                wrong.append((module, target))
+    return sorted(wrong)
+
+
+def test_the_layer_check_catches_upward_and_sideways_imports() -> None:
+    graph = {
+        "shared.a": frozenset({"app.cli"}),
+        "services.x.core": frozenset({"services.y.core", "shared.a", "toolkit.t"}),
+        "services.y.core": frozenset(),
+        "toolkit.t": frozenset({"shared.a"}),
+        "app.cli": frozenset({"services.x.core"}),
     }
+    assert layer_violations(graph) == [("services.x.core", "services.y.core"), ("shared.a", "app.cli")]
+
+
+def test_every_import_goes_down_the_layers_and_no_service_imports_another() -> None:
+    graph = import_graph()
+    assert {"shared.runtime", "toolkit.litho", "services.dedupe.core", "app.cli"} <= set(graph)
+    assert layer_violations(graph) == []

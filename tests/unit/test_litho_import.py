@@ -12,11 +12,11 @@ import pytest
 
 from shared.dataset import read_dataset
 from shared.errors import ConfigError
-from shared.litho import LithoSimulator, OpticsSettings, compute_socs_kernels, rasterize
-from shared.litho.dataset_cli import register
-from shared.litho.kernel_io import read_kernel_bin, read_kernel_dir, write_kernel_dir
-from shared.litho.layout_io import layout_windows, parse_glp, read_gds, read_glp, window_mask
-from shared.litho.optics import SocsKernels
+from toolkit.litho import LithoSimulator, OpticsSettings, compute_socs_kernels, rasterize
+from toolkit.litho.dataset_cli import register
+from toolkit.litho.kernel_io import read_kernel_bin, read_kernel_dir, write_kernel_dir
+from toolkit.litho.layout_io import layout_windows, parse_glp, read_gds, read_glp, window_mask
+from toolkit.litho.optics import SocsKernels
 
 GLP_TEXT = """BEGIN     /* hand-written test clip */
 EQUIV  1  1000  MICRON  +X,+Y

@@ -10,7 +10,7 @@ import pytest
 
 from shared.dataset import read_dataset
 from shared.errors import ContractError
-from shared.litho import (
+from toolkit.litho import (
     DEFECT_FAMILIES,
     DEFECT_TYPES,
     FAMILIES,
@@ -21,7 +21,7 @@ from shared.litho import (
     manhattan_polygon_to_rects,
     rasterize,
 )
-from shared.litho.dataset_cli import register
+from toolkit.litho.dataset_cli import register
 
 REQUIRED_LABELS = {
     "family",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shared.errors import ConfigError, ContractError
-from shared.litho import (
+from toolkit.litho import (
     LithoSimulator,
     OpticsSettings,
     ResistSettings,
@@ -14,7 +14,7 @@ from shared.litho import (
     compute_socs_kernels,
     rasterize,
 )
-from shared.litho.optics import source_points
+from toolkit.litho.optics import source_points
 
 
 def _random_manhattan_mask(seed: int, size_px: int, nm_per_px: float) -> np.ndarray:

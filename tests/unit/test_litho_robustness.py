@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from shared.dataset import read_dataset
-from shared.litho import DEFECT_TYPES, FAMILIES, FarmGenerator, Variant, generate_layout
-from shared.litho.dataset_cli import register
-from shared.litho.defects import _connector
+from toolkit.litho import DEFECT_TYPES, FAMILIES, FarmGenerator, Variant, generate_layout
+from toolkit.litho.dataset_cli import register
+from toolkit.litho.defects import _connector
 
 
 @pytest.mark.parametrize("family", FAMILIES)

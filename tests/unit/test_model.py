@@ -18,13 +18,13 @@ from shared.model import (
     build_untrained,
     embed_dataset,
     load_encoder,
-    precision_at_k,
     resolve_device,
     save_encoder,
 )
 from shared.model.checkpoint import METADATA_NAME, WEIGHTS_NAME
-from shared.model.cli import register
-from shared.model.train import TrainConfig, train_encoder
+from toolkit.training.cli import register
+from toolkit.training.evaluate import precision_at_k
+from toolkit.training.train import TrainConfig, train_encoder
 
 TINY = "resnet18-w16"
 

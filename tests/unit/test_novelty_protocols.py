@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.calibration.pairs import LabelValue
-from shared.calibration.split import NO_FAMILY, CalibrationSplit, split_for_calibration
-from shared.cli import main
+from app.cli import main
 from shared.dataset import DatasetWriter
 from shared.errors import ConfigError, ContractError
-from shared.evaluation.commands import eval_novelty, eval_novelty_protocols
-from shared.evaluation.novelty import NoveltyScoring, held_out_family_scores
+from toolkit.calibration.pairs import LabelValue
+from toolkit.calibration.split import NO_FAMILY, CalibrationSplit, split_for_calibration
+from toolkit.evaluation.commands import eval_novelty, eval_novelty_protocols
+from toolkit.evaluation.novelty import NoveltyScoring, held_out_family_scores
 
 CELLS_PER_FAMILY = {"fA": 10, "fB": 4, "fC": 2}
 
@@ -247,7 +247,7 @@ def write_catalogue(root: Path, labels: list[dict[str, LabelValue]], seed: int =
 def test_eval_novelty_protocol_both_through_the_cli(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Through ``shared.cli.main`` (capfd: main registers faulthandler on the real stderr)."""
+    """Through ``app.cli.main`` (capfd: main registers faulthandler on the real stderr)."""
     labels = catalogue({"fA": 4, "fB": 4, "fC": 4}, windows=2, variants=3)
     write_catalogue(tmp_path / "data", labels)
     np.save(tmp_path / "emb.npy", family_features(labels))

@@ -33,10 +33,10 @@ from shared.model import (
     save_encoder,
 )
 from shared.model.checkpoint import METADATA_NAME
-from shared.model.data import load_training_set
 from shared.model.preprocess import default_normalisation, rescale_clip, resize_pairs
 from shared.stage import Output
 from shared.testing import make_result
+from toolkit.training.data import load_training_set
 
 TINY = "resnet18-w16"
 # (x0, y0, x1, y1) in nm, on a 4 nm grid: some edges fall inside 8 nm pixels.

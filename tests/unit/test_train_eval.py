@@ -10,11 +10,11 @@ from model_fixtures import make_dataset
 
 from shared.dataset import DatasetWriter
 from shared.errors import ConfigError
-from shared.evaluation.verdict import Row, verdict
 from shared.model import load_encoder
-from shared.model.cli import register
 from shared.model.descriptors import DescriptorSpec
-from shared.model.train import TrainConfig, read_datasets, train_encoder
+from toolkit.evaluation.verdict import Row, verdict
+from toolkit.training.cli import register
+from toolkit.training.train import TrainConfig, read_datasets, train_encoder
 
 
 def _rename(src: Path, dst: Path, prefix: str) -> Path:

@@ -1,0 +1,108 @@
+"""The ``lithowatch`` command line.
+
+Every subcommand returns an exit code; a :class:`~shared.errors.LithowatchError`
+is printed as one line (no traceback) with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from app.registry import SERVICES, run_service
+from shared.errors import LithowatchError
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def _command_registrations() -> list[Register]:
+    """Every module that contributes subcommands, each through its ``register(subparsers)``."""
+    from app import blobs_cli, dlq_cli, ops_cli
+    from app.demo import run as demo
+    from services.explain import cli as explain_cli
+    from services.novelty import library_cli
+    from services.simfarm import main as simfarm
+    from toolkit.calibration import cli as calibration_cli
+    from toolkit.evaluation import cli as evaluation_cli
+    from toolkit.litho import dataset_cli
+    from toolkit.training import cli as training_cli
+
+    return [
+        ops_cli.register,
+        simfarm.register,
+        library_cli.register,
+        dataset_cli.register,
+        demo.register,
+        calibration_cli.register,
+        evaluation_cli.register_eval,
+        training_cli.register,
+        explain_cli.register,
+        dlq_cli.register,
+        blobs_cli.register,
+    ]
+
+
+def _cmd_service(args: argparse.Namespace) -> int:
+    return run_service(args.name, args.settings_file)
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv (skipping global options), without importing anything."""
+    skip_next = False
+    for token in argv:
+        if skip_next:
+            skip_next = False
+        elif token in ("--log-level", "--settings-file"):
+            skip_next = True
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
+def build_parser(with_commands: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; ``with_commands=False`` leaves out the command modules (fast service start)."""
+    parser = argparse.ArgumentParser(
+        prog="lithowatch", description="Streaming novelty detection for lithography simulation farms"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--settings-file", default=None, help="dotenv-style file of LITHOWATCH_* settings")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    service = sub.add_parser("service", help="run one service in the foreground")
+    service.add_argument("name", help=f"one of: {', '.join(SERVICES)}")
+    service.set_defaults(func=_cmd_service)
+    for register in _command_registrations() if with_commands else ():
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # a service process imports only what its own service needs
+    parser = build_parser(with_commands=_command_of(argv) != "service")
+    args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every stack
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except LithowatchError as exc:
+        print(f"lithowatch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

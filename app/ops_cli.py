@@ -1,0 +1,298 @@
+"""Operational subcommands: ``up``, ``topics``, ``tail``, ``schemas``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.contracts import (
+    TOPIC_MODELS,
+    AlertRecord,
+    ExplanationRecord,
+    Topics,
+    json_schemas,
+    model_for_topic,
+)
+from shared.display import mask_url, terminal_safe
+from shared.errors import ConfigError, ContractError
+from shared.settings import CommonSettings, load_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    up = sub.add_parser("up", help="embedded broker + Redis + every service, until Ctrl-C")
+    up.add_argument("--partitions", type=int, default=4)
+    up.add_argument("--workdir", type=Path, default=Path(".lithowatch/run"))
+    up.add_argument("--services", default=None, help="comma-separated subset (default: all installed)")
+    up.add_argument("--exit-when-ready", action="store_true", help="stop once everything is ready (a check)")
+    up.set_defaults(func=cmd_up)
+
+    topics = sub.add_parser("topics", help="list topics with end offsets and lag per consumer group")
+    topics.set_defaults(func=cmd_topics)
+
+    tail = sub.add_parser("tail", help="decode and print messages of a topic")
+    tail.add_argument("topic", help=f"one of: {', '.join(Topics.all())}")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, default=0, help="stop after N messages (0: never)")
+    tail.add_argument("--timeout", type=float, default=0.0, help="stop after N idle seconds (0: never)")
+    tail.add_argument("--full", action="store_true", help="print inline image data too")
+    tail.set_defaults(func=cmd_tail)
+
+    alerts = sub.add_parser("alerts", help="tail novelty alerts with their neighbours and panel links")
+    alerts.add_argument("--from-beginning", action="store_true")
+    alerts.add_argument("--max", type=int, default=0, help="stop after N alerts (0: never)")
+    alerts.add_argument("--timeout", type=float, default=0.0, help="stop after N idle seconds (0: never)")
+    alerts.add_argument(
+        "--panel-base-url",
+        default="http://127.0.0.1:9105",
+        help="where the explain service serves /panels/ (its metrics port)",
+    )
+    alerts.set_defaults(func=cmd_alerts)
+
+    schemas = sub.add_parser("schemas", help="write (or --check) the JSON Schemas of every topic")
+    schemas.add_argument("--out", type=Path, default=Path("schemas"))
+    schemas.add_argument("--check", action="store_true", help="fail when the files differ from the models")
+    schemas.set_defaults(func=cmd_schemas)
+
+
+def schema_files() -> dict[str, str]:
+    return {
+        f"{topic}.schema.json": json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        for topic, schema in json_schemas().items()
+    }
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    files = schema_files()
+    if args.check:
+        stale = [
+            name
+            for name, text in files.items()
+            if not (args.out / name).is_file() or (args.out / name).read_text() != text
+        ]
+        if stale:
+            raise ConfigError(f"schemas out of date: {', '.join(stale)} (run: lithowatch schemas)")
+        print(f"{len(files)} schemas up to date")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (args.out / name).write_text(text)
+    print(f"wrote {len(files)} schemas to {args.out}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from app.launcher import EmbeddedStack
+    from app.registry import available_services
+    from app.supervisor import SHARED_HOST_NICE, Pipeline
+
+    names = available_services() if args.services is None else [s.strip() for s in args.services.split(",")]
+    unknown = sorted(set(names) - set(available_services()))
+    if unknown:
+        raise ConfigError(f"unknown or unavailable services: {', '.join(unknown)}")
+    begin = time.monotonic()
+    stack = EmbeddedStack.from_environment(workdir=args.workdir.resolve(), partitions=args.partitions)
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    stack.start()
+    # every service shares this machine's cores: one torch thread measured fastest for the embedder
+    threads = {} if os.environ.get("LITHOWATCH_TORCH_THREADS") else {"LITHOWATCH_TORCH_THREADS": "1"}
+    pipeline = Pipeline(stack, service_env=threads, default_ports=True, nice=SHARED_HOST_NICE)
+    try:
+        redis = mask_url(stack.redis)
+        print(f"broker {stack.bootstrap}  redis {redis}  logs {stack.workdir / 'logs'}", flush=True)
+        pipeline.start_all(names)
+        pipeline.wait_ready(timeout_seconds=180)
+        ready = time.monotonic() - begin
+        for running in pipeline.services:
+            print(f"  {running.name:<8} pid {running.process.pid:<7} {running.metrics_url}", flush=True)
+        print(f"all {len(names)} services ready in {ready:.1f} s; Ctrl-C to stop", flush=True)
+        while not stopping and not args.exit_when_ready:
+            for running in list(pipeline.services):
+                if not running.process.alive():
+                    print(
+                        f"service {running.name} exited; restarting (log: {running.process.log_path})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    pipeline.restart(running)
+            time.sleep(1.0)
+    finally:
+        pipeline.stop()
+        stack.stop()
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from kafka import TopicPartition
+
+    from shared.kafka_io import committed_offsets, consumer_groups, make_admin, make_reader
+
+    settings = load_settings(CommonSettings, args.settings_file)
+    admin = make_admin(settings)
+    consumer = make_reader(settings)
+    try:
+        names = sorted(t for t in admin.list_topics() if t.startswith("lithowatch."))
+        ends: dict[Any, int] = {}
+        for name in names:
+            parts = consumer.partitions_for_topic(name) or set()
+            tps = [TopicPartition(name, p) for p in sorted(parts)]
+            ends.update(consumer.end_offsets(tps))
+        groups = [g for g in consumer_groups(admin) if g.startswith("lithowatch-")]
+        committed = {group: committed_offsets(admin, group) for group in groups}
+        print(f"{'topic':<34} {'part':>4} {'end':>9}  lag by group")
+        for tp in sorted(ends, key=lambda t: (t.topic, t.partition)):
+            lags = [
+                f"{g.removeprefix('lithowatch-')}={ends[tp] - committed[g][tp]}"
+                for g in groups
+                if tp in committed[g]
+            ]
+            print(f"{tp.topic:<34} {tp.partition:>4} {ends[tp]:>9}  {' '.join(lags)}")
+    finally:
+        consumer.close()
+        admin.close()
+    return 0
+
+
+def _summarise(value: Any, full: bool) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if (
+                not full
+                and key in ("inline_b64", "b64", "value_b64")
+                and isinstance(item, str)
+                and len(item) > 40
+            ):
+                out[key] = f"<{len(item)} base64 chars>"
+            else:
+                out[key] = _summarise(item, full)
+        return out
+    if isinstance(value, list):
+        return [_summarise(v, full) for v in value]
+    return value
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from kafka import TopicPartition
+
+    from shared.kafka_io import make_reader
+
+    if args.topic not in TOPIC_MODELS:
+        raise ConfigError(f"unknown topic {args.topic!r}; known: {', '.join(Topics.all())}")
+    model = model_for_topic(args.topic)
+    settings = load_settings(CommonSettings, args.settings_file)
+    consumer = make_reader(settings)
+    try:
+        parts = consumer.partitions_for_topic(args.topic)
+        if not parts:
+            raise ConfigError(f"topic {args.topic} does not exist on {settings.kafka_bootstrap}")
+        tps = [TopicPartition(args.topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        if args.from_beginning:
+            consumer.seek_to_beginning(*tps)
+        else:
+            consumer.seek_to_end(*tps)
+        seen = 0
+        idle_since = time.monotonic()
+        while True:
+            polled = consumer.poll(timeout_ms=500)
+            for records in polled.values():
+                for record in records:
+                    try:
+                        decoded = model.model_validate_json(record.value).model_dump(mode="json")
+                        text = json.dumps(_summarise(decoded, args.full), sort_keys=True)
+                    except (ValueError, ContractError) as exc:
+                        text = json.dumps({"undecodable": str(exc)[:200], "offset": record.offset})
+                    print(text, flush=True)
+                    seen += 1
+                    idle_since = time.monotonic()
+                    if args.max and seen >= args.max:
+                        return 0
+            if args.timeout and time.monotonic() - idle_since > args.timeout:
+                return 0
+    finally:
+        consumer.close()
+
+
+def format_alert(alert: AlertRecord, explanation: ExplanationRecord | None, panel_base_url: str) -> str:
+    """One alert as a few readable lines: what, how novel, nearest known results, the panel.
+
+    Every line is passed through :func:`terminal_safe`: ids and labels come from messages and
+    must not reach the terminal as escape sequences or forge extra lines."""
+    family = alert.labels.get("family", "?")
+    lines = [
+        f"ALERT {alert.alert_id}  result {alert.result_id}  family {family}  "
+        f"novelty {alert.novelty_score:.3f} >= {alert.threshold:.3f}  at {alert.raised_at:%Y-%m-%d %H:%M:%S}"
+    ]
+    for rank, neighbour in enumerate(alert.neighbours, start=1):
+        tag = " (provisional)" if neighbour.provisional else ""
+        lines.append(
+            f"  #{rank} {neighbour.id}  similarity {neighbour.similarity:.3f}  "
+            f"family {neighbour.labels.get('family', '?')}{tag}"
+        )
+    if explanation is not None and explanation.panel.uri is not None:
+        key = explanation.panel.uri.removeprefix("blob://")
+        lines.append(f"  panel {panel_base_url.rstrip('/')}/panels/{key}  ({explanation.panel.uri})")
+    else:
+        lines.append("  panel: not rendered yet")
+    return "\n".join(terminal_safe(line) for line in lines)
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from kafka import TopicPartition
+
+    from shared.kafka_io import make_reader
+
+    settings = load_settings(CommonSettings, args.settings_file)
+    consumer = make_reader(settings)
+    pending: dict[str, AlertRecord] = {}
+    panels: dict[str, ExplanationRecord] = {}
+    shown = 0
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in (Topics.ALERTS, Topics.EXPLANATIONS)
+            for p in sorted(consumer.partitions_for_topic(t) or [])
+        ]
+        if not tps:
+            raise ConfigError(f"no alert topics on {settings.kafka_bootstrap}")
+        consumer.assign(tps)
+        if args.from_beginning:
+            consumer.seek_to_beginning(*tps)
+        else:
+            consumer.seek_to_end(*tps)
+        idle_since = time.monotonic()
+        while True:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for record in records:
+                    idle_since = time.monotonic()
+                    if tp.topic == Topics.ALERTS:
+                        alert = AlertRecord.model_validate_json(record.value)
+                        pending[alert.alert_id] = alert
+                    else:
+                        explanation = ExplanationRecord.model_validate_json(record.value)
+                        panels[explanation.alert_id] = explanation
+            waited_out = args.timeout and time.monotonic() - idle_since > args.timeout
+            for alert_id in [a for a in pending if a in panels or waited_out]:
+                print(
+                    format_alert(pending.pop(alert_id), panels.get(alert_id), args.panel_base_url), flush=True
+                )
+                shown += 1
+                if args.max and shown >= args.max:
+                    return 0
+            if waited_out:
+                return 0
+    finally:
+        consumer.close()
