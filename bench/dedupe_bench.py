@@ -47,7 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.launcher import free_port, wait_for_port
 from services.dedupe.core import DedupeCore, DedupeSettings, Outcome
-from services.dedupe.store import DedupeStore, InMemoryDedupeStore, RedisDedupeStore
+from services.dedupe.store import DedupeStore
+from services.dedupe.store_memory import InMemoryDedupeStore
+from services.dedupe.store_redis import RedisDedupeStore
 from shared.contracts import DuplicateRecord, ImageRef, SimResult, UniqueResult
 from shared.errors import InputError
 from shared.hashing import hamming_distance, spectral_hash

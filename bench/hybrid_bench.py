@@ -68,7 +68,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.dedupe.core import DedupeCore
-from services.dedupe.store import InMemoryDedupeStore
+from services.dedupe.store_memory import InMemoryDedupeStore
 from services.novelty.confirm import (
     Clip,
     ConfirmSettings,

@@ -174,7 +174,7 @@ def time_cores(
     from services.dedupe.core import DedupeCore, DedupeSettings
     from services.dedupe.main import redis_client
     from services.dedupe.stage import DedupeStage
-    from services.dedupe.store import RedisDedupeStore
+    from services.dedupe.store_redis import RedisDedupeStore
     from services.embed.core import EmbedCore, EmbedCoreSettings
     from services.embed.stage import EmbedStage
     from services.explain.core import ExplainCore

@@ -10,7 +10,8 @@ from pydantic import Field
 from services.dedupe import NAME
 from services.dedupe.core import DedupeCore, DedupeSettings
 from services.dedupe.stage import DedupeStage
-from services.dedupe.store import BAND_MAX_MEMBERS_DEFAULT, RedisDedupeStore
+from services.dedupe.store import BAND_MAX_MEMBERS_DEFAULT
+from services.dedupe.store_redis import RedisDedupeStore
 from shared import metrics
 from shared.blobstore import LocalBlobStore
 from shared.errors import ConfigError

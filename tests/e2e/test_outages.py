@@ -23,7 +23,7 @@ from app.demo.assets import KNOWN_FAMILIES
 from app.launcher import EmbeddedStack
 from app.supervisor import Pipeline
 from services.dedupe.core import DedupeCore, DedupeSettings
-from services.dedupe.store import InMemoryDedupeStore
+from services.dedupe.store_memory import InMemoryDedupeStore
 from services.simfarm.core import FarmSettings, FarmStream
 from services.simfarm.main import publish
 from shared.blobstore import LocalBlobStore

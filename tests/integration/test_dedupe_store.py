@@ -14,7 +14,8 @@ import redis
 
 from app.launcher import free_port, wait_for_port
 from services.dedupe.core import DedupeCore, DedupeSettings
-from services.dedupe.store import Candidate, DedupeItem, RedisDedupeStore, Verdict, _Lookup
+from services.dedupe.store import Candidate, DedupeItem, Verdict, _Lookup
+from services.dedupe.store_redis import RedisDedupeStore
 from shared.contracts import DuplicateRecord, SimResult, UniqueResult
 from shared.errors import ConfigError, DependencyUnavailable, InputError
 from shared.hashing import split_bands

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from services.dedupe.core import DedupeCore, DedupeSettings, decode_payload, encode_payload
-from services.dedupe.store import Candidate, DedupeItem, InMemoryDedupeStore, Verdict, _Lookup
+from services.dedupe.store import Candidate, DedupeItem, Verdict, _Lookup
+from services.dedupe.store_memory import InMemoryDedupeStore
 from shared.contracts import DuplicateRecord, ImageRef, SimResult, UniqueResult
 from shared.errors import ConfigError, ImageError, InputError
 from shared.hashing import hamming_distance, spectral_hash, split_bands

@@ -24,7 +24,8 @@ from toolkit.evaluation import (
     transfer_score,
 )
 from toolkit.evaluation.cli import register_eval as register
-from toolkit.evaluation.commands import eval_clusters, eval_novelty, eval_retrieval, eval_transfer
+from toolkit.evaluation.commands import eval_clusters, eval_retrieval, eval_transfer
+from toolkit.evaluation.novelty_commands import eval_novelty
 from toolkit.evaluation.retrieval import Metric
 
 

@@ -14,8 +14,8 @@ from shared.dataset import DatasetWriter
 from shared.errors import ConfigError, ContractError
 from toolkit.calibration.pairs import LabelValue
 from toolkit.calibration.split import NO_FAMILY, CalibrationSplit, split_for_calibration
-from toolkit.evaluation.commands import eval_novelty, eval_novelty_protocols
 from toolkit.evaluation.novelty import NoveltyScoring, held_out_family_scores
+from toolkit.evaluation.novelty_commands import eval_novelty, eval_novelty_protocols
 
 CELLS_PER_FAMILY = {"fA": 10, "fB": 4, "fC": 2}
 

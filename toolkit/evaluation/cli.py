@@ -15,7 +15,7 @@ from shared.index.thresholds import load_thresholds
 from toolkit.calibration.cli_common import add_embedding_args, emit, split_values
 from toolkit.calibration.data import dataset_labels, embed
 from toolkit.calibration.pairs import LabelValue
-from toolkit.evaluation import commands
+from toolkit.evaluation import commands, novelty_commands
 from toolkit.evaluation.baselines import baseline_features
 from toolkit.evaluation.maps import MapMethod
 from toolkit.evaluation.novelty import NoveltyScoring
@@ -190,7 +190,7 @@ def run_eval_novelty(args: argparse.Namespace) -> int:
             sets["reconstruction"] = (errors, "precomputed")
     labels = dataset_labels(dataset)
     if args.protocol == "groups":
-        summary = commands.eval_novelty(
+        summary = novelty_commands.eval_novelty(
             sets,
             labels,
             thresholds=thresholds,
@@ -201,7 +201,7 @@ def run_eval_novelty(args: argparse.Namespace) -> int:
             report_dir=_report_dir(args),
         )
     else:
-        summary = commands.eval_novelty_protocols(
+        summary = novelty_commands.eval_novelty_protocols(
             sets,
             labels,
             protocols=protocols,

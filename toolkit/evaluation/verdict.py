@@ -25,8 +25,8 @@ import numpy as np
 from shared.dataset import Dataset
 from toolkit.calibration.data import dataset_labels
 from toolkit.evaluation.baselines import baseline_features
-from toolkit.evaluation.commands import eval_novelty_protocols
 from toolkit.evaluation.novelty import NoveltyFeatureSets
+from toolkit.evaluation.novelty_commands import eval_novelty_protocols
 from toolkit.evaluation.retrieval import retrieval_metrics
 
 if TYPE_CHECKING:
