@@ -42,12 +42,11 @@ import numpy as np
 from services.novelty import NAME as STAGE
 from services.novelty.confirm_settings import ConfirmSettings
 from shared import metrics, verification
-from shared.contracts import DuplicateRecord, EmbeddedResult, ImageRef, Neighbour, Topics
+from shared.contracts import DuplicateRecord, EmbeddedResult, ImageRef, Neighbour
 from shared.errors import ImageError, InputError
 from shared.hashing import exact_digest
 from shared.imaging import to_uint8
 from shared.index import LibraryState
-from shared.stage import Output
 from shared.verification import PixelTolerances
 
 ImageLoadFn = Callable[[ImageRef], np.ndarray]
@@ -295,7 +294,8 @@ class HybridConfirmer:
 
     def __call__(
         self, item: EmbeddedResult, vector: np.ndarray, neighbours: list[Neighbour]
-    ) -> Output | None:
+    ) -> DuplicateRecord | None:
+        """The duplicate record of the library entry this result re-simulates, or None."""
         started = time.perf_counter()
         try:
             return self._confirm(item, vector, neighbours)
@@ -314,7 +314,7 @@ class HybridConfirmer:
 
     def _confirm(
         self, item: EmbeddedResult, vector: np.ndarray, neighbours: list[Neighbour]
-    ) -> Output | None:
+    ) -> DuplicateRecord | None:
         candidates = self.candidates(neighbours, vector, item.result_id)
         if not candidates:
             metrics.CONFIRMATIONS.labels("gate", "below_similarity").inc()
@@ -349,7 +349,7 @@ class HybridConfirmer:
             found = confirm_pair(library, query, self.settings)
             if found is not None:
                 found.details["coarse_ncc"] = round(score, 4)
-                return Output(Topics.DUPLICATES, self.record(item, neighbour, found), item.result_id)
+                return self.record(item, neighbour, found)
         return None
 
     @staticmethod

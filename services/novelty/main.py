@@ -8,11 +8,9 @@ the library's dimension (:mod:`services.novelty.thresholds`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import Field
 
 from services.novelty import NAME
@@ -30,13 +28,12 @@ from services.novelty.library_feed import LibraryFeed
 from services.novelty.stage import NoveltyStage
 from services.novelty.thresholds import ThresholdsWatcher
 from shared.blobstore import LocalBlobStore
-from shared.contracts import DuplicateRecord, EmbeddedResult, LibraryEntry, Neighbour
+from shared.contracts import LibraryEntry
 from shared.errors import ConfigError
 from shared.imageref import ImageLoader
 from shared.index import IndexSettings
 from shared.runtime import StageRunner
 from shared.settings import StageSettings, load_settings
-from shared.stage import Output
 
 __all__ = ["NoveltySettings", "ThresholdsWatcher", "main"]
 
@@ -94,24 +91,6 @@ class NoveltySettings(StageSettings):
         return ConfirmSettings(**overrides)
 
 
-def confirmed_duplicates(
-    confirmer: Callable[[EmbeddedResult, np.ndarray, list[Neighbour]], Output | None],
-) -> Confirm:
-    """The hybrid confirmer as the core's hook: the duplicate record it confirmed, or None."""
-
-    def confirm(
-        item: EmbeddedResult, vector: np.ndarray, neighbours: list[Neighbour]
-    ) -> DuplicateRecord | None:
-        found = confirmer(item, vector, neighbours)
-        if found is None:
-            return None
-        if not isinstance(found.value, DuplicateRecord):
-            raise TypeError(f"the confirmer answered {type(found.value).__name__}, not a DuplicateRecord")
-        return found.value
-
-    return confirm
-
-
 def hybrid_confirmation(settings: NoveltySettings, feed: LibraryFeed, watcher: ThresholdsWatcher) -> Confirm:
     """Hybrid duplicate confirmation as configured; its similarity gate is the setting when given,
     else the one calibrated in the thresholds file, else ConfirmSettings' default."""
@@ -138,7 +117,7 @@ def hybrid_confirmation(settings: NoveltySettings, feed: LibraryFeed, watcher: T
         ",".join(tunables.process_labels) or "(none)",
         tunables.across_process,
     )
-    return confirmed_duplicates(confirmer)
+    return confirmer
 
 
 def main(settings_file: str | None = None) -> int:

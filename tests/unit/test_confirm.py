@@ -20,7 +20,7 @@ from services.novelty.confirm import (
     descriptor_path,
     process_of,
 )
-from shared.contracts import DuplicateRecord, EmbeddedResult, Hashes, Neighbour, Topics, Transform, Vector
+from shared.contracts import DuplicateRecord, EmbeddedResult, Hashes, Neighbour, Transform, Vector
 from shared.imageref import ImageLoader, make_image_ref
 from shared.verification import PixelTolerances, blind_spot_conflict, overlap_windows, verify_shifted_match
 from toolkit.litho import ClipSample, FarmGenerator, Variant, applicable_defects
@@ -117,10 +117,9 @@ def test_confirmer_publishes_a_duplicate_only_above_the_similarity_gate() -> Non
     confirmer = HybridConfirmer(ImageLoader(), ConfirmSettings(near_identity_similarity=0.95))
     vector = np.ones(4, np.float32) / 2.0
     out = confirmer(result("resim", "q-1"), vector, [neighbour("sibling", 0.99), neighbour("library", 0.97)])
-    assert out is not None and out.topic == Topics.DUPLICATES and out.key == "q-1"
-    assert isinstance(out.value, DuplicateRecord)
-    assert out.value.duplicate_of == "lib-library" and out.value.method == "embedding+hash"
-    assert out.value.stage == "novelty" and out.value.details["similarity"] == pytest.approx(0.97)
+    assert isinstance(out, DuplicateRecord) and out.result_id == "q-1"
+    assert out.duplicate_of == "lib-library" and out.method == "embedding+hash"
+    assert out.stage == "novelty" and out.details["similarity"] == pytest.approx(0.97)
     assert confirmer(result("resim", "q-2"), vector, [neighbour("library", 0.90)]) is None
     assert confirmer(result("sibling", "q-3"), vector, [neighbour("library", 0.99)]) is None
     broken = neighbour("library", 0.99).model_copy(update={"mask": None, "simulated": None})
@@ -136,7 +135,7 @@ def test_calibrated_gate_from_the_thresholds_file_applies_unless_the_setting_is_
     assert confirmer(result("resim", "q-1"), vector, [neighbour("library", 0.97)]) is None  # below 0.98
     calibrated[0] = 0.6  # the file was recalibrated (hot reload): the same neighbour now passes
     out = confirmer(result("resim", "q-2"), vector, [neighbour("library", 0.97)])
-    assert out is not None and out.value.duplicate_of == "lib-library"
+    assert out is not None and out.duplicate_of == "lib-library"
     calibrated[0] = None  # a thresholds file without a gate: the settings' value
     assert confirmer.gate == 0.95
 
@@ -327,8 +326,8 @@ def test_a_resimulation_that_lost_a_marginal_feature_is_confirmed_only_across_pr
         "mask": make_image_ref(resim.mask), "aligned_simulated": make_image_ref(resim.simulated),
         "labels": dict(resim.labels)})
     out = confirmer(query, np.ones(4, np.float32) / 2.0, [entry])
-    assert out is not None and isinstance(out.value, DuplicateRecord)
-    assert out.value.details["print_topology"] == "marginal"
+    assert isinstance(out, DuplicateRecord)
+    assert out.details["print_topology"] == "marginal"
     unlabelled = query.model_copy(update={"labels": {"family": "routing"}})
     assert confirmer(unlabelled, np.ones(4, np.float32) / 2.0, [entry]) is None
 

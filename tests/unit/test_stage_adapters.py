@@ -214,7 +214,7 @@ def test_novelty_ticks_read_the_library_without_blocking_and_reload_thresholds_a
 
 
 def test_the_novelty_service_builds_its_core_and_confirmation_settings_once_from_its_own() -> None:
-    from services.novelty.main import NoveltySettings, confirmed_duplicates
+    from services.novelty.main import NoveltySettings
 
     settings = NoveltySettings(
         novelty_k=7,
@@ -230,16 +230,3 @@ def test_the_novelty_service_builds_its_core_and_confirmation_settings_once_from
     assert confirm.process_labels == ("dose", "defocus_nm", "bias_nm")
     calibrated = NoveltySettings(near_identity_similarity=None).confirm_settings()
     assert calibrated.near_identity_similarity == type(calibrated)().near_identity_similarity  # the default
-    # the confirmer hands back a duplicates output: the core gets its record
-    item = result("resim", near(1, np.random.default_rng(4)))
-    record = DuplicateRecord(
-        result_id="resim",
-        duplicate_of="lib-1-0",
-        method="embedding+hash",
-        distance=0.0,
-        stage=NOVELTY,
-        produced_at=item.produced_at,
-    )
-    hook = confirmed_duplicates(lambda *_: Output(Topics.DUPLICATES, record, "resim"))
-    assert hook(item, np.zeros(DIM, np.float32), []) is record
-    assert confirmed_duplicates(lambda *_: None)(item, np.zeros(DIM, np.float32), []) is None
