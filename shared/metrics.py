@@ -70,7 +70,8 @@ A route registered under a key ending in ``/`` serves every path below it."""
 
 
 class MetricsServer:
-    """Serves ``/metrics``, ``/healthz`` and optional extra read-only routes.
+    """Serves ``/metrics``, ``/healthz`` (ready: consuming), ``/livez`` (alive: the process's loop
+    turns, whether or not it consumes) and optional extra read-only routes.
 
     Idle and slow clients are dropped and the number of requests answered at once is bounded
     (:mod:`shared.http_server`), so Prometheus and the kubelet's probe still get through while
@@ -85,8 +86,10 @@ class MetricsServer:
         routes: dict[str, Route] | None = None,
         registry: CollectorRegistry = REGISTRY,
         limits: ServerLimits | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
         self._healthy = healthy
+        self._alive = alive or (lambda: True)
         self._routes = dict(routes or {})
         self._registry = registry
         server = self
@@ -99,6 +102,9 @@ class MetricsServer:
                 elif path == "/healthz":
                     ok = server._healthy()
                     self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"not ready\n")
+                elif path == "/livez":
+                    ok = server._alive()
+                    self._send(200 if ok else 503, "text/plain", b"alive\n" if ok else b"wedged\n")
                 elif (route := server._find(path)) is not None:
                     try:
                         status, content_type, body = route(path)

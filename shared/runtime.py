@@ -107,6 +107,7 @@ class StageRunner:
         self.routes = routes or {}
         self._stop = threading.Event()
         self._paused = False
+        self._last_beat = time.monotonic()
         self._next_offsets: dict[TopicPartition, int] = {}
         self._last_lag_update = 0.0
         self._server: metrics.MetricsServer | None = None
@@ -129,10 +130,17 @@ class StageRunner:
         """Ready when consuming: joined with partitions assigned, not stopping, not paused."""
         return not self._stop.is_set() and not self._paused and bool(self.consumer.assignment())
 
+    def alive(self) -> bool:
+        """Live while the loop turns: it beats at every poll, batch and back-off step, so a loop
+        silent for three poll intervals (a minute at least) is wedged. Paused, rebalancing or
+        without partitions is still alive (``/livez``); only ``/healthz`` says ready."""
+        limit_seconds = max(60.0, 3 * self.settings.max_poll_interval_ms / 1000.0)
+        return time.monotonic() - self._last_beat < limit_seconds
+
     def start_metrics(self) -> int:
         port = metrics_port_for(self.settings, self.name)
         self._server = metrics.MetricsServer(
-            self.settings.metrics_host, port, self.healthy, self.routes
+            self.settings.metrics_host, port, self.healthy, self.routes, alive=self.alive
         ).start()
         return self._server.port
 
@@ -152,6 +160,7 @@ class StageRunner:
             raise
         try:
             while not self._stop.is_set():
+                self._last_beat = time.monotonic()
                 self.stage.tick()
                 batch = self._poll_batch()
                 if batch:
@@ -420,6 +429,7 @@ class StageRunner:
         deadline = time.monotonic() + seconds
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
+                self._last_beat = time.monotonic()
                 self.consumer.pause(*self.consumer.assignment())  # newly assigned ones too
                 timeout_ms = int(min(0.5, max(0.01, deadline - time.monotonic())) * 1000)
                 polled = self.consumer.poll(timeout_ms=timeout_ms) or {}

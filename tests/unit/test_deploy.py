@@ -668,8 +668,10 @@ def test_every_stage_deployment_has_resources_probes_and_metrics() -> None:
         resources = container["resources"]
         assert {"cpu", "memory"} <= set(resources["requests"]), stage
         assert "memory" in resources["limits"], stage
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["httpGet"]["path"] == "/healthz", f"{stage} {probe}"
+        # ready = consuming; alive = the loop turns (an outage or a spare replica is no restart)
+        probes = {"startupProbe": "/livez", "readinessProbe": "/healthz", "livenessProbe": "/livez"}
+        for probe, path in probes.items():
+            assert container[probe]["httpGet"]["path"] == path, f"{stage} {probe}"
             assert container[probe]["httpGet"]["port"] == "metrics", f"{stage} {probe}"
         (port,) = container["ports"]
         assert port == {"name": "metrics", "containerPort": METRICS_PORTS[stage]}

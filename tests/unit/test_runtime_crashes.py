@@ -228,3 +228,33 @@ def test_an_old_mark_is_ignored(tmp_path: Path) -> None:
     path = next(tmp_path.rglob("*.json"))
     os.utime(path, (path.stat().st_atime, path.stat().st_mtime - 7200))
     assert journal.read("t", 0) is None
+
+
+def test_livez_says_alive_while_the_loop_turns_and_healthz_says_ready_while_consuming(tmp_path: Path) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from shared.metrics import MetricsServer
+
+    consumer = UnassignedConsumer()  # a spare replica: alive, not ready
+    settings = StageSettings(kafka_bootstrap="unused:1", state_dir=str(tmp_path), max_poll_interval_ms=10_000)
+    runner = StageRunner(ScriptedStage(), settings, consumer=consumer, producer=FakeProducer())  # type: ignore[arg-type]
+    server = MetricsServer("127.0.0.1", 0, runner.healthy, registry=CollectorRegistry(), alive=runner.alive)
+    server.start()
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    try:
+        assert (status("/livez"), status("/healthz")) == (200, 503)
+        runner._last_beat = time.monotonic() - 61  # the loop has not turned for over a minute
+        assert (runner.alive(), status("/livez")) == (False, 503)
+    finally:
+        server.stop()
