@@ -331,6 +331,17 @@ def model_for_topic(topic: str) -> type[Contract]:
         raise ContractError(f"unknown topic {topic!r}; known: {known}") from exc
 
 
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """The JSON Schema of every topic, keyed by topic name."""
-    return {topic: model.model_json_schema() for topic, model in TOPIC_MODELS.items()}
+    """The JSON Schema of every topic, keyed by topic name, with its dialect (``$schema``) and a
+    stable identifier (``$id``: ``urn:lithowatch:schema:<topic>``) for registries and ``$ref``."""
+    return {
+        topic: {
+            "$schema": SCHEMA_DIALECT,
+            "$id": f"urn:lithowatch:schema:{topic}",
+            **model.model_json_schema(),
+        }
+        for topic, model in TOPIC_MODELS.items()
+    }

@@ -111,3 +111,22 @@ def test_schemas_match_the_models() -> None:
     )
     drifted = [name for name in expected if on_disk[name] != expected[name]]
     assert not drifted, f"schemas drifted from the models: {drifted}; run `lithowatch schemas`"
+
+
+def test_every_schema_names_its_dialect_and_identity_and_validates_real_messages() -> None:
+    import json
+
+    import jsonschema
+
+    ids = set()
+    for path in sorted(SCHEMAS.glob("*.schema.json")):
+        schema = json.loads(path.read_text())
+        topic = path.name.removesuffix(".schema.json")
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema", path.name
+        assert schema["$id"] == f"urn:lithowatch:schema:{topic}", path.name
+        jsonschema.Draft202012Validator.check_schema(schema)
+        ids.add(schema["$id"])
+    assert len(ids) == len(list(SCHEMAS.glob("*.schema.json")))
+    dlq = json.loads((SCHEMAS / "lithowatch.dlq.v1.schema.json").read_text())
+    record = DLQRecord(stage="dedupe", reason="invalid_json", error="x", topic="t", partition=0, offset=1)
+    jsonschema.Draft202012Validator(dlq).validate(json.loads(record.model_dump_json()))
