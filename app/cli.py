@@ -63,11 +63,22 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _version() -> str:
+    """The installed distribution's version (a source tree that is not installed says so)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lithowatch")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser(with_commands: bool = True) -> argparse.ArgumentParser:
     """The argument parser; ``with_commands=False`` leaves out the command modules (fast service start)."""
     parser = argparse.ArgumentParser(
         prog="lithowatch", description="Streaming novelty detection for lithography simulation farms"
     )
+    parser.add_argument("--version", action="version", version=f"lithowatch {_version()}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--settings-file", default=None, help="dotenv-style file of LITHOWATCH_* settings")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
