@@ -37,7 +37,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     tail = sub.add_parser("tail", help="decode and print messages of a topic")
     tail.add_argument("topic", help=f"one of: {', '.join(Topics.all())}")
-    tail.add_argument("--from-beginning", action="store_true")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true")
+    start.add_argument(
+        "--offset", type=int, default=None, help="start at this offset of each chosen partition"
+    )
+    start.add_argument(
+        "--group",
+        default=None,
+        help="start where this consumer group stands (its committed offsets): what it has yet to "
+        "process; the group is only read, never joined or committed",
+    )
+    tail.add_argument(
+        "--partition", type=int, action="append", default=None, help="only this partition (repeatable)"
+    )
+    tail.add_argument("--key", default=None, help="only messages with this key (a result id)")
+    tail.add_argument("--meta", action="store_true", help="print partition, offset and key with each message")
     tail.add_argument("--max", type=int, default=0, help="stop after N messages (0: never)")
     tail.add_argument("--timeout", type=float, default=0.0, help="stop after N idle seconds (0: never)")
     tail.add_argument("--full", action="store_true", help="print inline image data too")
@@ -198,24 +213,32 @@ def cmd_tail(args: argparse.Namespace) -> int:
         parts = consumer.partitions_for_topic(args.topic)
         if not parts:
             raise ConfigError(f"topic {args.topic} does not exist on {settings.kafka_bootstrap}")
-        tps = [TopicPartition(args.topic, p) for p in sorted(parts)]
+        chosen = sorted(parts) if not args.partition else sorted(set(args.partition))
+        missing = sorted(set(chosen) - set(parts))
+        if missing:
+            raise ConfigError(f"topic {args.topic} has no partition {missing[0]} (it has {len(parts)})")
+        tps = [TopicPartition(args.topic, p) for p in chosen]
         consumer.assign(tps)
-        if args.from_beginning:
-            consumer.seek_to_beginning(*tps)
-        else:
-            consumer.seek_to_end(*tps)
+        _seek_tail_start(consumer, tps, args, settings)
+        key = args.key.encode() if args.key is not None else None
         seen = 0
         idle_since = time.monotonic()
         while True:
             polled = consumer.poll(timeout_ms=500)
             for records in polled.values():
                 for record in records:
+                    if key is not None and record.key != key:
+                        continue
                     try:
                         decoded = model.model_validate_json(record.value).model_dump(mode="json")
-                        text = json.dumps(_summarise(decoded, args.full), sort_keys=True)
+                        shown: dict[str, Any] = _summarise(decoded, args.full)
                     except (ValueError, ContractError) as exc:
-                        text = json.dumps({"undecodable": str(exc)[:200], "offset": record.offset})
-                    print(text, flush=True)
+                        shown = {"undecodable": str(exc)[:200], "offset": record.offset}
+                    if args.meta:
+                        meta = {"partition": record.partition, "offset": record.offset}
+                        meta["key"] = record.key.decode(errors="replace") if record.key is not None else None
+                        shown = {"_meta": meta, **shown}
+                    print(json.dumps(shown, sort_keys=True), flush=True)
                     seen += 1
                     idle_since = time.monotonic()
                     if args.max and seen >= args.max:
@@ -224,6 +247,36 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 return 0
     finally:
         consumer.close()
+
+
+def _seek_tail_start(
+    consumer: Any, tps: list[Any], args: argparse.Namespace, settings: CommonSettings
+) -> None:
+    """Position each partition: the beginning, an offset, a group's committed offsets, or the end."""
+    if args.from_beginning:
+        consumer.seek_to_beginning(*tps)
+    elif args.offset is not None:
+        if args.offset < 0:
+            raise ConfigError(f"--offset must be 0 or more, got {args.offset}")
+        for tp in tps:
+            consumer.seek(tp, args.offset)
+    elif args.group is not None:
+        from shared.kafka_io import committed_offsets, make_admin
+
+        admin = make_admin(settings)
+        try:
+            committed = committed_offsets(admin, args.group)
+        finally:
+            admin.close()
+        if not any(tp in committed for tp in tps):
+            raise ConfigError(f"group {args.group!r} has no committed offsets on {tps[0].topic}")
+        for tp in tps:
+            if tp in committed:
+                consumer.seek(tp, committed[tp])
+            else:
+                consumer.seek_to_beginning(tp)
+    else:
+        consumer.seek_to_end(*tps)
 
 
 def format_alert(alert: AlertRecord, explanation: ExplanationRecord | None, panel_base_url: str) -> str:
