@@ -90,8 +90,38 @@ def build_parser(with_commands: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+GLOBAL_OPTIONS = ("--settings-file", "--log-level")
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Move ``--settings-file`` and ``--log-level`` (``--opt VALUE`` or ``--opt=VALUE``) in front of
+    the subcommand, so they work after it too (``lithowatch topics --settings-file prod.env``)."""
+    front: list[str] = []
+    rest: list[str] = []
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "--":
+            rest.extend(tokens[i:])
+            break
+        name = token.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            if "=" in token:
+                front.extend(token.split("=", 1))
+                i += 1
+                continue
+            if i + 1 < len(tokens):
+                front.extend(tokens[i : i + 2])
+                i += 2
+                continue
+        rest.append(token)
+        i += 1
+    return front + rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = hoist_global_options(sys.argv[1:] if argv is None else argv)
     # a service process imports only what its own service needs
     parser = build_parser(with_commands=_command_of(argv) != "service")
     args = parser.parse_args(argv)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app.cli import main
@@ -27,3 +29,42 @@ def test_an_unknown_service_is_one_line_with_exit_code_2(capfd: pytest.CaptureFi
     assert main(["service", "nonesuch"]) == 2
     err = capfd.readouterr().err.strip()
     assert err.startswith("lithowatch: error: unknown service 'nonesuch'") and "\n" not in err
+
+
+def test_global_options_work_before_and_after_the_command() -> None:
+    from app.cli import hoist_global_options
+
+    assert hoist_global_options(["topics", "--settings-file", "a.env"]) == [
+        "--settings-file",
+        "a.env",
+        "topics",
+    ]
+    assert hoist_global_options(["--settings-file=a.env", "tail", "t", "--log-level", "DEBUG"]) == [
+        "--settings-file",
+        "a.env",
+        "--log-level",
+        "DEBUG",
+        "tail",
+        "t",
+    ]
+    assert hoist_global_options(["tail", "t", "--", "--settings-file", "x"]) == [
+        "tail",
+        "t",
+        "--",
+        "--settings-file",
+        "x",
+    ]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_settings_file_given_after_the_command_is_read(
+    where: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.env")
+    argv = (
+        ["--settings-file", missing, "topics"]
+        if where == "before"
+        else ["topics", "--settings-file", missing]
+    )
+    assert main(argv) == 2
+    assert f"settings file {missing} does not exist" in capfd.readouterr().err
