@@ -266,7 +266,9 @@ class ExplanationRecord(Contract):
 class LibraryEntry(Contract):
     """One reference result (compacted topic ``library``, key = ``entry_id``).
 
-    ``op="delete"`` is the tombstone a reader applies; Tansu does not compact, so
+    A deletion (``library drop``) is published as a Kafka tombstone: key ``entry_id``, null
+    value, which compaction removes together with the entry's earlier records. Readers
+    also apply ``op="delete"`` entries (earlier writers). Tansu does not compact, so
     readers always take the last record per key as the truth.
     """
 

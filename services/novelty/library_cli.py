@@ -51,9 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def read_library(
     settings: CommonSettings, timeout_seconds: float = 60.0
 ) -> dict[str, tuple[LibraryEntry, int, int]]:
-    """The last record per entry id, with its partition and offset."""
+    """The last record per entry id, with its partition and offset (a tombstone removes the entry)."""
     latest: dict[str, tuple[LibraryEntry, int, int]] = {}
     for record in read_to_end(settings, Topics.LIBRARY, timeout_seconds):
+        if record.value is None:
+            latest.pop((record.key or b"").decode(errors="replace"), None)
+            continue
         try:
             entry = LibraryEntry.model_validate_json(record.value or b"")
         except ValueError:
@@ -65,10 +68,16 @@ def read_library(
 def publish_entries(
     settings: CommonSettings, entries: list[LibraryEntry], progress: bool = False
 ) -> list[tuple[int, int]]:
+    """Publish entries keyed by entry id; a delete is a tombstone (null value), which compaction
+    removes with every earlier record of the entry."""
     producer = make_producer(settings, client_id="lithowatch-library")
     try:
         futures = [
-            producer.send(Topics.LIBRARY, key=e.entry_id.encode(), value=e.model_dump_json().encode())
+            producer.send(
+                Topics.LIBRARY,
+                key=e.entry_id.encode(),
+                value=None if e.op == "delete" else e.model_dump_json().encode(),
+            )
             for e in tqdm(entries, desc="publishing", unit="entry", disable=not progress)
         ]
         producer.flush(timeout=120)

@@ -163,6 +163,21 @@ class LibraryFeed:
             self._apply_records(records)
         log.info("library caught up: %d entries", len(self.state) if self.state else 0)
 
+    def _apply_tombstone(self, key: bytes | None, partition: int, offset: int) -> int:
+        state = self.state
+        if state is None or not key:
+            return 0
+        try:
+            entry = LibraryEntry(entry_id=key.decode(), op="delete", model_version=state.model_version)
+            state.apply(entry, partition, offset)
+        except (ValidationError, ValueError, ContractError) as exc:
+            self.refused += 1
+            log.warning("library tombstone %d/%d refused: %s", partition, offset, exc)
+            return 0
+        if self.on_applied is not None:
+            self.on_applied(entry)
+        return 1
+
     # ---- steady state -----------------------------------------------------------------------
     def poll(self, timeout_ms: int = 0) -> int:
         assert self._follower is not None
@@ -171,16 +186,18 @@ class LibraryFeed:
     def _apply_records(self, records: list[Any]) -> int:
         applied = 0
         for record in records:
-            applied += self._apply(record.value, record.partition, record.offset)
+            applied += self._apply(record.value, record.partition, record.offset, record.key)
         if applied:
             self._dirty = True
             self._update_gauges()
         self.maybe_snapshot()
         return applied
 
-    def _apply(self, value: bytes | None, partition: int, offset: int) -> int:
+    def _apply(self, value: bytes | None, partition: int, offset: int, key: bytes | None = None) -> int:
+        if value is None:  # a tombstone (``library drop``): compaction removes the entry for good
+            return self._apply_tombstone(key, partition, offset)
         try:
-            entry = LibraryEntry.model_validate_json(value or b"")
+            entry = LibraryEntry.model_validate_json(value)
         except (ValidationError, ValueError) as exc:
             self.refused += 1
             log.warning("library record %d/%d is not a library entry: %s", partition, offset, exc)

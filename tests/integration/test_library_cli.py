@@ -9,6 +9,7 @@ from app.cli import main
 from app.launcher import EmbeddedStack
 from services.novelty.library_cli import read_library
 from shared.contracts import Topics
+from shared.kafka_io import read_to_end
 from shared.settings import CommonSettings
 from shared.testing import library_entry, produce
 
@@ -24,8 +25,12 @@ def test_promote_and_drop(stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch)
     assert main(["library", "promote", "e2"]) == 0
     assert main(["library", "drop", "e0"]) == 0
     assert main(["library", "drop", "missing"]) == 2
-    latest = read_library(CommonSettings(kafka_bootstrap=stack.bootstrap))
-    assert latest["e0"][0].op == "delete"
+    settings = CommonSettings(kafka_bootstrap=stack.bootstrap)
+    latest = read_library(settings)
+    assert "e0" not in latest  # dropped
+    last_e0 = [r for r in read_to_end(settings, Topics.LIBRARY) if r.key == b"e0"][-1]
+    assert last_e0.value is None  # a real tombstone: compaction removes the entry for good
+    assert main(["library", "drop", "e0"]) == 2  # gone: nothing left to drop
     assert latest["e2"][0].status == "reference" and latest["e2"][0].alert_id == "alert-e2"
     assert latest["e1"][0].status == "reference"
 
@@ -47,5 +52,5 @@ def test_provisional_entries_are_addressed_by_entry_id_or_result_id(
     assert main(["library", "drop", "r0"]) == 0  # a reference entry's own id comes first
     latest = read_library(CommonSettings(kafka_bootstrap=stack.bootstrap))
     assert latest["provisional/r1"][0].status == "reference"
-    assert latest["provisional/r2"][0].op == "delete"
-    assert latest["r0"][0].op == "delete" and latest["provisional/r0"][0].op == "upsert"
+    assert "provisional/r2" not in latest  # dropped (tombstones)
+    assert "r0" not in latest and latest["provisional/r0"][0].op == "upsert"

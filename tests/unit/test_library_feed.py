@@ -75,6 +75,9 @@ def test_start_replays_every_partition_then_poll_applies_live_records() -> None:
     publish(topics, entry("e0", 0).model_copy(update={"op": "delete", "vector": None}))
     assert reader.feed.poll() == 2
     assert "e5" in state and "e0" not in state and len(state) == 5
+    topics.append(Topics.LIBRARY, None, partition=1, key=b"e1")  # a tombstone: the null value
+    assert reader.feed.poll() == 1
+    assert "e1" not in state and len(state) == 4
     reader.feed.close()
 
 
