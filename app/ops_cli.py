@@ -230,8 +230,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     if key is not None and record.key != key:
                         continue
                     try:
-                        decoded = model.model_validate_json(record.value).model_dump(mode="json")
-                        shown: dict[str, Any] = _summarise(decoded, args.full)
+                        if record.value is None:  # a tombstone (library drop)
+                            shown: dict[str, Any] = {"tombstone": True, "key": (record.key or b"").decode()}
+                        else:
+                            decoded = model.model_validate_json(record.value).model_dump(mode="json")
+                            shown = _summarise(decoded, args.full)
                     except (ValueError, ContractError) as exc:
                         shown = {"undecodable": str(exc)[:200], "offset": record.offset}
                     if args.meta:

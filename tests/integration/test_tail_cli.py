@@ -55,3 +55,18 @@ def test_tail_chooses_partitions_offsets_keys_and_a_group_s_position(
 
     assert main(["tail", Topics.RESULTS, "--partition", "99", "--timeout", "1"]) == 2
     assert "has no partition 99" in capfd.readouterr().err
+
+
+def test_tail_shows_a_library_tombstone(
+    stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from kafka import KafkaProducer
+
+    monkeypatch.setenv("LITHOWATCH_KAFKA_BOOTSTRAP", stack.bootstrap)
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap)
+    producer.send(Topics.LIBRARY, key=b"gone-entry", value=None)
+    producer.flush()
+    producer.close()
+    assert main(["tail", Topics.LIBRARY, "--from-beginning", "--timeout", "2"]) == 0
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    assert lines == [{"key": "gone-entry", "tombstone": True}]
