@@ -55,6 +55,8 @@ class NoveltyStage(StageBase):
         self.thresholds = thresholds
         for decision in DECISIONS:  # export zeros, so ratios exist before events
             metrics.NOVELTY_DECISIONS.labels(decision)
+        for method in ("embedding+hash", "embedding+descriptors"):
+            metrics.DUPLICATES.labels(method)
 
     def process_batch(self, items: Sequence[EmbeddedResult]) -> list[ItemResult]:
         return [
@@ -65,7 +67,8 @@ class NoveltyStage(StageBase):
     @staticmethod
     def outputs(verdict: Verdict) -> list[Output]:
         """The records of one verdict, counted."""
-        if isinstance(verdict, DuplicateRecord):
+        if isinstance(verdict, DuplicateRecord):  # confirmed by the hybrid path
+            metrics.DUPLICATES.labels(verdict.method).inc()
             return [Output(Topics.DUPLICATES, verdict, verdict.result_id)]
         score = verdict.score
         outputs = [Output(Topics.SCORES, score, score.result_id)]

@@ -572,11 +572,15 @@ def test_grafana_provisioning_points_at_the_dashboards() -> None:
     (provider,) = providers["providers"]
     assert provider["options"]["path"] == "/etc/grafana/dashboards"
     board = json.loads(DASHBOARD.read_text())
+    # the datasource is a variable (any Prometheus can be chosen on import), defaulting to ours
+    (variable,) = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == "prometheus" and variable["current"]["value"] == source["uid"]
     for panel in dashboard_panels(board["panels"]):
         if panel["type"] != "row":
-            assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
             for target in panel["targets"]:
-                assert target["datasource"]["uid"] == source["uid"], panel["title"]
+                assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+    assert "lithowatch-prometheus" not in json.dumps(board["panels"])  # no hard-coded uid left
 
 
 def test_dashboard_queries_only_known_metrics() -> None:

@@ -18,6 +18,7 @@ from services.explain.routes import AlertPages
 from services.explain.stage import ExplainStage
 from services.novelty import NAME as NOVELTY
 from services.novelty.stage import NoveltyStage
+from shared import metrics
 from shared.contracts import (
     AlertRecord,
     AlignedResult,
@@ -161,7 +162,7 @@ def test_novelty_routes_each_verdict_to_its_topics_and_counts_decisions_and_aler
     assert counted("lithowatch_alerts_total") == alerts_before + 1
 
 
-def test_novelty_sends_a_confirmed_duplicate_to_the_duplicates_topic_uncounted_as_a_decision() -> None:
+def test_novelty_sends_a_confirmed_duplicate_to_its_topic_counted_by_method_not_as_a_decision() -> None:
     replica = with_library()
     replica.core.confirm = lambda item, vector, neighbours: DuplicateRecord(
         result_id=item.result_id,
@@ -172,11 +173,14 @@ def test_novelty_sends_a_confirmed_duplicate_to_the_duplicates_topic_uncounted_a
         produced_at=item.produced_at,
     )
     before = {d: decisions(d) for d in ("known", "novel", "provisional")}
+    by_method = metrics.DUPLICATES.labels("embedding+descriptors")._value.get()
     (duplicate,) = NoveltyStage(replica.core).process_batch(
         [result("resim", near(1, np.random.default_rng(3)))]
     )
     assert routed(duplicate) == [(Topics.DUPLICATES, "resim")]
     assert {d: decisions(d) for d in before} == before
+    # the "duplicates by method" panel sees the hybrid methods too
+    assert metrics.DUPLICATES.labels("embedding+descriptors")._value.get() == by_method + 1
 
 
 class FakeFeed:
