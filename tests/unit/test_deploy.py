@@ -823,3 +823,12 @@ def test_container_healthcheck_exit_codes(monkeypatch: pytest.MonkeyPatch) -> No
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_operator_objects_carry_the_label_kube_prometheus_stack_selects_on() -> None:
+    for name in ("podmonitor.yaml", "prometheusrule.yaml"):
+        labels = load_yaml(K8S / "monitoring" / name)["metadata"]["labels"]
+        assert labels["release"] == "kube-prometheus-stack", name
+        assert labels["app.kubernetes.io/name"] == "lithowatch", name
+    selector = load_yaml(K8S / "monitoring" / "podmonitor.yaml")["spec"]["selector"]["matchLabels"]
+    assert "release" not in selector  # the pods are selected by the app label only

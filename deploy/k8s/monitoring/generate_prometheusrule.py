@@ -27,7 +27,11 @@ def prometheus_rule(rules: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "lithowatch", "labels": {"app.kubernetes.io/name": "lithowatch"}},
+        "metadata": {
+            "name": "lithowatch",
+            # release: what kube-prometheus-stack's ruleSelector matches (see kustomization.yaml)
+            "labels": {"app.kubernetes.io/name": "lithowatch", "release": "kube-prometheus-stack"},
+        },
         "spec": {"groups": rules["groups"]},
     }
 
