@@ -53,6 +53,22 @@ CONFIRMATIONS = Counter(
     ["path", "outcome"],
 )
 FARM_RESULTS = Counter("lithowatch_farm_results_total", "Results published by the farm emulator")
+MODEL_INFO = Gauge(
+    "lithowatch_model_info",
+    "The encoder model a stage runs with: 1 for the live one",
+    ["stage", "model_version"],
+)
+THRESHOLDS_INFO = Gauge(
+    "lithowatch_thresholds_info",
+    "The thresholds the novelty stage applies: 1 for the live ones (model, file digest, method)",
+    ["model_version", "digest", "method"],
+)
+
+
+def set_info(gauge: Gauge, **labels: str) -> None:
+    """Make ``labels`` the one live series of an info gauge (a process runs one model at a time)."""
+    gauge.clear()
+    gauge.labels(**labels).set(1)
 DEDUPE_BAND_TRIMMED = Counter(
     "lithowatch_dedupe_band_members_trimmed_total",
     "Oldest members dropped from full dedupe band sets (near duplicates of them are no longer found)",

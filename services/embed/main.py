@@ -7,8 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
+from services.embed import NAME
 from services.embed.core import EmbedCore, EmbedCoreSettings
 from services.embed.stage import EmbedStage
+from shared import metrics
 from shared.blobstore import LocalBlobStore
 from shared.imageref import ImageLoader
 from shared.runtime import StageRunner
@@ -44,6 +46,7 @@ def main(settings_file: str | None = None) -> int:
     encoder = load_encoder(model_path, device=settings.device)
     if settings.fuse_batchnorm:
         encoder.fuse_for_inference()
+    metrics.set_info(metrics.MODEL_INFO, stage=NAME, model_version=encoder.model_version)
     if settings.batch_max_messages is None:
         default = CUDA_BATCH_DEFAULT if encoder.device.type == "cuda" else CPU_BATCH_DEFAULT
         settings = settings.model_copy(update={"batch_max_messages": default})

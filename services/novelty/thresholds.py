@@ -7,12 +7,14 @@ does not fit is refused with a log line and the previous thresholds stay.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from services.novelty import NAME
+from shared import metrics
 from shared.errors import ConfigError, DependencyUnavailable
 from shared.index.policy import ThresholdPolicy
 from shared.index.thresholds import ThresholdsFile
@@ -56,6 +58,7 @@ class ThresholdsWatcher:
         )
         self.policy = ThresholdPolicy(fallback)
         self.model_version = model_version
+        self._export("default")
         if path is not None:
             if not path.is_file():
                 raise ConfigError(f"thresholds file {path} does not exist (run lithowatch calibrate)")
@@ -73,6 +76,17 @@ class ThresholdsWatcher:
             return f"calibrated for {dim}-d embeddings; the library holds {library_dim}-d vectors"
         return None
 
+    def _export(self, digest: str) -> None:
+        """Which model and thresholds are live, for the dashboards (``lithowatch_*_info``)."""
+        model_version = self.policy.file.model_version
+        metrics.set_info(
+            metrics.THRESHOLDS_INFO,
+            model_version=model_version,
+            digest=digest,
+            method=str(self.policy.file.method),
+        )
+        metrics.set_info(metrics.MODEL_INFO, stage=NAME, model_version=model_version)
+
     def verify(self) -> None:
         """ConfigError when the thresholds in use do not fit (checked once the library is loaded)."""
         if self.path is not None and (why := self.misfit(self.policy.file)) is not None:
@@ -88,6 +102,7 @@ class ThresholdsWatcher:
             raise ConfigError(f"{self.path}: {why}")
         self.policy = policy
         self._mtime = mtime
+        self._export(hashlib.sha256(self.path.read_bytes()).hexdigest()[:12])
         log.info(
             "thresholds loaded from %s: global %.4f, %d clusters",
             self.path,

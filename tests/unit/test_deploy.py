@@ -73,6 +73,8 @@ SERVICE_METRICS = {
     "lithowatch_dedupe_band_members_trimmed_total": "counter",
     "lithowatch_blobs_removed_total": "counter",
     "lithowatch_library_events_total": "counter",
+    "lithowatch_model_info": "gauge",
+    "lithowatch_thresholds_info": "gauge",
 }
 # Series from elsewhere that the rules may read: Prometheus itself and the Kafka lag exporter.
 EXTERNAL_METRICS = {"up", "ALERTS", "kafka_consumergroup_lag"}

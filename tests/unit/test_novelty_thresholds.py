@@ -77,3 +77,31 @@ def test_a_file_that_does_not_fit_stops_the_start_or_makes_results_wait(tmp_path
     default = ThresholdsWatcher(None, 0.1, None, library_dim=lambda: 32)
     default.verify()
     assert default().global_threshold == pytest.approx(0.1)
+
+
+def test_the_live_model_and_thresholds_are_exported_as_info_metrics(tmp_path: Path) -> None:
+    import hashlib
+
+    from prometheus_client import REGISTRY
+
+    def live(name: str) -> list[dict[str, str]]:
+        return [
+            dict(sample.labels)
+            for family in REGISTRY.collect()
+            if family.name == name
+            for sample in family.samples
+            if sample.value == 1
+        ]
+
+    path = tmp_path / "thresholds.json"
+    write(path, 0)
+    ThresholdsWatcher(path, 0.1, None)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    expected = {"model_version": MODEL, "digest": digest, "method": "fixed"}
+    assert live("lithowatch_thresholds_info") == [expected]
+    assert live("lithowatch_model_info") == [{"stage": "novelty", "model_version": MODEL}]
+    write(path, 1, model_version=MODEL, global_threshold=0.3)
+    watcher = ThresholdsWatcher(path, 0.1, None)
+    changed(watcher)
+    new_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert [s["digest"] for s in live("lithowatch_thresholds_info")] == [new_digest]  # only the live one
