@@ -771,7 +771,8 @@ def test_dockerfiles() -> None:
         for source in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, re.MULTILINE):
             assert (REPO / source).exists() or source == "README.md", source
     ignore = (REPO / ".dockerignore").read_text().splitlines()
-    for needed in ("!pyproject.toml", "!shared/", "!services/", "!deploy/docker/healthcheck.py"):
+    packages = ("!shared/", "!toolkit/", "!services/", "!app/")
+    for needed in ("!pyproject.toml", *packages, "!deploy/docker/healthcheck.py"):
         assert needed in ignore
 
 
