@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shared.dataset import read_dataset
 from shared.errors import ConfigError
 from shared.index.thresholds import save_thresholds
-from toolkit.calibration.cli_common import add_embedding_args, emit, split_values
-from toolkit.calibration.data import dataset_labels, embed
+from toolkit.calibration.cli_common import add_embedding_args, emit, load_embedded, split_values
+from toolkit.calibration.data import dataset_labels
 
 
 def progress(message: str) -> None:
@@ -74,15 +73,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     if args.precision_target is not None and not 0.0 < args.precision_target <= 1.0:
         raise ConfigError(f"--precision-target must be in (0, 1], got {args.precision_target}")
-    dataset = read_dataset(args.dataset)
-    embeddings, model_version = embed(
-        dataset,
-        model=args.model,
-        embeddings_file=args.embeddings,
-        model_version=args.model_version,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    dataset, embeddings, model_version = load_embedded(args)
     run = run_calibration(
         embeddings,
         dataset_labels(dataset),

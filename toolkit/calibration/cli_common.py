@@ -13,7 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from shared.dataset import Dataset, read_dataset
 from shared.errors import ConfigError
+from toolkit.calibration.data import embed
 
 
 def add_embedding_args(p: argparse.ArgumentParser) -> None:
@@ -26,6 +30,20 @@ def add_embedding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--json", dest="json_out", default=None, help="also write the JSON summary to this file")
     p.add_argument("--seed", type=int, default=0)
+
+
+def load_embedded(args: argparse.Namespace) -> tuple[Dataset, np.ndarray, str]:
+    """The data set named by :func:`add_embedding_args`' options, its embeddings and their model version."""
+    dataset = read_dataset(args.dataset)
+    embeddings, version = embed(
+        dataset,
+        model=args.model,
+        embeddings_file=args.embeddings,
+        model_version=args.model_version,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    return dataset, embeddings, version
 
 
 def split_values(text: str | None) -> list[str] | None:

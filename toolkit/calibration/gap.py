@@ -127,9 +127,8 @@ def plot_gaps(result: Mapping[str, Any], path: Path, title: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from shared.dataset import read_dataset
-    from toolkit.calibration.cli_common import add_embedding_args, emit, split_values
-    from toolkit.calibration.data import dataset_labels, embed
+    from toolkit.calibration.cli_common import add_embedding_args, emit, load_embedded, split_values
+    from toolkit.calibration.data import dataset_labels
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_embedding_args(parser)
@@ -142,15 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bar", type=float, default=GAP_BAR)
     parser.add_argument("--report", default=None, help="folder for index.html and gaps.png")
     args = parser.parse_args(argv)
-    dataset = read_dataset(args.dataset)
-    embeddings, version = embed(
-        dataset,
-        model=args.model,
-        embeddings_file=args.embeddings,
-        model_version=args.model_version,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    dataset, embeddings, version = load_embedded(args)
     result = gap_over_seeds(
         embeddings,
         dataset_labels(dataset),

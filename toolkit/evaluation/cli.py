@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shared.dataset import Dataset, read_dataset
+from shared.dataset import Dataset
 from shared.errors import ConfigError, ImageError
 from shared.index.thresholds import load_thresholds
-from toolkit.calibration.cli_common import add_embedding_args, emit, split_values
-from toolkit.calibration.data import dataset_labels, embed
+from toolkit.calibration.cli_common import add_embedding_args, emit, load_embedded, split_values
+from toolkit.calibration.data import dataset_labels
 from toolkit.calibration.pairs import LabelValue
 from toolkit.evaluation import commands, novelty_commands
 from toolkit.evaluation.baselines import baseline_features
@@ -103,19 +103,6 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_eval_transfer)
 
 
-def _load(args: argparse.Namespace) -> tuple[Dataset, np.ndarray, str]:
-    dataset = read_dataset(args.dataset)
-    embeddings, version = embed(
-        dataset,
-        model=args.model,
-        embeddings_file=args.embeddings,
-        model_version=args.model_version,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
-    return dataset, embeddings, version
-
-
 def _report_dir(args: argparse.Namespace) -> Path | None:
     return Path(args.report) if args.report else None
 
@@ -133,7 +120,7 @@ def _feature_sets(
 
 
 def run_eval_retrieval(args: argparse.Namespace) -> int:
-    dataset, embeddings, version = _load(args)
+    dataset, embeddings, version = load_embedded(args)
     summary = commands.eval_retrieval(
         _feature_sets(args, dataset, embeddings),
         dataset_labels(dataset),
@@ -178,7 +165,7 @@ def run_eval_novelty(args: argparse.Namespace) -> int:
     if args.holdout_within is not None and "within-family" not in protocols:
         raise ConfigError(f"--holdout-within goes with --protocol within-family or both, not {args.protocol}")
     thresholds = load_thresholds(args.thresholds) if args.thresholds else None
-    dataset, embeddings, version = _load(args)
+    dataset, embeddings, version = load_embedded(args)
     if thresholds is not None and args.model and thresholds.model_version != version:
         raise ConfigError(
             f"{args.thresholds}: calibrated for model {thresholds.model_version!r}, not {version!r}"
@@ -225,7 +212,7 @@ def run_eval_clusters(args: argparse.Namespace) -> int:
     unknown = sorted({m.strip() for m in args.methods.split(",")} - {"umap", "tsne", ""})
     if unknown or not methods:
         raise ConfigError(f"--methods takes umap and/or tsne, got {args.methods!r}")
-    dataset, embeddings, version = _load(args)
+    dataset, embeddings, version = load_embedded(args)
     baselines = {}
     if not args.no_baselines:
         pixels, _ = baseline_features(dataset, pixel_size=args.pixel_size, with_phash=False)
@@ -246,7 +233,7 @@ def run_eval_clusters(args: argparse.Namespace) -> int:
 
 
 def run_eval_transfer(args: argparse.Namespace) -> int:
-    dataset, embeddings, version = _load(args)
+    dataset, embeddings, version = load_embedded(args)
     pixels, _ = baseline_features(dataset, pixel_size=args.pixel_size, with_phash=False)
     summary = commands.eval_transfer(
         {"encoder": embeddings, f"pixels{args.pixel_size}": pixels},
