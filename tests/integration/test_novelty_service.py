@@ -60,6 +60,21 @@ def start_novelty(stack: EmbeddedStack, tmp_path: Path, replica: int = 0, **extr
     return pipeline
 
 
+def scores_and_dead_letters(stack: EmbeddedStack, count: int) -> list:
+    """Scores and DLQ records, read until ``count`` results are scored."""
+    return collect(
+        stack.bootstrap,
+        [Topics.SCORES, Topics.DLQ],
+        lambda rs: len({r.key for r in rs if r.topic == Topics.SCORES}) >= count,
+        timeout_seconds=120,
+    )
+
+
+def scores_and_dead_letters_within(stack: EmbeddedStack, seconds: float) -> list:
+    """Whatever reaches the scores or DLQ topics in ``seconds`` (waiting results: nothing)."""
+    return collect(stack.bootstrap, [Topics.SCORES, Topics.DLQ], lambda rs: False, timeout_seconds=seconds)
+
+
 def decoded(records: list, topic: str, model: type) -> list:
     return [model.model_validate_json(r.value) for r in records if r.topic == topic]
 
@@ -120,7 +135,7 @@ def test_results_of_another_model_wait_for_a_library_of_their_model(
         # the encoder was switched first: its results reach a novelty replica still on the old library
         results = [embedded_result(f"next-{c}", near(c, rng), model_version="next-model") for c in range(4)]
         produce(stack.bootstrap, Topics.EMBEDDED, results)
-        waited = collect(stack.bootstrap, [Topics.SCORES, Topics.DLQ], lambda rs: False, timeout_seconds=12)
+        waited = scores_and_dead_letters_within(stack, seconds=12)
         log_text = pipeline.services[0].process.log_path.read_text(errors="replace")
     finally:
         pipeline.stop()
@@ -141,12 +156,7 @@ def test_results_of_another_model_wait_for_a_library_of_their_model(
     write_thresholds(tmp_path, "next-model")
     pipeline = start_novelty(stack, tmp_path)
     try:
-        records = collect(
-            stack.bootstrap,
-            [Topics.SCORES, Topics.DLQ],
-            lambda rs: len({r.key for r in rs if r.topic == Topics.SCORES}) >= 4,
-            timeout_seconds=120,
-        )
+        records = scores_and_dead_letters(stack, count=4)
     finally:
         pipeline.stop()
     assert decoded(records, Topics.DLQ, DLQRecord) == []
@@ -269,19 +279,14 @@ def test_results_wait_while_the_library_is_empty_and_are_scored_once_it_arrives(
     try:
         results = [embedded_result(f"early-{c}", near(c, rng)) for c in range(4)]
         produce(stack.bootstrap, Topics.EMBEDDED, results)
-        waited = collect(stack.bootstrap, [Topics.SCORES, Topics.DLQ], lambda rs: False, timeout_seconds=10)
+        waited = scores_and_dead_letters_within(stack, seconds=10)
         assert waited == []  # neither scored nor dead-lettered while there is nothing to compare with
         produce(
             stack.bootstrap,
             Topics.LIBRARY,
             [library_entry(f"lib-{c}-{j}", near(c, rng)) for c in range(4) for j in range(3)],
         )
-        records = collect(
-            stack.bootstrap,
-            [Topics.SCORES, Topics.DLQ],
-            lambda rs: len({r.key for r in rs if r.topic == Topics.SCORES}) >= 4,
-            timeout_seconds=120,
-        )
+        records = scores_and_dead_letters(stack, count=4)
     finally:
         pipeline.stop()
     assert decoded(records, Topics.DLQ, DLQRecord) == []
