@@ -10,12 +10,13 @@ rejects it; the stage adapter (:mod:`services.align.stage`) routes and counts th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 
 from shared.blobstore import BlobStore
-from shared.contracts import AlignedResult, ImageRef, UniqueResult
+from shared.contracts import AlignedResult, ImageRef, Transform, UniqueResult
 from shared.errors import ImageError, InputError
 from shared.imageref import make_image_ref
 from shared.registration import Aligner, AlignSettings
@@ -52,12 +53,20 @@ class AlignCore:
         registration = self.aligner.register(mask, simulated)
         if not registration.ok and self.on_failure == "dlq":
             raise InputError(f"cannot align: {registration.reason}", reason="alignment_failed")
-        warped = self.aligner.warp(simulated, registration)
+        if registration.ok:
+            warped = self.aligner.warp(simulated, registration)
+            transform = registration.as_transform()
+        else:
+            # a refused registration's best guess may be a period off (gratings, cell rows): warping by
+            # it would make the print look new to the embedder, so the print stays as delivered
+            warped = self.aligner.warp(simulated, replace(registration, matrix=np.eye(3)))
+            method = f"{registration.method}:refused"
+            transform = Transform.identity(method=method, quality=registration.quality)
         aligned = make_image_ref(warped, "png", self.store, self.inline_limit_bytes)
         return AlignedResult(
             **result.model_dump(exclude={"schema_version"}),
             aligned_simulated=aligned,
-            transform=registration.as_transform(),
+            transform=transform,
             alignment_flagged=not registration.ok,
             alignment_reason=registration.reason,
         )
