@@ -23,6 +23,7 @@ def _command_registrations() -> list[Register]:
     """Every module that contributes subcommands, each through its ``register(subparsers)``."""
     from app import blobs_cli, dlq_cli, ops_cli
     from app.demo import run as demo
+    from app.offline import cli as offline_cli
     from services.explain import cli as explain_cli
     from services.novelty import library_cli
     from services.simfarm import main as simfarm
@@ -43,6 +44,7 @@ def _command_registrations() -> list[Register]:
         explain_cli.register,
         dlq_cli.register,
         blobs_cli.register,
+        offline_cli.register,
     ]
 
 
