@@ -55,6 +55,7 @@ from shared.errors import InputError
 from shared.hashing import hamming_distance, spectral_hash
 from shared.imaging import decode_image, sha256_hex
 from toolkit.litho import FarmGenerator, Variant, applicable_defects
+from toolkit.litho.defects import NoDefectSite
 
 CACHE_VERSION = 1
 Verdicts = dict[str, str | None]  # result_id -> the result it duplicates (None: unique)
@@ -109,7 +110,10 @@ def generate_items(n_layouts: int, n_defects: int, max_shift_px: int, seed: int)
             options = applicable_defects(layout, farm.window_nm(variant.shift_px), farm.rng)
             if not options:
                 continue
-            dup = farm.render(layout, group, variant, defect=str(rng.choice(options)))
+            try:
+                dup = farm.render(layout, group, variant, defect=str(rng.choice(options)))
+            except NoDefectSite:
+                continue
             role = "defect"
         yield BenchItem(f"{group}-{role[0]}", group, layout.family, role,
                         _png(dup.mask, bits, compression), _png(dup.simulated, bits, compression), bits, bits)

@@ -4,16 +4,26 @@ For each result: decode mask and print, compute the exact digest and the
 shift-robust spectral hash of the mask (:mod:`shared.hashing`), then ask the
 store. The store returns candidates (same pixels, or a hash within
 ``hamming_radius`` sharing a probed band); a perceptual candidate becomes a
-duplicate only after :func:`shared.verification.verify_shifted_match` confirms it
+duplicate only after :func:`shared.verification.verify_window_match` confirms it
 on pixels (:meth:`DedupeSettings.tolerances`):
 
-- the candidate's mask is searched for the result's central mask (template
-  matching, shifts up to ``verify_max_shift_px``) and, over the whole overlap of
-  the two windows, at most ``mask_mismatch_max_px`` pixels may differ by more
+- every relative window shift up to ``verify_max_shift_px`` is scored over the
+  whole overlap of the two windows (so a sparse clip, or contacts along the
+  rails at the window's borders, registers as well as a dense one), and at the
+  shift judged, at most ``mask_mismatch_max_px`` mask pixels may differ by more
   than ``mask_tolerance_levels`` (8-bit levels): the same layout seen through
   a window moved by whole pixels has identical mask pixels there, while two
   distinct layouts (even gratings of nearly the same pitch), or a layout with a
   mask defect, differ;
+- new content is compared, not ignored (strict, the default): drawn features
+  lying wholly in a strip outside the overlap, farther than
+  ``resimulation_shift_px`` from it (beyond what a re-simulation's window move
+  brings in) and not a repeat of what the other window shows, may number at
+  most ``strip_new_max_px`` pixels; ``windows_are_duplicates`` turns this off
+  for a farm that calls every window of one layout a duplicate. The record says
+  how much was compared (``compared_fraction``: the overlap's share of the
+  window; ``drawn_compared_fraction``: the smaller share of either clip's
+  drawn pixels in it; ``strip_new_px``);
 - the binarised prints, at that shift, may differ only in slivers at most
   ``2 * print_tolerance_px`` wide (edge placement from a few percent of dose
   or a little blur): at most ``print_mismatch_max_px`` pixels may survive a
@@ -49,7 +59,7 @@ from shared.errors import ConfigError, ImageError, InputError
 from shared.hashing import band_probes, exact_digest, spectral_hash, split_bands
 from shared.imageref import ImageLoader
 from shared.imaging import to_uint8
-from shared.verification import MASK_TOLERANCE_LEVELS, MAX_SHIFT_PX, PixelTolerances, verify_shifted_match
+from shared.verification import MASK_TOLERANCE_LEVELS, MAX_SHIFT_PX, PixelTolerances, verify_window_match
 
 PAYLOAD_MAGIC = b"LWD1"
 ImageLoadFn = Callable[[ImageRef], np.ndarray]
@@ -73,6 +83,12 @@ class DedupeSettings(BaseModel):
     print_tolerance_px: int = Field(2, ge=0, le=8)
     print_mismatch_max_px: int = Field(4, ge=0)
     ttl_seconds: int = Field(7 * 86400, gt=0)  # how long a result is remembered
+    # False (strict): a candidate whose strips outside the overlap hold drawn features that neither the
+    # window move (up to resimulation_shift_px) nor a repeat of the layout explains is not a duplicate;
+    # True: any window of one layout that agrees on the overlap is
+    windows_are_duplicates: bool = False
+    resimulation_shift_px: int = Field(16, ge=0, le=MAX_SHIFT_PX)  # a farm's largest window move
+    strip_new_max_px: int = Field(4, ge=0)  # drawn pixels of unexplained features tolerated (strict)
 
     def namespace(self) -> str:
         return f"{self.hash_kind}.{self.hash_bits}.{self.n_bands}"
@@ -138,6 +154,8 @@ class DedupeCore:
                               f"{self.settings.n_bands} bands")
         self.load_image: ImageLoadFn = load_image or ImageLoader()
         self.tolerances = self.settings.tolerances()
+        s = self.settings
+        self.strip_new_max_px = None if s.windows_are_duplicates else s.strip_new_max_px
 
     def prepare(self, result: SimResult) -> _Prepared:
         """Decode and hash one result (raises InputError for undecodable or mismatched images)."""
@@ -176,6 +194,8 @@ class DedupeCore:
         queries = {id(p.item): p for p in ready}
         cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
+        s = self.settings
+
         def verify(item: DedupeItem, candidate: Candidate) -> dict[str, Any] | None:
             query = queries[id(item)]
             arrays = cache.get(candidate.result_id)
@@ -185,8 +205,8 @@ class DedupeCore:
                 except ImageError:
                     return None
                 cache[candidate.result_id] = arrays
-            match = verify_shifted_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
-                                         self.tolerances)
+            match = verify_window_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
+                                        self.tolerances, self.strip_new_max_px, s.resimulation_shift_px)
             if match is None:
                 return None
             return {"hash_kind": self.settings.hash_kind, "hamming_bits": candidate.distance_bits,

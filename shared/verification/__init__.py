@@ -12,6 +12,9 @@ with ``b[y, x] == a[y + dy, x + dx]``.
 - :mod:`.prints`: :func:`judge_prints`, what another dose or focus may change.
 - :mod:`.shifted_match`: :func:`verify_shifted_match` (masks, then prints, over
   each tied shift) with :class:`PixelTolerances`.
+- :mod:`.windows`: :func:`verify_window_match` (every shift scored over its
+  whole overlap, so sparse and rail-bound clips register; the strips outside
+  the overlap checked for new drawn features), as the dedupe stage judges.
 - :mod:`.blind_spot`: :func:`blind_spot_conflict`, a registration that hides a
   difference outside its overlap.
 - :mod:`.descriptors`: :func:`register_by_descriptors` (ORB, RANSAC) when the
@@ -55,6 +58,7 @@ from shared.verification.shifted_match import (
     verify_shifted_match,
 )
 from shared.verification.topology import Topology, edge_distance, marginal_components, topology_change
+from shared.verification.windows import StripFeatures, WindowMatch, strip_features, verify_window_match
 
 __all__ = [
     "MASK_TOLERANCE_LEVELS",
@@ -64,8 +68,10 @@ __all__ = [
     "PixelTolerances",
     "PrintJudgement",
     "ShiftedMatch",
+    "StripFeatures",
     "Topology",
     "Window",
+    "WindowMatch",
     "blind_spot_conflict",
     "coarse_ncc",
     "downsample_mask",
@@ -86,7 +92,9 @@ __all__ = [
     "register_by_descriptors",
     "shifted_matches",
     "sliver_free_mismatch",
+    "strip_features",
     "tied_shifts",
     "topology_change",
     "verify_shifted_match",
+    "verify_window_match",
 ]
