@@ -26,10 +26,19 @@ class DedupeServiceSettings(StageSettings):
     # newest members kept (and read) per band set: bounds a lookup however busy one band value is
     dedupe_band_max_members: int = Field(BAND_MAX_MEMBERS_DEFAULT, ge=1, le=100_000)
     dedupe_key_prefix: str = f"lithowatch:{NAME}"
+    # strict (False): new drawn content in a strip outside the compared overlap, beyond
+    # dedupe_resimulation_shift_px, keeps a result unique; True: every window of one layout is a duplicate
+    dedupe_windows_are_duplicates: bool = False
+    dedupe_resimulation_shift_px: int = Field(16, ge=0, le=96)  # the farm's largest window move
 
     def core_settings(self) -> DedupeSettings:
         """The core's settings, built from these once."""
-        return DedupeSettings(ttl_seconds=self.dedupe_ttl_seconds, hamming_radius=self.dedupe_hamming_radius)
+        return DedupeSettings(
+            ttl_seconds=self.dedupe_ttl_seconds,
+            hamming_radius=self.dedupe_hamming_radius,
+            windows_are_duplicates=self.dedupe_windows_are_duplicates,
+            resimulation_shift_px=self.dedupe_resimulation_shift_px,
+        )
 
 
 def redis_client(settings: CommonSettings) -> Any:
