@@ -43,9 +43,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for bench.* too
 
 from app.launcher import free_port, wait_for_port
+from bench.dedupe_baselines import Clip, baselines, timed
+from bench.dedupe_real import RealClip, load_or_generate_real
 from services.dedupe.core import DedupeCore, DedupeSettings, Outcome
 from services.dedupe.store import DedupeStore
 from services.dedupe.store_memory import InMemoryDedupeStore
@@ -53,8 +55,9 @@ from services.dedupe.store_redis import RedisDedupeStore
 from shared.contracts import DuplicateRecord, ImageRef, SimResult, UniqueResult
 from shared.errors import InputError
 from shared.hashing import hamming_distance, spectral_hash
-from shared.imaging import decode_image, sha256_hex
+from shared.imaging import decode_image, sha256_hex, to_uint8
 from toolkit.litho import FarmGenerator, Variant, applicable_defects
+from toolkit.litho.cell_rows import SKY130_HD_DIR
 from toolkit.litho.defects import NoDefectSite
 
 CACHE_VERSION = 1
@@ -278,6 +281,87 @@ def distance_distributions(items: list[BenchItem], radius: int) -> list[str]:
     ]
 
 
+# -- real layouts ------------------------------------------------------------------------------
+
+
+@dataclass
+class RealAccuracy:
+    name: str
+    recall: float
+    resimulations: int
+    false_merges: int  # merged into another window set (a far window into its own set excluded)
+    far_merged: int  # 17-31 px windows merged into their own set
+    far: int
+    seconds: float
+
+
+def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, seconds: float) -> RealAccuracy:
+    """Recall over every member but the first to arrive of each window set (original and three
+    re-simulations, in arrival order): it must point at an earlier member of its set."""
+    by_id = {c.result_id: c for c in stream}
+    position = {c.result_id: i for i, c in enumerate(stream)}
+    sets: dict[str, list[RealClip]] = {}
+    for c in stream:
+        if c.role != "far":
+            sets.setdefault(c.group, []).append(c)
+    hits = total = 0
+    for members in sets.values():
+        ordered = sorted(members, key=lambda c: position[c.result_id])
+        for later in ordered[1:]:
+            total += 1
+            of = duplicate_of.get(later.result_id)
+            hits += of is not None and by_id[of].group == later.group
+    false_merges = far_merged = 0
+    for rid, of in duplicate_of.items():
+        if of is None:
+            continue
+        a, b = by_id[rid], by_id[of]
+        base_a, base_b = a.group.removesuffix("-far"), b.group.removesuffix("-far")
+        if a.group == b.group:
+            continue
+        if base_a == base_b:
+            far_merged += 1
+        else:
+            false_merges += 1
+    far = sum(c.role == "far" for c in stream)
+    return RealAccuracy(name, hits / max(total, 1), total, false_merges, far_merged, far, seconds)
+
+
+def real_to_bench(stream: list[RealClip]) -> list[BenchItem]:
+    return [BenchItem(c.result_id, c.group, c.family, c.role, c.mask_png, c.print_png, 8, 8) for c in stream]
+
+
+def run_real(args: argparse.Namespace) -> None:
+    clips = load_or_generate_real(args.cache_dir, args.real_windows, args.far_share, args.seed, args.cells)
+    stream = list(clips)
+    random.Random(args.seed).shuffle(stream)
+    results = to_results(real_to_bench(stream))
+    roles = [c.role for c in stream]
+    sparse = sum(c.print_fill < 0.1 for c in stream)
+    print(f"\nREAL LAYOUTS (SKY130 {', '.join(sorted({c.family for c in stream}))}): {len(stream)} results, "
+          f"{roles.count('original')} windows each with 3 re-simulations moved 1-16 px (same process), "
+          f"{roles.count('far')} windows moved 17-31 px; "
+          f"{sparse} print under 10 % of the clip; shuffled (a copy may arrive before its original)")
+    rows: list[RealAccuracy] = []
+    lenient = DedupeSettings(windows_are_duplicates=True)
+    for name, settings in (("dedupe core, strict (default)", DedupeSettings()),
+                           ("dedupe core, windows_are_duplicates", lenient)):
+        dup_of, seconds = run_core(DedupeCore(InMemoryDedupeStore(), settings), results, args.batch_size)
+        rows.append(score_real(name, stream, dup_of, seconds))
+    if not args.no_baselines:
+        decoded = [Clip(c.result_id, to_uint8(decode_image(c.mask_png))) for c in stream]
+        for name, run in baselines():
+            dup_of, seconds = timed(run, decoded)
+            rows.append(score_real(name, stream, dup_of, seconds))
+    print(f"{'method':44s} {'recall':>8s} {'false merges':>12s} {'17-31 px merged':>16s} "
+          f"{'ms/result':>10s}")
+    for r in rows:
+        print(f"{r.name:44s} {r.recall:8.4f} {r.false_merges:12d} {r.far_merged:>9d} / {r.far:<4d} "
+              f"{1000 * r.seconds / len(stream):10.1f}")
+    print(f"(recall over {rows[0].resimulations} later members of a window set; "
+          "in-memory store, one process)")
+
+
 # -- redis -------------------------------------------------------------------------------------
 
 
@@ -312,7 +396,22 @@ def main() -> int:
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "lithowatch_dedupe_cache")
     parser.add_argument("--redis-server", default="/usr/bin/redis-server")
+    parser.add_argument("--data", choices=("generated", "real", "both"), default="both")
+    parser.add_argument("--real-windows", type=int, default=50, help="real: window sets per layer")
+    parser.add_argument("--far-share", type=float, default=0.3,
+                        help="real: share of windows with a 17-31 px moved one")
+    parser.add_argument("--cells", type=Path, default=SKY130_HD_DIR)
+    parser.add_argument("--no-baselines", action="store_true", help="only the dedupe core and pHash")
+    parser.add_argument("--no-redis", action="store_true", help="skip the Redis throughput figures")
     args = parser.parse_args()
+    if args.data in ("generated", "both"):
+        run_generated(args)
+    if args.data in ("real", "both"):
+        run_real(args)
+    return 0
+
+
+def run_generated(args: argparse.Namespace) -> None:
 
     items = load_or_generate(args.cache_dir, args.layouts, args.defects, args.max_shift, args.seed)
     stream = list(items)
@@ -332,17 +431,25 @@ def main() -> int:
         dup_of, seconds = run_phash_baseline(stream, which, args.phash_radius)
         rows.append(score(name, stream, dup_of))
         times[name] = seconds
+    if not args.no_baselines:
+        decoded = [Clip(it.result_id, to_uint8(decode_image(it.mask_png))) for it in stream]
+        for name, run in baselines():
+            dup_of, seconds = timed(run, decoded)
+            rows.append(score(name, stream, dup_of))
+            times[name] = seconds
     print()
     print(f"{'method':44s} {'dup recall':>10s} {'false merges':>12s} {'defects merged':>15s} "
-          f"{'results/s':>10s}")
+          f"{'ms/result':>10s}")
     for row in rows:
         print(f"{row.name:44s} {row.recall:10.4f} {row.false_merges:12d} "
-              f"{row.defects_merged:>8d} / {row.defects:<4d} {len(stream) / times[row.name]:10.1f}")
-    print("(results/s above: in-memory store, single process)")
+              f"{row.defects_merged:>8d} / {row.defects:<4d} {1000 * times[row.name] / len(stream):10.1f}")
+    print("(ms/result above: in-memory store, single process)")
     print()
     for line in distance_distributions(items, settings.hamming_radius):
         print(line)
 
+    if args.no_redis:
+        return
     print()
     hash_start = time.perf_counter()
     core_for_hashing = DedupeCore(InMemoryDedupeStore(), settings)
@@ -372,7 +479,6 @@ def main() -> int:
     print(f"  redelivery of the whole stream:            {len(results) / replay_seconds:8.1f} results/s "
           f"({replay_same}/{len(dup_of)} verdicts unchanged)")
     print(f"  Redis: {keys} keys, {used / 2**20:.1f} MiB used ({used / max(keys, 1):.0f} B/key)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ from toolkit.litho.geometry import Layout, rasterize
 from toolkit.litho.layout_import import WindowPatterns, dose_to_size
 from toolkit.litho.simulator import LithoSimulator
 
-REAL_CACHE_VERSION = 1
+REAL_CACHE_VERSION = 2
+MIN_DRAWN = 0.002  # share of a window drawn, at least (an empty clip is not a layout)
 SIZE_PX = 256
 NM_PER_PX = 4.0
 SHRINK = 0.37
@@ -103,6 +104,17 @@ def _shift(rng: np.random.Generator, low: int, high: int) -> tuple[int, int]:
     return (major, minor) if rng.random() < 0.5 else (minor, major)
 
 
+def _drawn_shift(rng: np.random.Generator, layout: Layout, origin: tuple[float, float], low: int,
+                 high: int) -> tuple[int, int]:
+    """A move (as :func:`_shift`) after which the window still shows some drawn layout."""
+    for _ in range(20):
+        dx, dy = _shift(rng, low, high)
+        at = (origin[0] + dx * NM_PER_PX, origin[1] + dy * NM_PER_PX)
+        if float(rasterize(layout, at, SIZE_PX, NM_PER_PX).mean()) >= MIN_DRAWN:
+            break
+    return dx, dy
+
+
 def generate_real(windows_per_layer: int, far_share: float, seed: int, cells_dir: Path) -> Iterator[RealClip]:
     """The clips of every chosen window of every layer (originals first within a group)."""
     rng = np.random.default_rng(seed)
@@ -129,17 +141,17 @@ def generate_real(windows_per_layer: int, far_share: float, seed: int, cells_dir
             if kept >= windows_per_layer:
                 break
             drawn = rasterize(layout, (x0, y0), SIZE_PX, NM_PER_PX)
-            if float(drawn.mean()) < 0.002 or not patterns.add(drawn):
+            if float(drawn.mean()) < MIN_DRAWN or not patterns.add(drawn):
                 continue
             group = f"{spec.name}-{kept:04d}"
             kept += 1
-            moves = [(0, 0)] + [_shift(rng, 1, 16) for _ in range(3)]
+            moves = [(0, 0)] + [_drawn_shift(rng, layout, (x0, y0), 1, 16) for _ in range(3)]
             for index, (dx, dy) in enumerate(moves):
                 role = "original" if index == 0 else "duplicate"
                 yield _clip(simulator, layout, pad_px, dose, f"{group}-{index}", group, spec.name, role,
                             (x0, y0), (dx, dy), edge)
             if rng.random() < far_share:
-                dx, dy = _shift(rng, 17, 31)
+                dx, dy = _drawn_shift(rng, layout, (x0, y0), 17, 31)
                 yield _clip(simulator, layout, pad_px, dose, f"{group}-far", f"{group}-far", spec.name, "far",
                             (x0, y0), (dx, dy), edge)
 
