@@ -21,7 +21,7 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 def _command_registrations() -> list[Register]:
     """Every module that contributes subcommands, each through its ``register(subparsers)``."""
-    from app import blobs_cli, dlq_cli, ops_cli
+    from app import blobs_cli, dlq_cli, ops_cli, up_cli
     from app.demo import run as demo
     from app.offline import cli as offline_cli
     from services.explain import cli as explain_cli
@@ -33,6 +33,7 @@ def _command_registrations() -> list[Register]:
     from toolkit.training import cli as training_cli
 
     return [
+        up_cli.register,
         ops_cli.register,
         simfarm.register,
         library_cli.register,

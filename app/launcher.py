@@ -22,8 +22,9 @@ Who may connect:
   On a shared host, use an external broker with authentication
   (``LITHOWATCH_KAFKA_BOOTSTRAP`` and the ``LITHOWATCH_KAFKA_SASL_*`` settings).
 
-When ``LITHOWATCH_KAFKA_BOOTSTRAP`` / ``LITHOWATCH_REDIS_URL`` are set, the
-external ones are used instead and nothing is started for them.
+When the settings name a broker or a Redis (``LITHOWATCH_KAFKA_BOOTSTRAP`` /
+``LITHOWATCH_REDIS_URL``, in the environment or a settings file), the external ones
+are used instead and nothing is started for them (:meth:`EmbeddedStack.from_settings`).
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigError, DependencyUnavailable
+
+if TYPE_CHECKING:
+    from shared.settings import CommonSettings
 
 _PR_SET_PDEATHSIG = 1
 
@@ -183,16 +187,47 @@ class EmbeddedStack:
     partitions: int = 4
     kafka_bootstrap: str | None = None
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    # where services keep image blobs; None: ``workdir/blobs``
+    blob_root: Path | None = None
+    # the user's settings (security of an external broker); None: plain defaults
+    settings: CommonSettings | None = field(default=None, repr=False)
     children: list[ChildProcess] = field(default_factory=list)
     started_seconds: float = 0.0
     _redis_password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_environment(cls, workdir: Path | None = None, partitions: int = 4) -> EmbeddedStack:
-        stack = cls(partitions=partitions) if workdir is None else cls(workdir=workdir, partitions=partitions)
-        stack.kafka_bootstrap = os.environ.get("LITHOWATCH_KAFKA_BOOTSTRAP") or None
-        stack.redis_url = os.environ.get("LITHOWATCH_REDIS_URL") or None
+    def from_settings(
+        cls,
+        settings: CommonSettings,
+        workdir: Path,
+        partitions: int | None = None,
+        blob_root: Path | None = None,
+    ) -> EmbeddedStack:
+        """A stack for these settings: a broker and a Redis the settings name are used as they are
+        (nothing is started for them); the others are started embedded."""
+        stack = cls(
+            workdir=workdir,
+            partitions=partitions or settings.partitions,
+            blob_root=blob_root,
+            settings=settings,
+        )
+        if "kafka_bootstrap" in settings.model_fields_set:
+            stack.kafka_bootstrap = settings.kafka_bootstrap
+        if "redis_url" in settings.model_fields_set:
+            stack.redis_url = settings.redis_url.get_secret_value()
         return stack
+
+    @property
+    def embedded_broker(self) -> bool:
+        return any(child.name == "broker" for child in self.children)
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self._redis_password is not None
+
+    @property
+    def blobs(self) -> Path:
+        return self.blob_root if self.blob_root is not None else self.workdir / "blobs"
 
     def start(self, topics: bool = True) -> EmbeddedStack:
         begin = time.monotonic()
@@ -242,7 +277,7 @@ class EmbeddedStack:
         """Start ``redis-server`` on ``port`` requiring ``password``; return once it listens."""
         config = self.workdir / "redis.conf"
         # dedupe's band-set members (hash, time, result id) stay in the compact encoding up to 128 bytes
-        _write_private(config, f"requirepass {password}\nzset-max-listpack-value 128\n")
+        write_private(config, f"requirepass {password}\nzset-max-listpack-value 128\n")
         try:
             child = ChildProcess(
                 "redis",
@@ -275,7 +310,8 @@ class EmbeddedStack:
         from shared.kafka_io import ensure_topics
         from shared.settings import CommonSettings
 
-        settings = CommonSettings(kafka_bootstrap=self.bootstrap, partitions=self.partitions)
+        base = self.settings if self.settings is not None else CommonSettings()
+        settings = base.model_copy(update={"kafka_bootstrap": self.bootstrap, "partitions": self.partitions})
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -331,7 +367,7 @@ class EmbeddedStack:
             LITHOWATCH_KAFKA_BOOTSTRAP=self.bootstrap,
             LITHOWATCH_REDIS_URL=self.redis,
             LITHOWATCH_PARTITIONS=str(self.partitions),
-            LITHOWATCH_BLOB_ROOT=str(self.workdir / "blobs"),
+            LITHOWATCH_BLOB_ROOT=str(self.blobs),
             PYTHONUNBUFFERED="1",
         )
         if "LITHOWATCH_STATE_DIR" not in os.environ:  # attempt marks belong to this stack's topics
@@ -364,7 +400,7 @@ class EmbeddedStack:
         self.stop()
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path``, readable and writable by this user only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:

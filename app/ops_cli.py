@@ -1,12 +1,9 @@
-"""Operational subcommands: ``up``, ``topics``, ``tail``, ``schemas``."""
+"""Operational subcommands: ``topics``, ``tail``, ``alerts``, ``schemas`` (``up`` is in :mod:`app.up_cli`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,19 +16,12 @@ from shared.contracts import (
     json_schemas,
     model_for_topic,
 )
-from shared.display import mask_url, terminal_safe
+from shared.display import terminal_safe
 from shared.errors import ConfigError, ContractError
 from shared.settings import CommonSettings, load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    up = sub.add_parser("up", help="embedded broker + Redis + every service, until Ctrl-C")
-    up.add_argument("--partitions", type=int, default=4)
-    up.add_argument("--workdir", type=Path, default=Path(".lithowatch/run"))
-    up.add_argument("--services", default=None, help="comma-separated subset (default: all installed)")
-    up.add_argument("--exit-when-ready", action="store_true", help="stop once everything is ready (a check)")
-    up.set_defaults(func=cmd_up)
-
     topics = sub.add_parser("topics", help="list topics with end offsets and lag per consumer group")
     topics.set_defaults(func=cmd_topics)
 
@@ -98,54 +88,6 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     for name, text in files.items():
         (args.out / name).write_text(text)
     print(f"wrote {len(files)} schemas to {args.out}")
-    return 0
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    from app.launcher import EmbeddedStack
-    from app.registry import available_services
-    from app.supervisor import SHARED_HOST_NICE, Pipeline
-
-    names = available_services() if args.services is None else [s.strip() for s in args.services.split(",")]
-    unknown = sorted(set(names) - set(available_services()))
-    if unknown:
-        raise ConfigError(f"unknown or unavailable services: {', '.join(unknown)}")
-    begin = time.monotonic()
-    stack = EmbeddedStack.from_environment(workdir=args.workdir.resolve(), partitions=args.partitions)
-    stopping = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    stack.start()
-    # every service shares this machine's cores: one torch thread measured fastest for the embedder
-    threads = {} if os.environ.get("LITHOWATCH_TORCH_THREADS") else {"LITHOWATCH_TORCH_THREADS": "1"}
-    pipeline = Pipeline(stack, service_env=threads, default_ports=True, nice=SHARED_HOST_NICE)
-    try:
-        redis = mask_url(stack.redis)
-        print(f"broker {stack.bootstrap}  redis {redis}  logs {stack.workdir / 'logs'}", flush=True)
-        pipeline.start_all(names)
-        pipeline.wait_ready(timeout_seconds=180)
-        ready = time.monotonic() - begin
-        for running in pipeline.services:
-            print(f"  {running.name:<8} pid {running.process.pid:<7} {running.metrics_url}", flush=True)
-        print(f"all {len(names)} services ready in {ready:.1f} s; Ctrl-C to stop", flush=True)
-        while not stopping and not args.exit_when_ready:
-            for running in list(pipeline.services):
-                if not running.process.alive():
-                    print(
-                        f"service {running.name} exited; restarting (log: {running.process.log_path})",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    pipeline.restart(running)
-            time.sleep(1.0)
-    finally:
-        pipeline.stop()
-        stack.stop()
     return 0
 
 

@@ -1,12 +1,16 @@
 """Settings: one frozen pydantic-settings object per service, built once in ``main``.
 
-Values come from ``LITHOWATCH_*`` environment variables or a dotenv-style file
-(``LITHOWATCH_SETTINGS_FILE`` or ``--settings-file``). Secrets are ``SecretStr``
-and never printed. Invalid settings fail at start with one clear line.
+Values come from, strongest first: ``LITHOWATCH_*`` environment variables, a
+dotenv-style file (``LITHOWATCH_SETTINGS_FILE`` or ``--settings-file``, before or
+after the subcommand), and the connection file of a running ``lithowatch up``
+(:func:`connection_file`), so a second terminal reaches the stack ``up`` started
+without copying its address. Secrets are ``SecretStr`` and never printed. Invalid
+settings fail at start with one clear line.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -80,14 +84,77 @@ class StageSettings(CommonSettings):
 
 S = TypeVar("S", bound=BaseSettings)
 
+log = logging.getLogger("lithowatch.settings")
 
-def load_settings(cls: type[S], settings_file: str | Path | None = None, **overrides: Any) -> S:
-    """Build settings from the environment (and an optional file), or raise ConfigError."""
+# ``lithowatch up`` writes the address of what it started here (in its workdir) and removes it when
+# it stops; every other command run from the same folder reads it (see ``connection_file``).
+DEFAULT_RUN_DIR = Path(".lithowatch/run")
+CONNECTION_FILE_NAME = "connection.env"
+UP_PID_KEY = "LITHOWATCH_UP_PID"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True
+
+
+def read_connection_pid(path: Path) -> int | None:
+    """The pid of the ``lithowatch up`` that wrote ``path``, or None when the file names none."""
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == UP_PID_KEY and value.strip().isdigit():
+                return int(value.strip())
+    except OSError:
+        return None
+    return None
+
+
+def live_connection_file(path: Path) -> bool:
+    """Whether ``path`` is a connection file whose ``lithowatch up`` is still running."""
+    pid = read_connection_pid(path)
+    return pid is not None and _pid_alive(pid)
+
+
+def connection_file() -> Path | None:
+    """The connection file to read, if any: ``LITHOWATCH_CONNECTION_FILE`` when set (empty: none),
+    else ``.lithowatch/run/connection.env`` under the current folder; only while the ``lithowatch up``
+    that wrote it runs (a file left by a killed ``up`` is ignored, with a warning)."""
+    configured = os.environ.get("LITHOWATCH_CONNECTION_FILE")
+    if configured is not None and not configured.strip():
+        return None
+    path = Path(configured) if configured else DEFAULT_RUN_DIR / CONNECTION_FILE_NAME
+    if not path.is_file():
+        if configured:
+            raise ConfigError(f"LITHOWATCH_CONNECTION_FILE: {path} does not exist")
+        return None
+    if not live_connection_file(path):
+        log.warning("ignoring %s: the lithowatch up that wrote it is no longer running", path)
+        return None
+    return path
+
+
+def load_settings(
+    cls: type[S], settings_file: str | Path | None = None, *, connection: bool = True, **overrides: Any
+) -> S:
+    """Build settings from the environment, an optional settings file and (unless ``connection`` is
+    False) a running ``lithowatch up``'s connection file, or raise ConfigError."""
     file = settings_file or os.environ.get("LITHOWATCH_SETTINGS_FILE")
     if file is not None and not Path(file).is_file():
         raise ConfigError(f"settings file {file} does not exist")
+    files: list[str | Path] = []
+    running = connection_file() if connection else None
+    if running is not None:
+        files.append(running)
+    if file is not None:
+        files.append(file)  # later files win over earlier ones
     try:
-        return cls(_env_file=file, **overrides)
+        return cls(_env_file=tuple(files) or None, **overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"LITHOWATCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()

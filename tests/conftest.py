@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app.launcher import EmbeddedStack
+
+# a `lithowatch up` the developer runs beside the tests must not redirect them (tests of the
+# connection file set it themselves)
+os.environ.setdefault("LITHOWATCH_CONNECTION_FILE", "")
 
 
 @pytest.fixture

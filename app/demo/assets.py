@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 import shared
 from shared.dataset import DatasetWriter, read_dataset
-from toolkit.litho import FarmGenerator, Variant
+from toolkit.litho import FarmGenerator, Layout, Variant
 
 KNOWN_FAMILIES = ("grating", "line_ends", "contacts", "shapes", "routing")
 NOVEL_FAMILY = "sram"
@@ -85,21 +86,21 @@ def _number(labels: dict[str, object], key: str, default: float) -> float:
     return float(value) if isinstance(value, int | float) else default
 
 
-def make_datasets(cfg: DemoConfig, root: Path, say: Callable[[str], None]) -> tuple[Path, Path]:
-    library_dir, stream_dir = root / "library", root / "stream"
-    marker = root / "datasets.json"
-    wanted = json.loads(json.dumps(asdict(cfg)))  # tuples become lists, as in the stored marker
-    if marker.is_file() and json.loads(marker.read_text()) == wanted:
-        say(f"data sets: reusing {root}")
-        return library_dir, stream_dir
-    farm = FarmGenerator(
+def demo_farm(cfg: DemoConfig) -> FarmGenerator:
+    return FarmGenerator(
         seed=cfg.seed,
         size_px=cfg.size_px,
         nm_per_px=cfg.nm_per_px,
         families=(*cfg.known_families, cfg.novel_family),
     )
-    rng = np.random.default_rng(cfg.seed)
-    known_layouts = []
+
+
+def write_library(
+    cfg: DemoConfig, farm: FarmGenerator, library_dir: Path, say: Callable[[str], None]
+) -> list[tuple[Layout, str]]:
+    """The library data set: ``library_variants`` results of each of ``library_groups_per_family``
+    layouts per known family; returns the layouts with their group ids."""
+    known_layouts: list[tuple[Layout, str]] = []
     with DatasetWriter(library_dir) as library:
         for family in cfg.known_families:
             for _ in range(cfg.library_groups_per_family):
@@ -111,6 +112,39 @@ def make_datasets(cfg: DemoConfig, root: Path, say: Callable[[str], None]) -> tu
                     s = farm.render(layout, group, variant)
                     _write_sample(library, s.id, s.mask, s.simulated, s.nm_per_px, dict(s.labels))
         say(f"library data set: {library.count} results of {len(known_layouts)} layouts")
+    return known_layouts
+
+
+def default_library(say: Callable[[str], None], cfg: DemoConfig | None = None) -> Path:
+    """The default reference library data set (the demo's known families, generated once and cached
+    under the cache folder, keyed by its configuration and the farm emulator's code)."""
+    cfg = cfg or DemoConfig()
+    wanted = json.dumps({"data": asdict(cfg), "code": code_fingerprint()}, sort_keys=True)
+    key = hashlib.sha256(wanted.encode()).hexdigest()[:16]
+    out = cache_root() / "default-library" / key
+    if (out / "done.json").is_file():
+        say(f"library data set: reusing {out}")
+        return out
+    say(f"library data set: generating the default library in {out}")
+    partial = out.with_name(f"{key}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    write_library(cfg, demo_farm(cfg), partial, say)
+    (partial / "done.json").write_text(wanted)
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
+def make_datasets(cfg: DemoConfig, root: Path, say: Callable[[str], None]) -> tuple[Path, Path]:
+    library_dir, stream_dir = root / "library", root / "stream"
+    marker = root / "datasets.json"
+    wanted = json.loads(json.dumps(asdict(cfg)))  # tuples become lists, as in the stored marker
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        say(f"data sets: reusing {root}")
+        return library_dir, stream_dir
+    farm = demo_farm(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    known_layouts = write_library(cfg, farm, library_dir, say)
     stream_items: list[tuple[str, np.ndarray, np.ndarray, dict[str, object]]] = []
     picks = rng.choice(
         len(known_layouts), size=cfg.stream_known, replace=cfg.stream_known > len(known_layouts)
@@ -164,9 +198,9 @@ def make_datasets(cfg: DemoConfig, root: Path, say: Callable[[str], None]) -> tu
 
 def code_fingerprint() -> str:
     """Hash of the sources that determine a trained encoder (model + farm emulator)."""
-    root = Path(shared.__file__).parent
+    root = Path(shared.__file__).parent.parent
     digest = hashlib.sha256()
-    for folder in ("model", "litho"):
+    for folder in ("shared/model", "toolkit/litho"):
         for path in sorted((root / folder).glob("*.py")):
             digest.update(path.name.encode())
             digest.update(path.read_bytes())

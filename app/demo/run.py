@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -24,7 +25,7 @@ from app.supervisor import SHARED_HOST_NICE, Pipeline
 from shared.blobstore import LocalBlobStore
 from shared.dataset import read_dataset
 from shared.display import mask_url
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, load_settings
 
 STAGES = ("dedupe", "align", "embed", "novelty", "explain")
 
@@ -104,7 +105,38 @@ def pair_merged(rid: str, labels: dict[str, Any], watcher: OutputWatcher) -> boo
     return reverse is not None and reverse.duplicate_of == rid
 
 
-def summarise(stream_labels: dict[str, dict[str, Any]], watcher: OutputWatcher) -> dict[str, Any]:
+def explain_duplicates(
+    stream_labels: dict[str, dict[str, Any]],
+    watcher: OutputWatcher,
+    library_labels: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Every duplicate counted, by what it was a duplicate of: the re-simulation the stream planted,
+    another result of the same layout (a variant within the dedupe tolerances, e.g. a burst of one
+    novel layout), or a different layout (a wrong merge, listed by id)."""
+    known_labels = {**(library_labels or {}), **stream_labels}
+    kinds = {"re-simulation": 0, "same layout": 0, "different layout": 0, "unknown original": 0}
+    wrong: list[str] = []
+    for rid, record in watcher.duplicates.items():
+        mine = stream_labels.get(rid, {})
+        original = known_labels.get(record.duplicate_of)
+        if mine.get("resim_of") == record.duplicate_of or (original or {}).get("resim_of") == rid:
+            kinds["re-simulation"] += 1
+        elif original is None:
+            kinds["unknown original"] += 1
+            wrong.append(f"{rid} -> {record.duplicate_of}")
+        elif mine.get("group") is not None and mine.get("group") == original.get("group"):
+            kinds["same layout"] += 1
+        else:
+            kinds["different layout"] += 1
+            wrong.append(f"{rid} -> {record.duplicate_of}")
+    return {"by_kind": kinds, "unexplained": sorted(wrong)}
+
+
+def summarise(
+    stream_labels: dict[str, dict[str, Any]],
+    watcher: OutputWatcher,
+    library_labels: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
 
     expected = {rid: str(labels.get("expected")) for rid, labels in stream_labels.items()}
@@ -133,8 +165,18 @@ def summarise(stream_labels: dict[str, dict[str, Any]], watcher: OutputWatcher) 
             m: sum(1 for d in watcher.duplicates.values() if d.method == m)
             for m in sorted({d.method for d in watcher.duplicates.values()})
         },
+        "duplicates_explained": explain_duplicates(stream_labels, watcher, library_labels),
         "known_results": len(known),
         "known_flagged": len(set(known) & flagged),
+        # what a flagged known variant was: its process conditions against the library's variants
+        "known_flagged_detail": {
+            rid: {
+                "score": round(watcher.scores[rid].novelty_score, 4),
+                "threshold": round(watcher.scores[rid].threshold, 4),
+                **{k: stream_labels[rid].get(k) for k in ("family", "dose", "defocus_nm", "bias_nm")},
+            }
+            for rid in sorted(set(known) & flagged)
+        },
         "novel_results": len(novel),
         "novel_flagged": len(set(novel) & flagged),
         "novel_family_layouts": len(novel_groups),
@@ -194,20 +236,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     console.rule("lithowatch demo")
-    stack = EmbeddedStack(workdir=workdir / "run", partitions=4)
+    # a broker or Redis the settings name is used as it is (nothing is started for it)
+    user = load_settings(CommonSettings, args.settings_file, connection=False)
+    stack = EmbeddedStack.from_settings(user, workdir / "run", blob_root=workdir / "run" / "blobs")
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     stack.start()
     pipeline = Pipeline(stack, default_ports=True, nice=SHARED_HOST_NICE)
     watcher = OutputWatcher(stack.bootstrap)
     try:
+        broker = "embedded" if stack.embedded_broker else "external"
+        redis = "embedded" if stack.embedded_redis else "external"
         console.print(
-            f"[bold cyan]▸[/] broker {stack.bootstrap}, Redis {mask_url(stack.redis)}, "
-            f"logs {stack.workdir / 'logs'}"
+            f"[bold cyan]▸[/] broker {stack.bootstrap} ({broker}), Redis {mask_url(stack.redis)} ({redis}), "
+            f"{stack.partitions} partitions, logs {stack.workdir / 'logs'}"
         )
         assets = prepare(cfg, workdir, console)
-        settings = CommonSettings(
-            kafka_bootstrap=stack.bootstrap, redis_url=stack.redis, blob_root=stack.workdir / "blobs"
+        settings = user.model_copy(
+            update={
+                "kafka_bootstrap": stack.bootstrap,
+                "redis_url": SecretStr(stack.redis),
+                "blob_root": stack.blobs,
+                "partitions": stack.partitions,
+            }
         )
         from services.novelty.library_cli import build_library
 
@@ -220,6 +271,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "LITHOWATCH_MAX_POLL_INTERVAL_MS": "10000",
             "LITHOWATCH_TORCH_THREADS": "1",
         }
+        if args.settings_file:  # the services read the same file (the stack's addresses still win)
+            pipeline.service_env["LITHOWATCH_SETTINGS_FILE"] = str(Path(args.settings_file).resolve())
         pipeline.start_all(list(STAGES))
         ready = pipeline.wait_ready(240)
         console.print(f"[bold cyan]▸[/] {len(STAGES)} services ready in {ready:.1f} s")
@@ -250,7 +303,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     break
                 time.sleep(0.5)
         stream_seconds = time.monotonic() - stream_began
-        summary = summarise(labels, watcher)
+        library_labels = {item.id: dict(item.labels) for item in read_dataset(assets.library_dir).items}
+        summary = summarise(labels, watcher, library_labels)
         summary.update(
             stream_seconds=round(stream_seconds, 1),
             total_seconds=round(time.monotonic() - began, 1),
