@@ -1,7 +1,8 @@
 """Prometheus metrics shared by every service, and the metrics/health HTTP server.
 
 Metric names follow Prometheus' naming guide; labels are low-cardinality only
-(``stage``, ``outcome``, ``reason``, ``method``, ``decision``, ``topic``, ``partition``).
+(``stage``, ``outcome``, ``reason``, ``method``, ``decision``, ``topic``, ``partition``,
+``model_version``: one or two live at a time, ``statistic``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from shared.http_server import GuardedHTTPServer, PrefetchedRequestHandler, Serv
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# novelty_score = 1 - cosine similarity: fine steps where known results sit, coarse where novel ones do
+SCORE_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05)
+SCORE_BUCKETS += (0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
+SIMILARITY_BUCKETS = tuple(round(1.0 - b, 4) for b in reversed(SCORE_BUCKETS))
 
 STAGE_LATENCY = Histogram(
     "lithowatch_stage_latency_seconds",
@@ -41,6 +46,23 @@ CONSUMER_LAG = Gauge(
 STAGE_UP = Gauge("lithowatch_stage_up", "1 while the stage is consuming", ["stage"])
 DUPLICATES = Counter("lithowatch_duplicates_total", "Duplicates found, by method", ["method"])
 NOVELTY_DECISIONS = Counter("lithowatch_novelty_decisions_total", "Novelty decisions", ["decision"])
+NOVELTY_SCORE = Histogram(
+    "lithowatch_novelty_score",
+    "Novelty score of each scored result (1 - cosine similarity to the nearest reference entry)",
+    ["model_version"],
+    buckets=SCORE_BUCKETS,
+)
+NEIGHBOUR_SIMILARITY = Histogram(
+    "lithowatch_novelty_neighbour_similarity",
+    "Cosine similarity of each scored result to its nearest library entry (reference or provisional)",
+    ["model_version"],
+    buckets=SIMILARITY_BUCKETS,
+)
+NOVELTY_DRIFT = Gauge(
+    "lithowatch_novelty_drift",
+    "Drift of the last window of novelty scores from the calibration reference (psi, ks)",
+    ["model_version", "statistic"],
+)
 ALERTS = Counter("lithowatch_alerts_total", "Novelty alerts raised")
 INDEX_SIZE = Gauge("lithowatch_index_size", "Vectors in the novelty index")
 LIBRARY_PROVISIONAL = Gauge("lithowatch_library_provisional", "Provisional library entries")

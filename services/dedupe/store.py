@@ -9,8 +9,11 @@ three pipelined round trips (Redis) — reads, candidate payloads, writes:
    every probed band set, with the times they were added;
 2. the payloads of the candidates within ``hamming_radius`` (nearest first, at
    most ``max_candidates`` per item), which the caller's ``verify`` confirms;
-3. writes: each unique result's payload and band memberships (see Bounds),
-   every verdict with ``SET NX`` followed by a read of what is stored.
+3. writes: the payload and band memberships (see Bounds) of each unique result
+   and of each near duplicate (a re-simulation whose window moved one way is
+   kept, so one moved the other way, or one arriving before its original,
+   finds the member of its layout nearest to it), every verdict with ``SET NX``
+   followed by a read of what is stored.
 
 Verdicts: a verdict records the exact digest of the pixels it was made for. A
 redelivery (same ``result_id``, same pixels) gets the stored verdict back; the
@@ -247,7 +250,7 @@ class BandDedupeStore(ABC):
                     verdict = Verdict(item.result_id, "perceptual", rid, d, details)
                     break
             verdicts[i] = verdict
-            if verdict.status == "unique":
+            if verdict.status in ("unique", "perceptual"):  # a re-simulation is kept to match later ones
                 batch_uniques.append(item)
                 unique_indices.append(i)
         decided = [v if v.replayed or v.status == "reused" else replace(v, exact_digest=item.exact_digest)

@@ -24,6 +24,7 @@ from services.novelty.confirm_settings import (
     ConfirmSettings,
 )
 from services.novelty.core import MAX_PROVISIONAL_DEFAULT, Confirm, NoveltyConfig, NoveltyCore
+from services.novelty.drift import WINDOW_SIZE_DEFAULT, ScoreDrift
 from services.novelty.library_feed import LibraryFeed
 from services.novelty.stage import NoveltyStage
 from services.novelty.thresholds import ThresholdsWatcher
@@ -32,6 +33,7 @@ from shared.contracts import LibraryEntry
 from shared.errors import ConfigError
 from shared.imageref import ImageLoader
 from shared.index import IndexSettings
+from shared.index.thresholds import ScoreReference
 from shared.runtime import StageRunner
 from shared.settings import StageSettings, load_settings
 
@@ -44,6 +46,8 @@ class NoveltySettings(StageSettings):
     thresholds_path: Path | None = None
     default_threshold: float = Field(0.1, ge=0.0, le=2.0)
     model_version: str | None = None
+    # scores per model in the drift watch's sliding window (lithowatch_novelty_drift)
+    novelty_drift_window: int = Field(WINDOW_SIZE_DEFAULT, ge=20)
     snapshot_dir: Path | None = None
     snapshot_interval_seconds: float = Field(300.0, gt=0)
     novelty_k: int = Field(5, ge=1, le=100)
@@ -120,6 +124,26 @@ def hybrid_confirmation(settings: NoveltySettings, feed: LibraryFeed, watcher: T
     return confirmer
 
 
+def score_drift(settings: NoveltySettings, watcher: ThresholdsWatcher) -> ScoreDrift:
+    """The drift watch: the scores of the thresholds' model against the file's reference distribution."""
+
+    def reference(model_version: str) -> ScoreReference | None:
+        thresholds = watcher.policy.file
+        if watcher.path is None or thresholds.model_version != model_version:
+            return None
+        return thresholds.score_reference
+
+    def missing(model_version: str) -> None:
+        log.warning(
+            "no drift gauge for model %s: its thresholds carry no reference distribution of scores "
+            "(no thresholds file, or one calibrated before lithowatch recorded it); run lithowatch "
+            "calibrate to get one",
+            model_version,
+        )
+
+    return ScoreDrift(settings.novelty_drift_window, reference, missing)
+
+
 def main(settings_file: str | None = None) -> int:
     settings = load_settings(NoveltySettings, settings_file)
     watcher = ThresholdsWatcher(settings.thresholds_path, settings.default_threshold, settings.model_version)
@@ -147,7 +171,7 @@ def main(settings_file: str | None = None) -> int:
     watcher.verify()
     confirm = hybrid_confirmation(settings, feed, watcher) if settings.hybrid_confirm else None
     core = NoveltyCore(lambda: feed.state, watcher, settings.novelty_config(), confirm=confirm)
-    stage = NoveltyStage(core, feed, watcher)
+    stage = NoveltyStage(core, feed, watcher, drift=score_drift(settings, watcher))
     try:
         runner = StageRunner(stage, settings)
     except BaseException:

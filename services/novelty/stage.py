@@ -3,7 +3,9 @@
 A scored result goes to the scores topic; a novel one also raises an alert and (with
 provisional entries on) adds its provisional entry to the library topic, keyed by entry
 id (the topic is compacted by it); a confirmed duplicate goes to the duplicates topic.
-Decisions and alerts are counted.
+Decisions and alerts are counted; every score and nearest-neighbour similarity goes into a
+histogram, and into the drift watch (:mod:`services.novelty.drift`) when one is given, whose
+readings become ``lithowatch_novelty_drift``.
 
 Between batches (:meth:`NoveltyStage.tick`) the library feed applies what the library
 topic has delivered and the thresholds file is looked at for changes; at the end
@@ -16,7 +18,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from services.novelty import NAME
-from services.novelty.core import NoveltyCore, Verdict
+from services.novelty.core import NoveltyCore, Outcome, Scored, Verdict
+from services.novelty.drift import STATISTICS, ScoreDrift
 from shared import metrics
 from shared.contracts import DuplicateRecord, EmbeddedResult, Topics
 from shared.errors import InputError
@@ -49,20 +52,37 @@ class NoveltyStage(StageBase):
         core: NoveltyCore,
         library: LibrarySource | None = None,
         thresholds: ThresholdsSource | None = None,
+        drift: ScoreDrift | None = None,
     ) -> None:
         self.core = core
         self.library = library
         self.thresholds = thresholds
+        self.drift = drift
         for decision in DECISIONS:  # export zeros, so ratios exist before events
             metrics.NOVELTY_DECISIONS.labels(decision)
         for method in ("embedding+hash", "embedding+descriptors"):
             metrics.DUPLICATES.labels(method)
 
     def process_batch(self, items: Sequence[EmbeddedResult]) -> list[ItemResult]:
-        return [
-            outcome if isinstance(outcome, InputError) else self.outputs(outcome)
-            for outcome in self.core.process_batch(items)
-        ]
+        outcomes = self.core.process_batch(items)
+        self.observe_scores(outcomes)
+        return [outcome if isinstance(outcome, InputError) else self.outputs(outcome) for outcome in outcomes]
+
+    def observe_scores(self, outcomes: Sequence[Outcome]) -> None:
+        """Scores and nearest similarities into their histograms and the drift watch, which is
+        read once per batch (a retried batch is observed again; a drift reading barely moves)."""
+        for outcome in outcomes:
+            if not isinstance(outcome, Scored):
+                continue
+            score = outcome.score
+            metrics.NOVELTY_SCORE.labels(score.model_version).observe(score.novelty_score)
+            if score.neighbours:
+                nearest = score.neighbours[0].similarity
+                metrics.NEIGHBOUR_SIMILARITY.labels(score.model_version).observe(nearest)
+            if self.drift is not None:
+                self.drift.observe(score.model_version, score.novelty_score)
+        if self.drift is not None:
+            export_drift(self.drift)
 
     @staticmethod
     def outputs(verdict: Verdict) -> list[Output]:
@@ -91,3 +111,17 @@ class NoveltyStage(StageBase):
     def close(self) -> None:
         if self.library is not None:
             self.library.close()
+
+
+def export_drift(drift: ScoreDrift) -> None:
+    """The drift watch's readings as ``lithowatch_novelty_drift``: one series per model and
+    statistic while it has a reading, none otherwise (no full window, no reference, gone)."""
+    readings = drift.readings()
+    for labels in list(metrics.NOVELTY_DRIFT._metrics):  # the series prometheus_client holds
+        model_version = labels[0]
+        if readings.get(model_version) is None:
+            metrics.NOVELTY_DRIFT.remove(*labels)
+    for model_version, reading in readings.items():
+        if reading is not None:
+            for statistic in STATISTICS:
+                metrics.NOVELTY_DRIFT.labels(model_version, statistic).set(reading.statistic(statistic))

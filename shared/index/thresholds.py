@@ -10,7 +10,10 @@ result is novel when ``novelty_score >= threshold``. The threshold is global,
 or per cluster when ``clusters`` is present (nearest centroid by cosine). Optional
 conformal calibration scores let the service gate by a false discovery rate.
 An optional ``near_identity`` gate says how near a library neighbour must be
-before hybrid duplicate confirmation checks the pair on pixels.
+before hybrid duplicate confirmation checks the pair on pixels. An optional
+``score_reference`` records what the novelty scores of known results looked like
+at calibration: the baseline the novelty service's drift watch compares the
+stream with (files written before it existed have none, and get no drift gauge).
 
 Writes are atomic (temporary file in the same folder, fsync, rename), so a
 service reloading the file never reads half of it. Every problem reading a file
@@ -35,6 +38,8 @@ THRESHOLDS_SCHEMA_VERSION: Final = 1
 NOVELTY_SCORE_DEFINITION: Final = "1 - max cosine similarity to library (top-1)"
 DECISION_RULE: Final = "novel when novelty_score >= threshold"
 CONFORMAL_SCORES_MAX = 20_000
+REFERENCE_QUANTILES_MAX = 1001
+REFERENCE_BINS_MAX = 100
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
@@ -101,6 +106,38 @@ class NearIdentityGate(_Frozen):
     group_label: str = "group"
 
 
+class ScoreReference(_Frozen):
+    """The novelty scores of known results at calibration, as the drift watch's baseline.
+
+    ``quantiles`` are the scores at evenly spaced probabilities ``0, 1/(m-1), ..., 1`` (for a
+    KS distance); ``bin_edges`` cut the score axis into ``len(bin_edges) + 1`` bins, bin ``j``
+    holding the scores ``s`` with ``bin_edges[j-1] <= s < bin_edges[j]`` (the first open
+    below, the last open above), and ``bin_proportions`` is the share of the scores in each
+    (for a population stability index).
+    """
+
+    quantiles: list[float] = Field(min_length=2, max_length=REFERENCE_QUANTILES_MAX)
+    bin_edges: list[float] = Field(max_length=REFERENCE_BINS_MAX - 1)
+    bin_proportions: list[float] = Field(min_length=1, max_length=REFERENCE_BINS_MAX)
+    n_scores: int = Field(ge=1)
+    source: str = "known results, each scored against the other known results (leave one out)"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScoreReference:
+        values = [*self.quantiles, *self.bin_edges, *self.bin_proportions]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("score reference contains NaN or infinity")
+        if any(b < a for a, b in zip(self.quantiles, self.quantiles[1:], strict=False)):
+            raise ValueError("score reference quantiles must not decrease")
+        if any(b <= a for a, b in zip(self.bin_edges, self.bin_edges[1:], strict=False)):
+            raise ValueError("score reference bin edges must increase")
+        if len(self.bin_proportions) != len(self.bin_edges) + 1:
+            raise ValueError("score reference needs one more bin proportion than bin edges")
+        if any(p < 0 for p in self.bin_proportions) or abs(sum(self.bin_proportions) - 1.0) > 1e-6:
+            raise ValueError("score reference bin proportions must be shares that sum to 1")
+        return self
+
+
 class ThresholdsFile(_Frozen):
     schema_version: Literal[1] = THRESHOLDS_SCHEMA_VERSION
     model_version: str = Field(min_length=1)
@@ -118,6 +155,7 @@ class ThresholdsFile(_Frozen):
     conformal: ConformalCalibration | None = None
     calibration: dict[str, float | int | str | None] = Field(default_factory=dict)
     near_identity: NearIdentityGate | None = None
+    score_reference: ScoreReference | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ThresholdsFile:

@@ -147,6 +147,8 @@ def monitored(
             "LITHOWATCH_MAX_POLL_INTERVAL_MS": "8000",
             "LITHOWATCH_SESSION_TIMEOUT_MS": "6000",
             "LITHOWATCH_TORCH_THREADS": "1",
+            # the score drift panel needs a full window; the run scores a few dozen results
+            "LITHOWATCH_NOVELTY_DRIFT_WINDOW": "20",
             "PYTHONUNBUFFERED": "1",
         }
         prom.start()

@@ -75,6 +75,9 @@ SERVICE_METRICS = {
     "lithowatch_library_events_total": "counter",
     "lithowatch_model_info": "gauge",
     "lithowatch_thresholds_info": "gauge",
+    "lithowatch_novelty_score": "histogram",
+    "lithowatch_novelty_neighbour_similarity": "histogram",
+    "lithowatch_novelty_drift": "gauge",
 }
 # Series from elsewhere that the rules may read: Prometheus itself and the Kafka lag exporter.
 EXTERNAL_METRICS = {"up", "ALERTS", "kafka_consumergroup_lag"}

@@ -13,7 +13,10 @@ The recipe, all over already computed embeddings and labels (no model, no I/O):
    to the best F1 any threshold reaches there);
 5. optional per-cluster thresholds (density quantile chosen on the calibration
    half, kept in ``auto`` mode only when they beat the global threshold there);
-6. the calibration half's known scores become the conformal calibration set.
+6. the calibration half's known scores become the conformal calibration set;
+7. every known item scored against the other known items (leave one out) becomes the
+   reference distribution the novelty service's drift watch compares the stream with
+   (:mod:`toolkit.calibration.reference`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from shared.index.thresholds import (
     ClusterThreshold,
     ConformalCalibration,
     NearIdentityGate,
+    ScoreReference,
     ThresholdsFile,
 )
 from toolkit.calibration.clusters import (
@@ -41,6 +45,7 @@ from toolkit.calibration.clusters import (
 )
 from toolkit.calibration.near_identity import NEAR_IDENTITY_QUANTILE_DEFAULT, near_identity_gate
 from toolkit.calibration.pairs import LabelValue, pair_similarities, sample_pairs
+from toolkit.calibration.reference import MIN_REFERENCE_SCORES, leave_one_out_scores, score_reference
 from toolkit.calibration.roc import auroc, confusion_at, sweep
 from toolkit.calibration.similarity import l2_normalise, top1_cosine
 from toolkit.calibration.split import CalibrationSplit, split_for_calibration
@@ -164,6 +169,26 @@ def _per_cluster(
     return (best_model if keep else None), report
 
 
+def _score_reference(
+    emb: np.ndarray, split: CalibrationSplit
+) -> tuple[ScoreReference | None, dict[str, Any]]:
+    """The drift reference from the known items (library and known queries), with its summary."""
+    known = np.concatenate([split.library, split.known_cal, split.known_test])
+    if known.size < MIN_REFERENCE_SCORES:
+        why = f"{known.size} known results, fewer than {MIN_REFERENCE_SCORES}: no drift reference"
+        return None, {"available": False, "why": why}
+    reference = score_reference(leave_one_out_scores(emb[np.sort(known)]))
+    quantiles = reference.quantiles
+    middle = len(quantiles) // 2
+    return reference, {
+        "available": True,
+        "n_scores": reference.n_scores,
+        "bins": len(reference.bin_proportions),
+        "median": quantiles[middle],
+        "p90": quantiles[round(0.9 * (len(quantiles) - 1))],
+    }
+
+
 def run_calibration(
     embeddings: np.ndarray,
     labels: Sequence[Mapping[str, LabelValue]],
@@ -259,6 +284,9 @@ def run_calibration(
     except ConfigError as exc:
         gate_report["why"] = str(exc)
 
+    say("scoring the known results against each other for the drift reference")
+    reference, reference_report = _score_reference(emb, split)
+
     rng = np.random.default_rng(seed)
     cal_known = scores["known_cal"]
     if cal_known.size > conformal_max:
@@ -301,6 +329,7 @@ def run_calibration(
         conformal=conformal,
         calibration=calibration_meta,
         near_identity=gate,
+        score_reference=reference,
     )
     summary: dict[str, Any] = {
         "command": "calibrate",
@@ -322,6 +351,7 @@ def run_calibration(
             "n_total": conformal.n_total,
             "min_p_value": 1.0 / (len(conformal.scores) + 1),
         },
+        "score_reference": reference_report,
         "warnings": split_size_warnings({name: int(values.size) for name, values in scores.items()}),
     }
     for warning in summary["warnings"]:
