@@ -49,6 +49,12 @@ from shared.dataset import DatasetItem
 from shared.errors import ConfigError, InputError
 from shared.imageref import ImageLoader
 
+
+def _number(value: float) -> float:
+    """Six decimals, and no negative zero (a score of -1e-9 from rounding reads 0)."""
+    return round(value, 6) + 0.0
+
+
 CSV_COLUMNS = (
     "result_id", "files", "novelty_score", "threshold", "decision", "cluster", "provisional_of",
     "alignment_flagged", "alignment_reason", "nearest_id", "nearest_similarity", "neighbours",
@@ -78,14 +84,14 @@ class Row:
             "result_id": self.id,
             "files": list(self.files),
             "labels": self.labels,
-            "novelty_score": round(s.novelty_score, 6),
-            "threshold": round(s.threshold, 6),
+            "novelty_score": _number(s.novelty_score),
+            "threshold": _number(s.threshold),
             "decision": s.decision,
             "cluster": s.cluster,
             "provisional_of": s.provisional_of,
             "alignment": {"flagged": self.alignment_flagged, "reason": self.alignment_reason},
             "neighbours": [
-                {"id": n.id, "similarity": round(n.similarity, 6), "provisional": n.provisional,
+                {"id": n.id, "similarity": _number(n.similarity), "provisional": n.provisional,
                  "labels": n.labels}
                 for n in s.neighbours
             ],
@@ -101,15 +107,15 @@ class Row:
         s = self.score
         nearest = s.neighbours[0] if s.neighbours else None
         row.update(
-            novelty_score=f"{s.novelty_score:.6f}",
-            threshold=f"{s.threshold:.6f}",
+            novelty_score=f"{_number(s.novelty_score):.6f}",
+            threshold=f"{_number(s.threshold):.6f}",
             decision=s.decision,
             cluster="" if s.cluster is None else s.cluster,
             provisional_of=s.provisional_of or "",
             alignment_flagged=str(self.alignment_flagged).lower(),
             alignment_reason=self.alignment_reason,
             nearest_id=nearest.id if nearest else "",
-            nearest_similarity=f"{nearest.similarity:.6f}" if nearest else "",
+            nearest_similarity=f"{_number(nearest.similarity):.6f}" if nearest else "",
             neighbours=";".join(f"{n.id}@{n.similarity:.4f}" for n in s.neighbours),
         )
         return row
