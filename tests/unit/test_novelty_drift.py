@@ -239,3 +239,30 @@ def test_export_sets_a_series_per_statistic_and_removes_it_without_reading(
     with caplog.at_level(logging.WARNING):
         export_drift(drift)
     assert gauge("gauge-test", "psi") is None and gauge("gauge-test", "ks") is None
+
+
+def test_the_stage_observes_every_scored_result_and_feeds_the_drift_watch(reference: ScoreReference) -> None:
+    from test_novelty_core import near, result, with_library
+
+    from services.novelty.stage import NoveltyStage
+
+    replica = with_library(threshold=0.2)
+    seen: list[tuple[str, float]] = []
+
+    class Recording(ScoreDrift):
+        def observe(self, model_version: str, novelty_score: float) -> None:
+            seen.append((model_version, novelty_score))
+            super().observe(model_version, novelty_score)
+
+    stage = NoveltyStage(replica.core, drift=Recording(2, lambda _version: reference))
+    rng = np.random.default_rng(14)
+    batch = [result("drift-known", near(0, rng)), result("drift-novel", near(20, rng))]
+    model = batch[0].model_version
+    count = {"lithowatch_novelty_score_count", "lithowatch_novelty_neighbour_similarity_count"}
+    before = {name: REGISTRY.get_sample_value(name, {"model_version": model}) or 0.0 for name in count}
+    outcomes = stage.process_batch(batch)
+    scores = [out[0].value.novelty_score for out in outcomes]  # type: ignore[index,union-attr]
+    assert seen == [(model, scores[0]), (model, scores[1])]
+    for name in count:
+        assert REGISTRY.get_sample_value(name, {"model_version": model}) == before[name] + 2
+    assert gauge(model, "psi") is not None  # a full window of 2: read and exported with the batch
