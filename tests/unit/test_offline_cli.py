@@ -162,6 +162,22 @@ def test_score_against_a_data_set_library_writes_csv_and_panels(
     assert "1 known, 1 novel" in err
 
 
+def test_score_a_plain_folder_lists_unreadable_files_as_skipped_rows(
+        folders: dict[str, Path], capfd: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["score", str(folders["plain"]), "--library", str(folders["library"]), "--nm-per-px",
+                          "8", "--format", "csv", "--no-provisional", "--quiet"], capfd)
+    assert code == 0, err
+    rows = {row["result_id"]: row for row in csv.DictReader(out.splitlines())}
+    assert list(rows) == ["a0", "b0", "broken", "copy_of_a0", "prints_x", "prints_y", "prints_z"]  # by path
+    for result_id, nearest in (("a0", "lib-a"), ("copy_of_a0", "lib-a"), ("b0", "lib-b")):
+        assert (rows[result_id]["decision"], rows[result_id]["nearest_id"]) == ("known", nearest)
+        assert float(rows[result_id]["novelty_score"]) < 0.01  # the library's own pixels
+    assert rows["broken"]["decision"] == "skipped" and rows["broken"]["novelty_score"] == ""
+    assert rows["broken"]["skipped_reason"].startswith("unreadable: ")
+    assert rows["prints_x"]["files"] == "prints/x.png" and rows["prints_x"]["decision"] in ("known", "novel")
+    assert "skipped broken.png" in err
+
+
 def test_score_against_a_snapshot_agrees_with_the_data_set_library(
         folders: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     from app.offline.library import open_library
