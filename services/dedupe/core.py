@@ -56,7 +56,7 @@ from services.dedupe import NAME as STAGE
 from services.dedupe.store import Candidate, DedupeItem, DedupeStore, Verdict
 from shared.contracts import DuplicateRecord, Hashes, ImageRef, SimResult, UniqueResult
 from shared.errors import ConfigError, ImageError, InputError
-from shared.hashing import band_probes, exact_digest, spectral_hash, split_bands
+from shared.hashing import band_probes, centred_spectral_hash, exact_digest, spectral_hash, split_bands
 from shared.imageref import ImageLoader
 from shared.imaging import to_uint8
 from shared.verification import MASK_TOLERANCE_LEVELS, MAX_SHIFT_PX, PixelTolerances, verify_window_match
@@ -76,13 +76,15 @@ class DedupeSettings(BaseModel):
     n_bands: int = Field(16, ge=1, le=64)  # exact band matches guarantee lookups up to n_bands - 1 bits
     probe_flips_per_band: int = Field(2, ge=0, le=8)  # extra lookups per band, least reliable bits flipped
     hamming_radius: int = Field(64, ge=0)  # candidates farther than this are not verified
-    max_candidates: int = Field(6, ge=1, le=64)  # nearest candidates verified per result
+    max_candidates: int = Field(16, ge=1, le=64)  # nearest candidates verified per result
     verify_max_shift_px: int = Field(32, ge=0, le=MAX_SHIFT_PX)  # relative window shift searched
     mask_tolerance_levels: int = Field(MASK_TOLERANCE_LEVELS, ge=0, le=255)  # 8-bit levels of mask noise
     mask_mismatch_max_px: int = Field(4, ge=0)
     print_tolerance_px: int = Field(2, ge=0, le=8)
     print_mismatch_max_px: int = Field(4, ge=0)
     ttl_seconds: int = Field(7 * 86400, gt=0)  # how long a result is remembered
+    # candidates are also looked up by the bands of the content-centred hash (sparse clips)
+    centred_keys: bool = True
     # False (strict): a candidate whose strips outside the overlap hold drawn features that neither the
     # window move (up to resimulation_shift_px) nor a repeat of the layout explains is not a duplicate;
     # True: any window of one layout that agrees on the overlap is
@@ -91,7 +93,8 @@ class DedupeSettings(BaseModel):
     strip_new_max_px: int = Field(4, ge=0)  # drawn pixels of unexplained features tolerated (strict)
 
     def namespace(self) -> str:
-        return f"{self.hash_kind}.{self.hash_bits}.{self.n_bands}"
+        kind = f"{self.hash_kind}+centred" if self.centred_keys else self.hash_kind
+        return f"{kind}.{self.hash_bits}.{self.n_bands}"
 
     def tolerances(self) -> PixelTolerances:
         """The pixel check's limits: the plain print check (no edge band, no topology)."""
@@ -169,17 +172,28 @@ class DedupeCore:
         perceptual = spectral_hash(mask, s.hash_bits)
         mask_u8 = to_uint8(mask)
         print_binary = printed > 0.5
+        value, bits, parts = perceptual.value, perceptual.bits, 1
+        bands = split_bands(perceptual.value, perceptual.bits, s.n_bands)
+        probes = band_probes(perceptual, s.n_bands, s.probe_flips_per_band)
+        kinds = {perceptual.kind: perceptual.hex()}
+        if s.centred_keys:  # a second hash in the same band sets: bands n_bands .. 2 n_bands - 1
+            centred = centred_spectral_hash(mask, s.hash_bits)
+            value, bits, parts = (value << centred.bits) | centred.value, bits + centred.bits, 2
+            bands += split_bands(centred.value, centred.bits, s.n_bands)
+            probes += [(s.n_bands + j, v) for j, v in band_probes(centred, s.n_bands, s.probe_flips_per_band)]
+            kinds[centred.kind] = centred.hex()
         item = DedupeItem(
             result_id=result.result_id,
             exact_digest=digest,
-            perceptual=perceptual.value,
-            perceptual_bits=perceptual.bits,
+            perceptual=value,
+            perceptual_bits=bits,
             namespace=s.namespace(),
-            bands=tuple(split_bands(perceptual.value, perceptual.bits, s.n_bands)),
-            probes=tuple(band_probes(perceptual, s.n_bands, s.probe_flips_per_band)),
+            bands=tuple(bands),
+            probes=tuple(probes),
             payload=encode_payload(mask_u8, print_binary),
+            parts=parts,
         )
-        hashes = Hashes(exact=digest, perceptual={perceptual.kind: perceptual.hex()})
+        hashes = Hashes(exact=digest, perceptual=kinds)
         return _Prepared(result, item, hashes, mask_u8, print_binary)
 
     def process_batch(self, results: Sequence[SimResult]) -> list[Outcome]:

@@ -89,6 +89,18 @@ class DedupeItem:
     bands: tuple[int, ...]  # exact band values, inserted for unique results
     probes: tuple[tuple[int, int], ...]  # (band, value) looked up
     payload: bytes
+    # hashes concatenated in ``perceptual`` (each ``perceptual_bits // parts`` bits); the distance to
+    # another result is the smallest over the parts
+    parts: int = 1
+
+    def distance_bits(self, value: int) -> int:
+        """Hamming distance to a stored hash value of this namespace: the smallest over the parts."""
+        if self.parts == 1:
+            return hamming_distance(self.perceptual, value)
+        width = self.perceptual_bits // self.parts
+        mask = (1 << width) - 1
+        return min(hamming_distance((self.perceptual >> (k * width)) & mask, (value >> (k * width)) & mask)
+                   for k in range(self.parts))
 
     def member(self, now_seconds: float) -> bytes:
         """Band set member: the full hash (big-endian bytes), the time added (unix seconds, 4 bytes
@@ -222,7 +234,7 @@ class BandDedupeStore(ABC):
             elif found.exact_owner is not None and found.exact_owner != item.result_id:
                 verdicts[i] = Verdict(item.result_id, "exact", found.exact_owner, 0)
             else:
-                near = {rid: hamming_distance(item.perceptual, value) for rid, value in found.members
+                near = {rid: item.distance_bits(value) for rid, value in found.members
                         if rid != item.result_id}
                 nearest = sorted((d, rid) for rid, d in near.items() if d <= hamming_radius)
                 store_candidates[i] = nearest[:max_candidates]
@@ -238,7 +250,7 @@ class BandDedupeStore(ABC):
                 (d, rid, payloads[rid]) for d, rid in store_candidates[i] if rid in payloads]
             probes = set(item.probes)
             for other in batch_uniques:
-                d = hamming_distance(item.perceptual, other.perceptual)
+                d = item.distance_bits(other.perceptual)
                 if (other.result_id != item.result_id and d <= hamming_radius
                         and probes.intersection(enumerate(other.bands))):
                     ranked.append((d, other.result_id, other.payload))

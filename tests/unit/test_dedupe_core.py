@@ -69,7 +69,7 @@ def test_exact_duplicate_in_another_encoding(core: DedupeCore) -> None:
     first, again = core.process_batch([result("a", mask, printed)]), core.process_batch(
         [result("b", mask, printed, fmt="npy")])
     assert isinstance(first[0], UniqueResult)
-    assert first[0].hashes.exact and set(first[0].hashes.perceptual) == {"spectral-v1"}
+    assert first[0].hashes.exact and set(first[0].hashes.perceptual) == {"spectral-v1", "spectral-centred-v1"}
     dup = again[0]
     assert isinstance(dup, DuplicateRecord)
     assert (dup.method, dup.duplicate_of, dup.distance, dup.stage) == ("exact", "a", 0.0, "dedupe")

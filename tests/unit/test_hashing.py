@@ -9,6 +9,7 @@ from shared.errors import ImageError
 from shared.hashing import (
     SPECTRAL_BITS,
     band_probes,
+    centred_spectral_hash,
     exact_digest,
     hamming_distance,
     hash_from_hex,
@@ -148,3 +149,13 @@ def test_probes_flip_the_least_reliable_bits_of_each_band() -> None:
         assert mine[1:] == [bands[j] ^ (1 << (width - 1 - int(bit))) for bit in weakest]
     with pytest.raises(ValueError):
         split_bands(h.value, h.bits, 7)
+
+
+def test_centred_hash_ignores_where_a_sparse_clip_sits_in_its_window() -> None:
+    clip = np.zeros((256, 256), dtype=np.float32)
+    for x in range(20, 100, 30):  # three contacts and a line near the border, nothing crossing it
+        clip[12:28, x:x + 16] = 1.0
+    clip[40:44, 10:120] = 1.0
+    moved = np.roll(np.roll(clip, 90, axis=0), 70, axis=1)  # the window moved: same content elsewhere
+    assert centred_spectral_hash(clip).value == centred_spectral_hash(moved).value
+    assert hamming_distance(spectral_hash(clip).value, spectral_hash(moved).value) > 0
