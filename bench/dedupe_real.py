@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -115,13 +116,38 @@ def _drawn_shift(rng: np.random.Generator, layout: Layout, origin: tuple[float, 
     return dx, dy
 
 
+@lru_cache(maxsize=1)
+def _rows(seed: int, cells_dir: Path) -> tuple[Placement, ...]:
+    rng = np.random.default_rng(seed)
+    specs = [LayerSpec.parse(text) for text in LAYERS]
+    cells, _ = row_cells([read_cell(path, specs, SHRINK) for path in sorted(cells_dir.glob("*.gds"))])
+    return tuple(place_rows(cells, ROW_WIDTH_NM, rng))
+
+
+def shows_moved_window(a: RealClip, b: RealClip, shift: tuple[int, int], seed: int, cells_dir: Path) -> bool:
+    """Whether ``b``'s mask is, pixel for pixel, the layout under ``a``'s window moved by ``shift``
+    (``b[y, x] == a[y + dy, x + dx]``; mask rows run along +y of the layout): the truth for a merge of
+    two windows from different sets (a cell repeating another's drawn pattern)."""
+    if a.family != b.family:
+        return False
+    layout = placed_layout(list(_rows(seed, cells_dir)), a.family, a.family)
+    moved = rasterize(layout, (a.window_x_nm + shift[0] * NM_PER_PX, a.window_y_nm + shift[1] * NM_PER_PX),
+                      SIZE_PX, NM_PER_PX)
+    mask_b = cv2.imdecode(np.frombuffer(b.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return int(np.count_nonzero(np.abs(_u8(moved).astype(np.int16) - mask_b.astype(np.int16)) > 2)) <= 4
+
+
+def _u8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
 def generate_real(windows_per_layer: int, far_share: float, seed: int, cells_dir: Path) -> Iterator[RealClip]:
     """The clips of every chosen window of every layer (originals first within a group)."""
     rng = np.random.default_rng(seed)
     specs = [LayerSpec.parse(text) for text in LAYERS]
     files = sorted(cells_dir.glob("*.gds"))
     cells, _ = row_cells([read_cell(path, specs, SHRINK) for path in files])
-    placements = place_rows(cells, ROW_WIDTH_NM, rng)
+    placements = place_rows(cells, ROW_WIDTH_NM, rng)  # as _rows(seed, ...) rebuilds them
     simulator = LithoSimulator(SIZE_PX, NM_PER_PX)
     pad_px = context_pad_px(SIZE_PX, NM_PER_PX)
     window_nm = SIZE_PX * NM_PER_PX
