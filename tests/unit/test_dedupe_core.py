@@ -368,3 +368,27 @@ def test_band_set_expiry_is_written_once_per_ttl_window_and_covers_every_member(
     assert {m[36:] for m in store.members("test", 0, band0)} == {b"b", b"c"}
     now[0] = 300.0
     assert not store.members("test", 0, band0)
+
+
+def test_a_near_duplicate_is_kept_as_a_candidate_for_later_results() -> None:
+    """A re-simulation moved one way (b, a duplicate of a) is what one moved further that way (c)
+    matches, when the pixels say c is not a's."""
+    store = InMemoryDedupeStore()
+    value = int.from_bytes(np.random.default_rng(2).bytes(32), "big")
+    accepts = {"b": {"a"}, "c": {"b"}}  # which earlier results each one's pixels match
+
+    def verify(item: DedupeItem, candidate: Candidate) -> dict[str, object] | None:
+        return {"ok": 1} if candidate.result_id in accepts.get(item.result_id, set()) else None
+
+    verdicts = [store.check_and_insert_batch([synthetic_item(rid, value ^ k)], verify, hamming_radius=8,
+                                             max_candidates=4)[0] for k, rid in enumerate("abc")]
+    assert [(v.status, v.duplicate_of) for v in verdicts] == [
+        ("unique", None), ("perceptual", "a"), ("perceptual", "b")]
+
+
+def test_two_part_items_measure_the_nearer_part() -> None:
+    near, far = 3, (1 << 256) - 1
+    item = replace(synthetic_item("x", 0), perceptual=0, perceptual_bits=512, parts=2)
+    assert item.distance_bits((far << 256) | near) == 2
+    assert item.distance_bits((near << 256) | far) == 2
+    assert item.distance_bits((far << 256) | far) == 256
