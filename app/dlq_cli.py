@@ -130,7 +130,7 @@ def decode_dead_letters(records: Iterable[Any]) -> DlqRead:
     out = DlqRead()
     for rec in records:
         try:
-            letter = DLQRecord.model_validate_json(rec.value or b"")
+            letter = DLQRecord.from_wire(rec.value or b"")
         except (ValidationError, ValueError) as exc:
             out.undecodable.append(f"{rec.partition}/{rec.offset}: {str(exc).splitlines()[0][:200]}")
             continue

@@ -11,8 +11,10 @@ from typing import Any
 from shared.contracts import (
     TOPIC_MODELS,
     AlertRecord,
+    Contract,
     ExplanationRecord,
     Topics,
+    VerdictRecord,
     json_schemas,
     model_for_topic,
 )
@@ -46,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tail.add_argument("--max", type=int, default=0, help="stop after N messages (0: never)")
     tail.add_argument("--timeout", type=float, default=0.0, help="stop after N idle seconds (0: never)")
     tail.add_argument("--full", action="store_true", help="print inline image data too")
+    tail.add_argument(
+        "--json", action="store_true", help="verdicts as JSON like every other topic (default: one line each)"
+    )
     tail.set_defaults(func=cmd_tail)
 
     alerts = sub.add_parser("alerts", help="tail novelty alerts with their neighbours and panel links")
@@ -171,19 +176,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 for record in records:
                     if key is not None and record.key != key:
                         continue
-                    try:
-                        if record.value is None:  # a tombstone (library drop)
-                            shown: dict[str, Any] = {"tombstone": True, "key": (record.key or b"").decode()}
-                        else:
-                            decoded = model.model_validate_json(record.value).model_dump(mode="json")
-                            shown = _summarise(decoded, args.full)
-                    except (ValueError, ContractError) as exc:
-                        shown = {"undecodable": str(exc)[:200], "offset": record.offset}
-                    if args.meta:
-                        meta = {"partition": record.partition, "offset": record.offset}
-                        meta["key"] = record.key.decode(errors="replace") if record.key is not None else None
-                        shown = {"_meta": meta, **shown}
-                    print(json.dumps(shown, sort_keys=True), flush=True)
+                    print(tail_line(record, model, args.full, args.meta, args.json), flush=True)
                     seen += 1
                     idle_since = time.monotonic()
                     if args.max and seen >= args.max:
@@ -192,6 +185,59 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 return 0
     finally:
         consumer.close()
+
+
+def tail_line(record: Any, model: type[Contract], full: bool, meta: bool, as_json: bool = False) -> str:
+    """One message as ``tail`` prints it: JSON (inline images summarised unless ``full``), a
+    verdict as one readable line unless ``as_json``; ``meta``: its partition, offset and key too.
+    Read as a tolerant reader would (fields of a newer minor version are left out)."""
+    where = {"partition": record.partition, "offset": record.offset}
+    where["key"] = record.key.decode(errors="replace") if record.key is not None else None
+    try:
+        if record.value is None:  # a tombstone (library drop)
+            shown: dict[str, Any] = {"tombstone": True, "key": (record.key or b"").decode()}
+        else:
+            value = model.from_wire(record.value)
+            if isinstance(value, VerdictRecord) and not as_json:
+                prefix = f"[{where['partition']}/{where['offset']}] " if meta else ""
+                return prefix + format_verdict(value)
+            shown = _summarise(value.model_dump(mode="json"), full)
+    except (ValueError, ContractError) as exc:
+        shown = {"undecodable": str(exc)[:200], "offset": record.offset}
+    if meta:
+        shown = {"_meta": where, **shown}
+    return json.dumps(shown, sort_keys=True)
+
+
+def format_verdict(verdict: VerdictRecord) -> str:
+    """A verdict as one line: what became of the result, the farm's ids, the alignment flag.
+
+    Passed through :func:`terminal_safe` (ids, labels and errors come from messages)."""
+    if verdict.outcome == "scored":
+        relation = ">=" if verdict.decision != "known" else "<"
+        what = (
+            f"{verdict.decision} {verdict.novelty_score or 0.0:.3f} {relation} {verdict.threshold or 0.0:.3f}"
+            f"  model {verdict.model_version}"
+        )
+        if verdict.alert_id:
+            what += f"  alert {verdict.alert_id}"
+        if verdict.provisional_of:
+            what += f"  like alert {verdict.provisional_of}"
+    elif verdict.outcome == "duplicate":
+        what = f"of {verdict.duplicate_of} ({verdict.method}, {verdict.stage})"
+    else:
+        what = f"at {verdict.stage}: {verdict.reason}: {verdict.error[:120]}"
+    parts = [f"{verdict.outcome.upper():<13} {verdict.result_id}  {what}"]
+    if verdict.job_id:
+        parts.append(f"job {verdict.job_id}")
+    if verdict.clip_id:
+        parts.append(f"clip {verdict.clip_id}")
+    if "family" in verdict.labels:
+        parts.append(f"family {verdict.labels['family']}")
+    if verdict.alignment_flagged:
+        parts.append(f"ALIGNMENT FLAGGED ({verdict.alignment_reason or 'no reason given'})")
+    parts.append(f"at {verdict.decided_at:%Y-%m-%d %H:%M:%S}")
+    return terminal_safe("  ".join(parts))
 
 
 def _seek_tail_start(
@@ -277,10 +323,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 for record in records:
                     idle_since = time.monotonic()
                     if tp.topic == Topics.ALERTS:
-                        alert = AlertRecord.model_validate_json(record.value)
+                        alert = AlertRecord.from_wire(record.value)
                         pending[alert.alert_id] = alert
                     else:
-                        explanation = ExplanationRecord.model_validate_json(record.value)
+                        explanation = ExplanationRecord.from_wire(record.value)
                         panels[explanation.alert_id] = explanation
             waited_out = args.timeout and time.monotonic() - idle_since > args.timeout
             for alert_id in [a for a in pending if a in panels or waited_out]:

@@ -4,6 +4,13 @@
 (``lithowatch schemas --out schemas``); a test fails when they drift. Topic names
 carry a version; a breaking change is a new topic version.
 
+Evolution (``docs/contracts.md``): writers are strict, readers tolerant. A record built
+in code refuses fields its model does not know; a record read from a topic
+(:meth:`Contract.from_wire`) ignores them, so a record of a newer minor version (one that
+added optional fields) is read by older readers. Every topic record states its version
+as ``schema_version`` (the major, also in the topic name) and ``schema_minor``; a reader
+refuses a major it does not know (``schema_version_unsupported``) and reads any minor.
+
 Each stage's output extends its input, so a message downstream still carries
 everything upstream knew (hashes, transform, vector) and consumers can explain
 any decision from the record alone.
@@ -13,14 +20,29 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from shared.errors import ContractError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
+"""The major version of every contract (the ``v1`` in the topic names)."""
+SCHEMA_MINOR: Final = 1
+"""The minor version this code writes: 1 added ``schema_minor``, the verdicts topic, and the
+farm's ids and the alignment flag on scores and alerts. A record without ``schema_minor``
+was written at minor 0."""
+_WIRE: Final = "lithowatch.wire"  # validation context of records read from a topic
 
 
 class Topics:
@@ -36,6 +58,7 @@ class Topics:
     EXPLANATIONS = "lithowatch.explanations.v1"
     LIBRARY = "lithowatch.library.v1"
     DLQ = "lithowatch.dlq.v1"
+    VERDICTS = "lithowatch.verdicts.v1"
 
     @classmethod
     def all(cls) -> list[str]:
@@ -50,6 +73,7 @@ class Topics:
             cls.EXPLANATIONS,
             cls.LIBRARY,
             cls.DLQ,
+            cls.VERDICTS,
         ]
 
     @classmethod
@@ -67,9 +91,48 @@ def utcnow() -> datetime:
 
 
 class Contract(BaseModel):
-    """Base of every message: unknown fields are refused, values are immutable."""
+    """Base of every message: values are immutable; unknown fields are refused when a record is
+    built in code (writers are strict) and ignored when it is read from a topic."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def from_wire(cls, data: bytes | bytearray | str) -> Self:
+        """A record read from a topic (JSON): fields this model does not know are ignored (they
+        belong to a newer minor version); a newer major is refused (``schema_version_unsupported``).
+        Raises :class:`pydantic.ValidationError` like ``model_validate_json``."""
+        return cls.model_validate_json(data, extra="ignore", context={_WIRE: True})
+
+
+class Record(Contract):
+    """Base of every topic's record: the contract version it was written at (major, minor)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_minor: Annotated[int, Field(ge=0)] = SCHEMA_MINOR
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unstated_minor(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and "schema_minor" not in data and (info.context or {}).get(_WIRE):
+            return {**data, "schema_minor": 0}  # written before minor versions were stated
+        return data
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _known_major(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value != SCHEMA_VERSION:
+            raise PydanticCustomError(
+                "schema_version_unsupported",
+                "schema_version {version} is not read here: this reader reads major version {major} "
+                "(any minor); a newer major is published on a new topic version",
+                {"version": value, "major": SCHEMA_VERSION},
+            )
+        return value
+
+    @field_serializer("schema_minor")
+    def _written_minor(self, _minor: int) -> int:
+        """A record is written at this code's minor: fields of a newer one were not kept."""
+        return SCHEMA_MINOR
 
 
 class ImageRef(Contract):
@@ -125,10 +188,9 @@ class Vector(Contract):
         return array
 
 
-class SimResult(Contract):
+class SimResult(Record):
     """What a farm publishes when a simulation finishes (topic ``results``)."""
 
-    schema_version: Literal[1] = 1
     result_id: ResultId
     job_id: str = ""
     clip_id: str = ""
@@ -155,10 +217,9 @@ class UniqueResult(SimResult):
 DuplicateMethod = Literal["exact", "perceptual", "embedding+hash", "embedding+descriptors"]
 
 
-class DuplicateRecord(Contract):
+class DuplicateRecord(Record):
     """A result recognised as a re-simulation of an earlier one (topic ``duplicates``)."""
 
-    schema_version: Literal[1] = 1
     result_id: ResultId
     duplicate_of: str
     method: DuplicateMethod
@@ -215,10 +276,10 @@ class Neighbour(Contract):
 Decision = Literal["known", "novel", "provisional"]
 
 
-class ScoreRecord(Contract):
-    """The novelty verdict for every result (topic ``scores``)."""
+class ScoreRecord(Record):
+    """The novelty score of every scored result (topic ``scores``), with the farm's ids and
+    whether its alignment was flagged (a misregistered print can look novel)."""
 
-    schema_version: Literal[1] = 1
     result_id: ResultId
     novelty_score: float
     threshold: float
@@ -228,14 +289,17 @@ class ScoreRecord(Contract):
     provisional_of: str | None = None
     model_version: str
     labels: Labels = Field(default_factory=dict)
+    job_id: str = ""
+    clip_id: str = ""
+    alignment_flagged: bool = False
+    alignment_reason: str = ""
     produced_at: datetime
     scored_at: datetime = Field(default_factory=utcnow)
 
 
-class AlertRecord(Contract):
+class AlertRecord(Record):
     """A novel result, with what it was compared against (topic ``alerts``)."""
 
-    schema_version: Literal[1] = 1
     alert_id: str
     result_id: ResultId
     novelty_score: float
@@ -246,14 +310,17 @@ class AlertRecord(Contract):
     simulated: ImageRef
     model_version: str
     labels: Labels = Field(default_factory=dict)
+    job_id: str = ""
+    clip_id: str = ""
+    alignment_flagged: bool = False
+    alignment_reason: str = ""
     produced_at: datetime
     raised_at: datetime = Field(default_factory=utcnow)
 
 
-class ExplanationRecord(Contract):
+class ExplanationRecord(Record):
     """A rendered side-by-side panel for an alert (topic ``explanations``)."""
 
-    schema_version: Literal[1] = 1
     alert_id: str
     result_id: ResultId
     panel: ImageRef
@@ -263,7 +330,7 @@ class ExplanationRecord(Contract):
     rendered_at: datetime = Field(default_factory=utcnow)
 
 
-class LibraryEntry(Contract):
+class LibraryEntry(Record):
     """One reference result (compacted topic ``library``, key = ``entry_id``).
 
     A deletion (``library drop``) is published as a Kafka tombstone: key ``entry_id``, null
@@ -272,7 +339,6 @@ class LibraryEntry(Contract):
     readers always take the last record per key as the truth.
     """
 
-    schema_version: Literal[1] = 1
     entry_id: str
     op: Literal["upsert", "delete"] = "upsert"
     status: Literal["reference", "provisional"] = "reference"
@@ -292,10 +358,9 @@ class LibraryEntry(Contract):
         return self
 
 
-class DLQRecord(Contract):
+class DLQRecord(Record):
     """A message a stage could not process, with the reason and the original bytes."""
 
-    schema_version: Literal[1] = 1
     stage: str
     reason: str
     error: str
@@ -311,6 +376,55 @@ class DLQRecord(Contract):
     failed_at: datetime = Field(default_factory=utcnow)
 
 
+VerdictOutcome = Literal["scored", "duplicate", "dead_lettered"]
+_OUTCOME_FIELDS: dict[str, tuple[str, ...]] = {
+    "scored": ("decision", "novelty_score", "threshold", "model_version"),
+    "duplicate": ("duplicate_of", "method"),
+    "dead_lettered": ("reason",),
+}
+
+
+class VerdictRecord(Record):
+    """What became of one result (topic ``verdicts``, key = ``result_id``).
+
+    ``scored`` (with the decision, score, threshold and model), ``duplicate`` (of which
+    result, by which method) or ``dead_lettered`` (the reason; the DLQ record holds the
+    original bytes). ``stage`` is the stage that decided. A result can get several verdicts
+    (dead-lettered, then replayed and scored; a redelivery): they share the key, hence the
+    partition, and **the latest per result_id is the truth**. The farm's ids, labels and the
+    alignment flag are filled in where the deciding stage knew them (``alignment_flagged`` is
+    None before alignment; a dead letter of an unreadable message knows only its id).
+    """
+
+    result_id: ResultId
+    outcome: VerdictOutcome
+    stage: str
+    job_id: str = ""
+    clip_id: str = ""
+    labels: Labels = Field(default_factory=dict)
+    alignment_flagged: bool | None = None
+    alignment_reason: str = ""
+    decision: Decision | None = None
+    novelty_score: float | None = None
+    threshold: float | None = None
+    model_version: str | None = None
+    alert_id: str | None = None
+    provisional_of: str | None = None
+    duplicate_of: str | None = None
+    method: DuplicateMethod | None = None
+    reason: str | None = None
+    error: Annotated[str, Field(max_length=500)] = ""
+    produced_at: datetime | None = None
+    decided_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _outcome_fields(self) -> VerdictRecord:
+        missing = [name for name in _OUTCOME_FIELDS[self.outcome] if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a {self.outcome} verdict needs {', '.join(missing)}")
+        return self
+
+
 TOPIC_MODELS: dict[str, type[Contract]] = {
     Topics.RESULTS: SimResult,
     Topics.UNIQUE: UniqueResult,
@@ -322,6 +436,7 @@ TOPIC_MODELS: dict[str, type[Contract]] = {
     Topics.EXPLANATIONS: ExplanationRecord,
     Topics.LIBRARY: LibraryEntry,
     Topics.DLQ: DLQRecord,
+    Topics.VERDICTS: VerdictRecord,
 }
 
 

@@ -5,9 +5,12 @@ docstring of :mod:`shared.runtime`; this module builds what it sends:
 
 - :class:`DeadLetters` turns an input record and a reason into a :class:`DLQRecord`
   output, keeping the original bytes inline (base64) when they fit under the message
-  limit with the record around them, else in the blob store by reference;
-- :func:`decode` validates an input against its contract, or says why not (the reason
-  a DLQ record carries: ``empty_message``, ``too_large``, ``invalid_json``, ...);
+  limit with the record around them, else in the blob store by reference, and, for a
+  result on its way to a verdict, the result's ``dead_lettered`` verdict
+  (:mod:`shared.verdicts`) beside it;
+- :func:`decode` reads an input as its contract (a tolerant reader: unknown fields of a
+  newer minor version are ignored), or says why not (the reason a DLQ record carries:
+  ``empty_message``, ``too_large``, ``invalid_json``, ``schema_version_unsupported``, ...);
 - :class:`OutputSizes` finds an output over the message limit before it is sent (the
   broker would refuse it whatever the retries, so it is its input's verdict), and keeps
   what it serialised so each output is encoded once.
@@ -27,6 +30,7 @@ from shared.blobstore import LocalBlobStore
 from shared.contracts import Contract, DLQRecord, Topics
 from shared.imaging import sha256_hex
 from shared.stage import Output
+from shared.verdicts import dead_letter_verdict
 
 log = logging.getLogger("lithowatch.runtime")
 
@@ -50,6 +54,8 @@ def header_value(record: Any, name: str) -> str | None:
 
 def reason_for_validation(exc: ValidationError) -> str:
     kinds = {str(err.get("type")) for err in exc.errors()}
+    if "schema_version_unsupported" in kinds:  # a newer major: nothing else about it is checked
+        return "schema_version_unsupported"
     if "json_invalid" in kinds or "json_type" in kinds:
         return "invalid_json"
     if "extra_forbidden" in kinds:
@@ -68,7 +74,8 @@ def short_validation(exc: ValidationError) -> str:
 
 
 def decode(record: Any, model: type[Contract], max_message_bytes: int) -> Contract | tuple[str, str]:
-    """The record's value as ``model``, or (reason, error) saying why it is not one."""
+    """The record's value as ``model`` (read tolerantly: :meth:`Contract.from_wire`), or
+    (reason, error) saying why it is not one."""
     value: bytes | None = record.value
     if value is None:
         return "empty_message", "message has no value"
@@ -76,7 +83,7 @@ def decode(record: Any, model: type[Contract], max_message_bytes: int) -> Contra
     if size > max_message_bytes:
         return "too_large", f"message of {size} bytes (value and headers) is over {max_message_bytes}"
     try:
-        return model.model_validate_json(value)
+        return model.from_wire(value)
     except ValidationError as exc:
         return reason_for_validation(exc), short_validation(exc)
     except ValueError as exc:  # e.g. invalid UTF-8
@@ -102,7 +109,20 @@ class DeadLetters:
         self.blob_root = blob_root
         self._blobs: LocalBlobStore | None = None
 
-    def output(self, record: Any, reason: str, error: str) -> Output:
+    def outputs(self, record: Any, reason: str, error: str) -> list[Output]:
+        """The DLQ record of ``record``, then its result's ``dead_lettered`` verdict when it gets one."""
+        dlq = self.record(record, reason, error)
+        value: bytes | None = record.value
+        readable = value if value is not None and len(value) <= inline_limit(self.max_message_bytes) else None
+        key = dlq.result_id or f"{record.topic}-{record.partition}-{record.offset}"
+        outputs = [Output(Topics.DLQ, dlq, key)]
+        verdict = dead_letter_verdict(dlq, readable)
+        if verdict is not None:
+            outputs.append(Output(Topics.VERDICTS, verdict, verdict.result_id))
+        return outputs
+
+    def record(self, record: Any, reason: str, error: str) -> DLQRecord:
+        """The DLQ record of ``record`` (its value inline, or stored in the blob store when large)."""
         value: bytes = record.value or b""
         value_b64: str | None = None
         value_uri: str | None = None
@@ -140,7 +160,7 @@ class DeadLetters:
             reason,
             error[:200],
         )
-        return Output(Topics.DLQ, dlq, result_id or f"{record.topic}-{record.partition}-{record.offset}")
+        return dlq
 
 
 class OutputSizes:

@@ -71,6 +71,8 @@ def count_produced(stage: str, outputs: Sequence[Output], inputs_done: int) -> N
             reason = getattr(out.value, "reason", "unknown")
             metrics.DLQ.labels(stage, reason).inc()
             continue
+        if out.topic == Topics.VERDICTS:  # a second record of an input already counted by its output
+            continue
         produced_at = getattr(out.value, "produced_at", None)
         if isinstance(produced_at, datetime):
             metrics.END_TO_END_LATENCY.labels(stage).observe(max(0.0, (now - produced_at).total_seconds()))

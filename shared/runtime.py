@@ -8,8 +8,12 @@ DLQ records and size checks are :mod:`shared.dead_letters`, the produce phase
 :mod:`shared.produce`, batches and attempt marks :mod:`shared.batches`.
 
 Error policy, by phase, in one place:
-- decode: invalid JSON, schema violations, unknown fields, over-size messages ->
-  a DLQ record with the reason and the original bytes; the batch goes on;
+- decode: invalid JSON, schema violations, a newer major version, over-size messages ->
+  a DLQ record with the reason and the original bytes; the batch goes on (fields a
+  newer minor version added are ignored: readers are tolerant, ``docs/contracts.md``);
+- every dead letter of a result on its way to a verdict (inputs of dedupe, align,
+  embed, novelty) also produces the result's ``dead_lettered`` verdict
+  (:mod:`shared.verdicts`), sent and acknowledged with the DLQ record before the commit;
 - process: :class:`~shared.errors.InputError` for an item -> DLQ; any other
   exception for the batch -> the items are retried one by one so the culprit is
   found, and an item that fails alone goes to the DLQ as ``processing_error``
@@ -261,21 +265,22 @@ class StageRunner:
         batch, crashed, given_back = self._marks.begin(polled_batch)
         self._rewind(given_back)
         dlq: list[Output] = [
-            self._dead_letters.output(
+            out
+            for polled in crashed
+            for out in self._dead_letters.outputs(
                 polled.record,
                 "crashed",
                 f"the stage process ended {self.settings.crash_attempts} times while handling this "
                 "record alone (out of memory, a crash, or longer than max_poll_interval_ms); "
                 "it is not processed again",
             )
-            for polled in crashed
         ]
         batch = [*crashed, *batch]
         decoded: list[tuple[Polled, Any]] = []
         for polled in batch[len(crashed) :]:
             value = self._decode(polled)
-            if isinstance(value, Output):
-                dlq.append(value)
+            if isinstance(value, list):
+                dlq.extend(value)
             else:
                 decoded.append((polled, value))
         attempt = 0
@@ -330,10 +335,10 @@ class StageRunner:
         self.processed += len(batch)
 
     def _decode(self, polled: Polled) -> Any:
-        """The input's contract, or its DLQ output (empty, over the limit, invalid)."""
+        """The input's contract, or its DLQ outputs (empty, over the limit, invalid)."""
         value = decode(polled.record, self.stage.input_model, self.settings.kafka_max_message_bytes)
         if isinstance(value, tuple):
-            return self._dead_letters.output(polled.record, *value)
+            return self._dead_letters.outputs(polled.record, *value)
         return value
 
     def _process(self, decoded: list[tuple[Polled, Any]]) -> tuple[list[Polled], list[Output]]:
@@ -361,9 +366,9 @@ class StageRunner:
         done: list[Polled] = []
         for (polled, _), result in zip(decoded, results, strict=True):
             if isinstance(result, InputError):
-                outputs.append(self._dead_letters.output(polled.record, result.reason, str(result)))
+                outputs.extend(self._dead_letters.outputs(polled.record, result.reason, str(result)))
             elif (oversized := self._sizes.oversized(polled.record, result)) is not None:
-                outputs.append(self._dead_letters.output(polled.record, "output_too_large", oversized))
+                outputs.extend(self._dead_letters.outputs(polled.record, "output_too_large", oversized))
             else:
                 outputs.extend(result)
                 done.append(polled)

@@ -90,7 +90,7 @@ class OutputWatcher:
                     model, target = topics[tp.topic]
                     for record in records:
                         try:
-                            value = model.model_validate_json(record.value)
+                            value = model.from_wire(record.value)
                         except ValueError:
                             continue
                         key = getattr(value, "result_id", None) or f"{tp.partition}-{record.offset}"

@@ -1,4 +1,9 @@
-"""The dedupe stage as the runtime sees it: unique results onward, duplicates aside."""
+"""The dedupe stage as the runtime sees it: unique results onward, duplicates aside.
+
+A duplicate is the end of its result's path: besides the duplicates topic it gets its
+``duplicate`` verdict on the verdicts topic (of which result, exact or perceptual), with
+the farm's ids and labels.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from shared import metrics
 from shared.contracts import DuplicateRecord, SimResult, Topics
 from shared.errors import InputError
 from shared.stage import ItemResult, Output, StageBase
+from shared.verdicts import duplicate_verdict
 
 
 class DedupeStage(StageBase):
@@ -22,13 +28,17 @@ class DedupeStage(StageBase):
 
     def process_batch(self, items: Sequence[SimResult]) -> list[ItemResult]:
         results: list[ItemResult] = []
-        for outcome in self.core.process_batch(items):
+        for item, outcome in zip(items, self.core.process_batch(items), strict=True):
             if isinstance(outcome, InputError):
                 results.append(outcome)
             elif isinstance(outcome, DuplicateRecord):
                 metrics.DUPLICATES.labels(outcome.method).inc()
                 metrics.MESSAGES.labels(self.name, "duplicate").inc()
-                results.append([Output(Topics.DUPLICATES, outcome, outcome.result_id)])
+                verdict = duplicate_verdict(outcome, item)
+                results.append([
+                    Output(Topics.DUPLICATES, outcome, outcome.result_id),
+                    Output(Topics.VERDICTS, verdict, verdict.result_id),
+                ])
             else:
                 metrics.MESSAGES.labels(self.name, "unique").inc()
                 results.append([Output(Topics.UNIQUE, outcome, outcome.result_id)])

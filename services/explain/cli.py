@@ -54,7 +54,7 @@ def last_matching(settings: CommonSettings, topic: str, model: type[M], match: C
     found: M | None = None
     for record in read_to_end(settings, topic, timeout_seconds):
         try:
-            value = model.model_validate_json(record.value or b"")
+            value = model.from_wire(record.value or b"")
         except ValueError:
             continue
         if match(value):

@@ -274,6 +274,10 @@ class NoveltyCore:
             provisional_of=provisional_of,
             model_version=item.model_version,
             labels=item.labels,
+            job_id=item.job_id,
+            clip_id=item.clip_id,
+            alignment_flagged=item.alignment_flagged,
+            alignment_reason=item.alignment_reason,
             produced_at=item.produced_at,
         )
         if decision != "novel":
@@ -290,6 +294,10 @@ class NoveltyCore:
             simulated=item.aligned_simulated,
             model_version=item.model_version,
             labels=item.labels,
+            job_id=item.job_id,
+            clip_id=item.clip_id,
+            alignment_flagged=item.alignment_flagged,
+            alignment_reason=item.alignment_reason,
             produced_at=item.produced_at,
         )
         if not self.config.provisional:

@@ -58,7 +58,7 @@ def read_library(
             latest.pop((record.key or b"").decode(errors="replace"), None)
             continue
         try:
-            entry = LibraryEntry.model_validate_json(record.value or b"")
+            entry = LibraryEntry.from_wire(record.value or b"")
         except ValueError:
             continue
         latest[entry.entry_id] = (entry, record.partition, record.offset)

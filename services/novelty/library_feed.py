@@ -197,7 +197,7 @@ class LibraryFeed:
         if value is None:  # a tombstone (``library drop``): compaction removes the entry for good
             return self._apply_tombstone(key, partition, offset)
         try:
-            entry = LibraryEntry.model_validate_json(value)
+            entry = LibraryEntry.from_wire(value)
         except (ValidationError, ValueError) as exc:
             self.refused += 1
             log.warning("library record %d/%d is not a library entry: %s", partition, offset, exc)

@@ -3,6 +3,8 @@
 A scored result goes to the scores topic; a novel one also raises an alert and (with
 provisional entries on) adds its provisional entry to the library topic, keyed by entry
 id (the topic is compacted by it); a confirmed duplicate goes to the duplicates topic.
+Every result decided here also gets its verdict on the verdicts topic (``scored``, or
+``duplicate`` for a confirmed duplicate), with the farm's ids and the alignment flag.
 Decisions and alerts are counted; every score and nearest-neighbour similarity goes into a
 histogram, and into the drift watch (:mod:`services.novelty.drift`) when one is given, whose
 readings become ``lithowatch_novelty_drift``.
@@ -24,6 +26,7 @@ from shared import metrics
 from shared.contracts import DuplicateRecord, EmbeddedResult, Topics
 from shared.errors import InputError
 from shared.stage import ItemResult, Output, StageBase
+from shared.verdicts import duplicate_verdict, scored_verdict
 
 DECISIONS = ("known", "novel", "provisional")
 
@@ -66,7 +69,10 @@ class NoveltyStage(StageBase):
     def process_batch(self, items: Sequence[EmbeddedResult]) -> list[ItemResult]:
         outcomes = self.core.process_batch(items)
         self.observe_scores(outcomes)
-        return [outcome if isinstance(outcome, InputError) else self.outputs(outcome) for outcome in outcomes]
+        return [
+            outcome if isinstance(outcome, InputError) else self.outputs(outcome, item)
+            for item, outcome in zip(items, outcomes, strict=True)
+        ]
 
     def observe_scores(self, outcomes: Sequence[Outcome]) -> None:
         """Scores and nearest similarities into their histograms and the drift watch, which is
@@ -85,20 +91,26 @@ class NoveltyStage(StageBase):
             export_drift(self.drift)
 
     @staticmethod
-    def outputs(verdict: Verdict) -> list[Output]:
-        """The records of one verdict, counted."""
+    def outputs(verdict: Verdict, item: EmbeddedResult) -> list[Output]:
+        """The records of one verdict (``item``: the result it was reached for), counted."""
         if isinstance(verdict, DuplicateRecord):  # confirmed by the hybrid path
             metrics.DUPLICATES.labels(verdict.method).inc()
-            return [Output(Topics.DUPLICATES, verdict, verdict.result_id)]
+            final = duplicate_verdict(verdict, item)
+            return [
+                Output(Topics.DUPLICATES, verdict, verdict.result_id),
+                Output(Topics.VERDICTS, final, final.result_id),
+            ]
         score = verdict.score
         outputs = [Output(Topics.SCORES, score, score.result_id)]
         metrics.NOVELTY_DECISIONS.labels(score.decision).inc()
         if verdict.alert is not None:
             outputs.append(Output(Topics.ALERTS, verdict.alert, score.result_id))
             metrics.ALERTS.inc()
+        alert_id = verdict.alert.alert_id if verdict.alert is not None else None
         if verdict.provisional_entry is not None:
             entry = verdict.provisional_entry
             outputs.append(Output(Topics.LIBRARY, entry, entry.entry_id))
+        outputs.append(Output(Topics.VERDICTS, scored_verdict(score, NAME, alert_id), score.result_id))
         return outputs
 
     def tick(self) -> None:

@@ -145,13 +145,14 @@ def test_novelty_routes_each_verdict_to_its_topics_and_counts_decisions_and_aler
     before = {d: decisions(d) for d in ("known", "novel", "provisional")}
     alerts_before = counted("lithowatch_alerts_total")
     known, novel, again, bad = stage.process_batch(batch)
-    assert routed(known) == [(Topics.SCORES, "known-1")]
+    assert routed(known) == [(Topics.SCORES, "known-1"), (Topics.VERDICTS, "known-1")]
     assert routed(novel) == [
         (Topics.SCORES, "novel-1"),
         (Topics.ALERTS, "novel-1"),
         (Topics.LIBRARY, "provisional/novel-1"),  # the library topic is keyed by entry id
+        (Topics.VERDICTS, "novel-1"),
     ]
-    assert routed(again) == [(Topics.SCORES, "again-1")]
+    assert routed(again) == [(Topics.SCORES, "again-1"), (Topics.VERDICTS, "again-1")]
     values = [out.value for out in novel]  # type: ignore[union-attr]
     assert isinstance(values[0], ScoreRecord) and isinstance(values[1], AlertRecord)
     assert isinstance(values[2], LibraryEntry) and values[2].alert_id == values[1].alert_id
@@ -177,7 +178,7 @@ def test_novelty_sends_a_confirmed_duplicate_to_its_topic_counted_by_method_not_
     (duplicate,) = NoveltyStage(replica.core).process_batch(
         [result("resim", near(1, np.random.default_rng(3)))]
     )
-    assert routed(duplicate) == [(Topics.DUPLICATES, "resim")]
+    assert routed(duplicate) == [(Topics.DUPLICATES, "resim"), (Topics.VERDICTS, "resim")]
     assert {d: decisions(d) for d in before} == before
     # the "duplicates by method" panel sees the hybrid methods too
     assert metrics.DUPLICATES.labels("embedding+descriptors")._value.get() == by_method + 1
