@@ -350,6 +350,8 @@ class LibraryEntry(Record):
     alert_id: str | None = None
     hashes: Hashes | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    nm_per_px: Annotated[float | None, Field(gt=0, le=1e4)] = None
+    """The clip's scale, so ``library reembed`` can feed the images to a model with a canonical scale."""
 
     @model_validator(mode="after")
     def _vector_for_upserts(self) -> LibraryEntry:

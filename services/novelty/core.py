@@ -12,14 +12,19 @@ turns outcomes into the scores, alerts, library and duplicates topics' records:
 - otherwise it is ``novel``: an alert is raised and (by default) the result joins
   the library as a provisional entry, so a burst of one new kind raises one alert.
 
+Each result is scored against the library (and with the thresholds) of the model that
+embedded it: during a model switch the service holds the libraries of every model in
+flight (``library_for`` / ``policy_for``), so the old model's results still in the
+pipeline are scored by the old library while the new model's go to the new one.
+
 Waiting, not dead-lettering (:class:`~shared.errors.DependencyUnavailable`: the
 runtime retries, then pauses the partitions; nothing is committed):
 - while the library is empty (not loaded yet, or never built);
-- while the library holds another model's vectors than the result's: good data of a
-  model being rolled out waits for its library (and thresholds) instead of being
-  sent away. The batch is checked before anything is scored. Results of a model the
-  operator declared retired (``retired_models``) are dead-lettered as ``model_retired``
-  instead, so leftovers of the previous model cannot hold the partitions forever.
+- while no library of the result's model is held: good data of a model being rolled
+  out waits for its library (and thresholds) instead of being sent away. The batch is
+  checked before anything is scored. Results of a model the operator declared retired
+  (``retired_models``) are dead-lettered as ``model_retired`` instead, so leftovers of
+  the previous model cannot hold the partitions forever.
 A vector that breaks its own model's contract (the library's model but another
 dimension, not L2-normalised) is bad input: ``vector_dim`` / ``vector_norm``.
 
@@ -63,6 +68,12 @@ from shared.index.policy import ThresholdPolicy
 Confirm = Callable[[EmbeddedResult, np.ndarray, list[Neighbour]], DuplicateRecord | None]
 """Hybrid duplicate confirmation hook: the duplicate it confirmed, or None to score as usual."""
 
+LibraryFor = Callable[[str], LibraryState | None]
+"""The library of a model's vectors, or None when none of that model is held."""
+
+PolicyFor = Callable[[str], ThresholdPolicy]
+"""The thresholds of a model (DependencyUnavailable while there are none that fit)."""
+
 MAX_PROVISIONAL_DEFAULT = 10_000
 
 
@@ -84,6 +95,7 @@ class _Pending:
     alert_id: str
     vector: np.ndarray
     exact_hash: str | None
+    model_version: str | None = None
 
 
 @dataclass
@@ -103,9 +115,16 @@ class PendingEntries:
     def __contains__(self, entry_id: object) -> bool:
         return entry_id in self.entries
 
-    def add(self, entry_id: str, alert_id: str, vector: np.ndarray, exact_hash: str | None = None) -> None:
+    def add(
+        self,
+        entry_id: str,
+        alert_id: str,
+        vector: np.ndarray,
+        exact_hash: str | None = None,
+        model_version: str | None = None,
+    ) -> None:
         self.entries.pop(entry_id, None)
-        self.entries[entry_id] = _Pending(alert_id, vector, exact_hash)
+        self.entries[entry_id] = _Pending(alert_id, vector, exact_hash, model_version)
         while len(self.entries) > self.max_entries:
             del self.entries[next(iter(self.entries))]
 
@@ -115,8 +134,15 @@ class PendingEntries:
     def forget(self, entry_id: str) -> None:
         self.entries.pop(entry_id, None)
 
-    def best(self, vector: np.ndarray, exclude: Collection[str]) -> tuple[str, str, float] | None:
-        ids = [entry_id for entry_id in self.entries if entry_id not in exclude]
+    def best(
+        self, vector: np.ndarray, exclude: Collection[str], model_version: str | None = None
+    ) -> tuple[str, str, float] | None:
+        """The nearest entry (of ``model_version``'s, when given: vectors of two models never meet)."""
+        ids = [
+            entry_id
+            for entry_id, pending in self.entries.items()
+            if entry_id not in exclude and (model_version is None or pending.model_version == model_version)
+        ]
         if not ids:
             return None
         sims = np.stack([self.entries[entry_id].vector for entry_id in ids]) @ vector
@@ -150,9 +176,16 @@ class NoveltyCore:
         policy: Callable[[], ThresholdPolicy],
         config: NoveltyConfig | None = None,
         confirm: Confirm | None = None,
+        *,
+        library_for: LibraryFor | None = None,
+        policy_for: PolicyFor | None = None,
     ) -> None:
+        """``library`` and ``policy``: the one library and its thresholds; with ``library_for`` and
+        ``policy_for`` (several models in flight) ``library`` only tells whether any is loaded."""
         self._library = library
         self._policy = policy
+        self._library_for = library_for
+        self._policy_for = policy_for
         self.config = config or NoveltyConfig()
         self.confirm = confirm
         self.pending = PendingEntries(self.config.max_provisional)
@@ -165,23 +198,32 @@ class NoveltyCore:
             )
         return library
 
-    def _check_model(self, item: EmbeddedResult, library: LibraryState) -> None:
-        if item.model_version == library.model_version:
-            return
+    def _library_of(self, item: EmbeddedResult) -> LibraryState:
+        """The library of the model that embedded ``item``: InputError ``model_retired`` for a
+        retired model's, DependencyUnavailable (wait) while no library of the model is held."""
+        loaded = self._ready_library()
+        if self._library_for is not None:
+            library = self._library_for(item.model_version)
+        else:
+            library = loaded if loaded.model_version == item.model_version else None
+        if library is not None:
+            return library
         if item.model_version in self.config.retired_models:
             raise InputError(
                 f"embedding of model {item.model_version!r}, which is retired "
-                f"(LITHOWATCH_NOVELTY_RETIRED_MODELS); the library holds {library.model_version!r}",
+                f"(LITHOWATCH_NOVELTY_RETIRED_MODELS); the library holds {loaded.model_version!r}",
                 reason="model_retired",
             )
         raise DependencyUnavailable(
             f"results of model {item.model_version!r} wait: the library holds model "
-            f"{library.model_version!r} (publish a library of that model and run novelty with its "
-            "thresholds, or declare the model retired)"
+            f"{loaded.model_version!r} (publish a library of that model with lithowatch library reembed "
+            "and run novelty with its topic and thresholds, or declare the model retired)"
         )
 
+    def _policy_of(self, item: EmbeddedResult) -> ThresholdPolicy:
+        return self._policy_for(item.model_version) if self._policy_for is not None else self._policy()
+
     def _vector(self, item: EmbeddedResult, library: LibraryState) -> np.ndarray:
-        self._check_model(item, library)
         if item.embedding.dim != library.dim:  # the library's own model: this vector breaks its contract
             raise ContractError(
                 f"embedding of dimension {item.embedding.dim}; model {library.model_version!r} "
@@ -237,7 +279,7 @@ class NoveltyCore:
     def score(self, item: EmbeddedResult, ignore: Collection[str] = ()) -> Verdict:
         """The verdict on one result. ``ignore``: provisional entries left out of the comparison
         (those a failed attempt at this batch added for results after this one)."""
-        library = self._ready_library()
+        library = self._library_of(item)
         vector = self._vector(item, library)
         own_entry = provisional_entry_id(item.result_id)
         hits = library.neighbours(vector, self.config.k + 2, exclude=ignore)  # + 2: its own entries
@@ -252,12 +294,12 @@ class NoveltyCore:
         reference = [n for n in neighbours if not n.provisional]
         provisional = [n for n in neighbours if n.provisional]
         score = 1.0 - (reference[0].similarity if reference else -1.0)
-        threshold, cluster = self._policy().threshold_for(vector)
+        threshold, cluster = self._policy_of(item).threshold_for(vector)
         decision = "known" if score < threshold else "novel"
         provisional_of: str | None = None
         if decision == "novel":
             candidates = [(n.id, n.alert_id or "", n.similarity) for n in provisional]
-            local = self.pending.best(vector, exclude={own_entry, *ignore})
+            local = self.pending.best(vector, exclude={own_entry, *ignore}, model_version=item.model_version)
             if local is not None:
                 candidates.append(local)
             if candidates:
@@ -312,26 +354,29 @@ class NoveltyCore:
             simulated=item.aligned_simulated,
             alert_id=alert_id,
             hashes=item.hashes,
+            nm_per_px=item.nm_per_px,
         )
         exact_hash = item.hashes.exact if item.hashes is not None else None
-        self.pending.add(own_entry, alert_id, vector, exact_hash)
+        self.pending.add(own_entry, alert_id, vector, exact_hash, item.model_version)
         return Scored(scored, alert, entry)
 
     def process_batch(self, items: Sequence[EmbeddedResult]) -> list[Outcome]:
         """One outcome per result, in order; the whole batch waits (DependencyUnavailable) while the
-        library is missing or holds another model's vectors than any of its results."""
+        library is missing, or no library (or thresholds) of one of its results' models is held."""
         if not items:
             return []
-        library = self._ready_library()
+        libraries: dict[str, LibraryState] = {}
         for item in items:  # the batch waits as a whole: check every model before anything is scored
-            if item.model_version not in self.config.retired_models:
-                self._check_model(item, library)
+            if item.model_version not in libraries and item.model_version not in self.config.retired_models:
+                libraries[item.model_version] = self._library_of(item)
+                self._policy_of(item)
         # entries of this batch's results already there: added by a failed attempt at this batch
         # (or an earlier delivery); a result does not see those of the results after it
         earlier_attempt = {
             entry_id: i
             for i, item in enumerate(items)
-            if (entry_id := provisional_entry_id(item.result_id)) in library or entry_id in self.pending
+            if (entry_id := provisional_entry_id(item.result_id)) in self.pending
+            or (item.model_version in libraries and entry_id in libraries[item.model_version])
         }
         outcomes: list[Outcome] = []
         for i, item in enumerate(items):

@@ -44,24 +44,24 @@ log = logging.getLogger("lithowatch.novelty.library")
 POLL_MAX_RECORDS = 2000
 
 
-def library_topic_id(settings: CommonSettings) -> str | None:
-    """The library topic's id, or None when the broker reports none (or cannot be asked)."""
+def library_topic_id(settings: CommonSettings, topic: str = Topics.LIBRARY) -> str | None:
+    """A library topic's id, or None when the broker reports none (or cannot be asked)."""
     try:
         admin = make_admin(settings)
     except DependencyUnavailable as exc:
         log.warning("library topic id unknown (%s): snapshots are checked by offsets alone", exc)
         return None
     try:
-        described = admin.describe_topics([Topics.LIBRARY])
+        described = admin.describe_topics([topic])
     except Exception as exc:  # kafka-python raises more than KafkaError for an unsupported request
         log.warning("library topic id unknown (%s): snapshots are checked by offsets alone", exc)
         return None
     finally:
         admin.close()
-    for topic in described:
-        if not isinstance(topic, dict) or topic.get("name") != Topics.LIBRARY:
+    for described_topic in described:
+        if not isinstance(described_topic, dict) or described_topic.get("name") != topic:
             continue
-        topic_id = str(topic.get("topic_id") or "")
+        topic_id = str(described_topic.get("topic_id") or "")
         return topic_id if topic_id.strip("0-") else None  # the all-zero id means none
     return None
 
@@ -78,9 +78,11 @@ class LibraryFeed:
         max_provisional: int | None = None,
         open_follower: Callable[[], TopicFollower] | None = None,
         read_topic_id: Callable[[], str | None] | None = None,
+        topic: str = Topics.LIBRARY,
     ) -> None:
-        """``open_follower`` and ``read_topic_id`` default to the library topic on the settings' broker."""
+        """``open_follower`` and ``read_topic_id`` default to ``topic`` on the settings' broker."""
         self.settings = settings
+        self.library_topic = topic
         self.model_version = model_version
         self.snapshot_dir = snapshot_dir
         self.index_settings = index_settings
@@ -93,8 +95,8 @@ class LibraryFeed:
         self._evicted_reported = 0
         self._dirty = False
         self._last_snapshot = time.monotonic()
-        self._open_follower = open_follower or (lambda: TopicFollower.open(settings, Topics.LIBRARY))
-        self._read_topic_id = read_topic_id or (lambda: library_topic_id(settings))
+        self._open_follower = open_follower or (lambda: TopicFollower.open(settings, topic))
+        self._read_topic_id = read_topic_id or (lambda: library_topic_id(settings, topic))
         self._follower: TopicFollower | None = None
         for event in ("provisional_evicted", "snapshot_refused"):  # export zeros
             metrics.LIBRARY_EVENTS.labels(event)
@@ -161,7 +163,12 @@ class LibraryFeed:
         assert self._follower is not None
         for records in self._follower.catch_up(timeout_seconds, max_records=POLL_MAX_RECORDS):
             self._apply_records(records)
-        log.info("library caught up: %d entries", len(self.state) if self.state else 0)
+        log.info(
+            "library %s caught up: %d entries of model %s",
+            self.library_topic,
+            len(self.state) if self.state else 0,
+            self.state.model_version if self.state else self.model_version,
+        )
 
     def _apply_tombstone(self, key: bytes | None, partition: int, offset: int) -> int:
         state = self.state
@@ -269,3 +276,84 @@ class LibraryFeed:
         finally:
             if self._follower is not None:
                 self._follower.close()
+
+
+class LibraryFeeds:
+    """The libraries of every model in flight: one :class:`LibraryFeed` per library topic.
+
+    During a model switch (blue/green, :mod:`shared.index.topics`) the novelty service
+    follows the old model's library topic and the new one's at once, each feed holding one
+    model's library; a result is scored against the library of the model that embedded it
+    (:meth:`state_for`), and a novel result's provisional entry goes back to that library's
+    topic (:meth:`topic_for`). With one topic this is the single library it always was.
+    """
+
+    def __init__(self, feeds: list[LibraryFeed]) -> None:
+        if not feeds:
+            raise ConfigError("the novelty service needs at least one library topic")
+        topics = [feed.library_topic for feed in feeds]
+        if len(set(topics)) != len(topics):
+            raise ConfigError(f"a library topic is named twice: {', '.join(topics)}")
+        self.feeds = feeds
+
+    @property
+    def state(self) -> LibraryState | None:
+        """The first topic's library (the one a single-model service serves)."""
+        return self.feeds[0].state
+
+    def states(self) -> list[LibraryState]:
+        return [feed.state for feed in self.feeds if feed.state is not None]
+
+    def state_for(self, model_version: str) -> LibraryState | None:
+        """The library of ``model_version``'s vectors, or None when no topic holds one."""
+        for feed in self.feeds:
+            if feed.state is not None and feed.state.model_version == model_version:
+                return feed.state
+        return None
+
+    def topic_for(self, model_version: str) -> str:
+        """The topic holding ``model_version``'s library (where its provisional entries go)."""
+        for feed in self.feeds:
+            if feed.state is not None and feed.state.model_version == model_version:
+                return feed.library_topic
+        for feed in self.feeds:  # expected but still empty
+            if feed.model_version == model_version:
+                return feed.library_topic
+        return self.feeds[0].library_topic
+
+    def models(self) -> list[str]:
+        """The model versions whose libraries are held, in topic order."""
+        return [state.model_version for state in self.states()]
+
+    def start(self, catch_up_timeout_seconds: float = 120.0) -> None:
+        for feed in self.feeds:
+            feed.start(catch_up_timeout_seconds)
+        held = self.models()
+        if len(set(held)) != len(held):
+            raise ConfigError(
+                "two library topics hold the same model ("
+                + ", ".join(f"{f.library_topic}: {f.state.model_version}" for f in self.feeds if f.state)
+                + "); follow one library topic per model"
+            )
+        self._update_gauges()
+
+    def poll(self, timeout_ms: int = 0) -> int:
+        applied = sum(feed.poll(timeout_ms=timeout_ms) for feed in self.feeds)
+        if applied and len(self.feeds) > 1:
+            self._update_gauges()
+        return applied
+
+    def _update_gauges(self) -> None:
+        if len(self.feeds) > 1:  # every feed sets the size of its own; the gauges show the sum
+            metrics.INDEX_SIZE.set(sum(len(state) for state in self.states()))
+            metrics.LIBRARY_PROVISIONAL.set(sum(state.provisional_count for state in self.states()))
+
+    def close(self) -> None:
+        errors: list[BaseException] = []
+        for feed in self.feeds:
+            try:
+                feed.close()
+            except Exception as exc:  # close every feed, then report the first failure
+                errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -1,8 +1,14 @@
-"""Entry point of the novelty service: library feed, thresholds (hot-reloaded) and the runtime.
+"""Entry point of the novelty service: library feeds, thresholds (hot-reloaded) and the runtime.
 
-The service runs one model: ``LITHOWATCH_MODEL_VERSION``, else the thresholds file's, else
+The service's own model is ``LITHOWATCH_MODEL_VERSION``, else the thresholds file's, else
 the library's first entry's; the thresholds it applies are checked against that model and
 the library's dimension (:mod:`services.novelty.thresholds`).
+
+During a model switch (deploy/RUNBOOK.md, "Model rollout") it holds every model in flight:
+``LITHOWATCH_NOVELTY_LIBRARY_TOPICS`` names the library topics to follow (each holds one
+model's library; :mod:`shared.index.topics`) and ``LITHOWATCH_NOVELTY_EXTRA_THRESHOLDS`` the
+thresholds files of the other models; each result is scored against the library and
+thresholds of the model that embedded it (:mod:`services.novelty.models`).
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from services.novelty.confirm_settings import (
 )
 from services.novelty.core import MAX_PROVISIONAL_DEFAULT, Confirm, NoveltyConfig, NoveltyCore
 from services.novelty.drift import WINDOW_SIZE_DEFAULT, ScoreDrift
-from services.novelty.library_feed import LibraryFeed
+from services.novelty.library_feed import LibraryFeed, LibraryFeeds
+from services.novelty.models import ThresholdsByModel, attach_dims, expected_models, log_models, split_list
 from services.novelty.stage import NoveltyStage
 from services.novelty.thresholds import ThresholdsWatcher
 from shared.blobstore import LocalBlobStore
-from shared.contracts import LibraryEntry
+from shared.contracts import EmbeddedResult, LibraryEntry, Neighbour, Topics
 from shared.errors import ConfigError
 from shared.imageref import ImageLoader
 from shared.index import IndexSettings
@@ -46,6 +53,11 @@ class NoveltySettings(StageSettings):
     thresholds_path: Path | None = None
     default_threshold: float = Field(0.1, ge=0.0, le=2.0)
     model_version: str | None = None
+    # comma-separated library topics followed, one model's library each (a model switch holds
+    # the old and the new model's: lithowatch library reembed prints the new one's topic)
+    novelty_library_topics: str = Topics.LIBRARY
+    # comma-separated thresholds files of the other models in flight (each names its model)
+    novelty_extra_thresholds: str = ""
     # scores per model in the drift watch's sliding window (lithowatch_novelty_drift)
     novelty_drift_window: int = Field(WINDOW_SIZE_DEFAULT, ge=20)
     snapshot_dir: Path | None = None
@@ -95,14 +107,30 @@ class NoveltySettings(StageSettings):
         return ConfirmSettings(**overrides)
 
 
-def hybrid_confirmation(settings: NoveltySettings, feed: LibraryFeed, watcher: ThresholdsWatcher) -> Confirm:
+def hybrid_confirmation(
+    settings: NoveltySettings, feeds: LibraryFeeds, watcher: ThresholdsWatcher
+) -> Confirm:
     """Hybrid duplicate confirmation as configured; its similarity gate is the setting when given,
-    else the one calibrated in the thresholds file, else ConfirmSettings' default."""
+    else the one calibrated in the thresholds file, else ConfirmSettings' default. Candidates
+    come from the library of the model that embedded the result being confirmed."""
     from services.novelty.confirm import HybridConfirmer  # OpenCV: only when confirmation is on
 
     loader = ImageLoader(LocalBlobStore(settings.blob_root), settings.max_image_pixels)
     gate = None if settings.near_identity_similarity is not None else watcher.near_identity_similarity
-    confirmer = HybridConfirmer(loader, settings.confirm_settings(), lambda: feed.state, gate)
+    confirming: list[str] = []  # the model of the result being confirmed
+
+    def library() -> Any:
+        return feeds.state_for(confirming[-1]) if confirming else feeds.state
+
+    confirmer = HybridConfirmer(loader, settings.confirm_settings(), library, gate)
+
+    def confirm(item: EmbeddedResult, vector: Any, neighbours: list[Neighbour]) -> Any:
+        confirming.append(item.model_version)
+        try:
+            return confirmer(item, vector, neighbours)
+        finally:
+            confirming.pop()
+
     if settings.near_identity_similarity is not None:
         source = "LITHOWATCH_NEAR_IDENTITY_SIMILARITY"
     elif watcher.near_identity_similarity() is not None:
@@ -121,17 +149,22 @@ def hybrid_confirmation(settings: NoveltySettings, feed: LibraryFeed, watcher: T
         ",".join(tunables.process_labels) or "(none)",
         tunables.across_process,
     )
-    return confirmer
+    return confirm
 
 
-def score_drift(settings: NoveltySettings, watcher: ThresholdsWatcher) -> ScoreDrift:
-    """The drift watch: the scores of the thresholds' model against the file's reference distribution."""
+def snapshot_dir(root: Path | None, topic: str) -> Path | None:
+    """Where a library topic's snapshots go: the base topic's in ``root``, another's beside them."""
+    if root is None or topic == Topics.LIBRARY:
+        return root
+    return root / topic
+
+
+def score_drift(settings: NoveltySettings, thresholds: ThresholdsByModel) -> ScoreDrift:
+    """The drift watch: each model's scores against its thresholds file's reference distribution."""
 
     def reference(model_version: str) -> ScoreReference | None:
-        thresholds = watcher.policy.file
-        if watcher.path is None or thresholds.model_version != model_version:
-            return None
-        return thresholds.score_reference
+        watcher = thresholds.watchers.get(model_version)
+        return watcher.policy.file.score_reference if watcher is not None else None
 
     def missing(model_version: str) -> None:
         log.warning(
@@ -157,21 +190,41 @@ def main(settings_file: str | None = None) -> int:
         if core is not None:
             core.pending.forget(entry.entry_id)
 
-    feed = LibraryFeed(
-        settings,
-        watcher.model_version,
-        settings.snapshot_dir,
-        index_settings,
-        settings.snapshot_interval_seconds,
-        on_applied=forget_pending,
-        max_provisional=settings.novelty_max_provisional,
+    extra_paths = [Path(path) for path in split_list(settings.novelty_extra_thresholds)]
+    thresholds = ThresholdsByModel.from_paths(watcher, extra_paths, settings.default_threshold)
+    topics = split_list(settings.novelty_library_topics) or [Topics.LIBRARY]
+    expected = expected_models(topics, watcher.model_version, thresholds.models())
+    feeds = LibraryFeeds(
+        [
+            LibraryFeed(
+                settings,
+                expected[topic],
+                snapshot_dir(settings.snapshot_dir, topic),
+                index_settings,
+                settings.snapshot_interval_seconds,
+                on_applied=forget_pending,
+                max_provisional=settings.novelty_max_provisional,
+                topic=topic,
+            )
+            for topic in topics
+        ]
     )
-    watcher.library_dim = lambda: feed.state.dim if feed.state is not None else None
-    feed.start()
-    watcher.verify()
-    confirm = hybrid_confirmation(settings, feed, watcher) if settings.hybrid_confirm else None
-    core = NoveltyCore(lambda: feed.state, watcher, settings.novelty_config(), confirm=confirm)
-    stage = NoveltyStage(core, feed, watcher, drift=score_drift(settings, watcher))
+    attach_dims(thresholds, feeds)
+    feeds.start()
+    thresholds.verify()
+    log_models(feeds, thresholds)
+    confirm = hybrid_confirmation(settings, feeds, watcher) if settings.hybrid_confirm else None
+    core = NoveltyCore(
+        lambda: next(iter(feeds.states()), None),
+        watcher,
+        settings.novelty_config(),
+        confirm=confirm,
+        library_for=feeds.state_for,
+        policy_for=thresholds,
+    )
+    stage = NoveltyStage(
+        core, feeds, thresholds, library_topic=feeds.topic_for, drift=score_drift(settings, thresholds)
+    )
     try:
         runner = StageRunner(stage, settings)
     except BaseException:

@@ -1,8 +1,9 @@
 """The novelty stage as the runtime sees it: the core's verdicts, the library feed and thresholds.
 
 A scored result goes to the scores topic; a novel one also raises an alert and (with
-provisional entries on) adds its provisional entry to the library topic, keyed by entry
-id (the topic is compacted by it); a confirmed duplicate goes to the duplicates topic.
+provisional entries on) adds its provisional entry to the library topic of the model that
+embedded it (``library_topic``), keyed by entry id (the topic is compacted by it); a
+confirmed duplicate goes to the duplicates topic.
 Every result decided here also gets its verdict on the verdicts topic (``scored``, or
 ``duplicate`` for a confirmed duplicate), with the farm's ids and the alignment flag.
 Decisions and alerts are counted; every score and nearest-neighbour similarity goes into a
@@ -16,7 +17,7 @@ topic has delivered and the thresholds file is looked at for changes; at the end
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from services.novelty import NAME
@@ -55,12 +56,15 @@ class NoveltyStage(StageBase):
         core: NoveltyCore,
         library: LibrarySource | None = None,
         thresholds: ThresholdsSource | None = None,
+        library_topic: Callable[[str], str] | None = None,
         drift: ScoreDrift | None = None,
     ) -> None:
+        """``library_topic``: the library topic of a model (default: the one library topic)."""
         self.core = core
         self.library = library
         self.thresholds = thresholds
         self.drift = drift
+        self.library_topic = library_topic or (lambda _model_version: Topics.LIBRARY)
         for decision in DECISIONS:  # export zeros, so ratios exist before events
             metrics.NOVELTY_DECISIONS.labels(decision)
         for method in ("embedding+hash", "embedding+descriptors"):
@@ -90,8 +94,7 @@ class NoveltyStage(StageBase):
         if self.drift is not None:
             export_drift(self.drift)
 
-    @staticmethod
-    def outputs(verdict: Verdict, item: EmbeddedResult) -> list[Output]:
+    def outputs(self, verdict: Verdict, item: EmbeddedResult) -> list[Output]:
         """The records of one verdict (``item``: the result it was reached for), counted."""
         if isinstance(verdict, DuplicateRecord):  # confirmed by the hybrid path
             metrics.DUPLICATES.labels(verdict.method).inc()
@@ -109,7 +112,7 @@ class NoveltyStage(StageBase):
         alert_id = verdict.alert.alert_id if verdict.alert is not None else None
         if verdict.provisional_entry is not None:
             entry = verdict.provisional_entry
-            outputs.append(Output(Topics.LIBRARY, entry, entry.entry_id))
+            outputs.append(Output(self.library_topic(entry.model_version), entry, entry.entry_id))
         outputs.append(Output(Topics.VERDICTS, scored_verdict(score, NAME, alert_id), score.result_id))
         return outputs
 

@@ -6,6 +6,7 @@
 - :func:`save_snapshot` / :func:`load_snapshot`: atomic on-disk snapshots, safe with
   several writers on one folder, refused when taken from another incarnation of the
   library topic (:class:`TopicState`, :func:`stale_reason`).
+- :func:`library_topic`: the library topic of each model (blue/green model switches).
 - :class:`LibraryState`: applies library-topic records (last record per key
   wins), tracks provisional entries (bounded) and offsets, answers ``neighbours``.
 """
@@ -31,9 +32,11 @@ from shared.index.snapshot import (
     save_snapshot,
     stale_reason,
 )
+from shared.index.topics import BASE_LIBRARY_TOPIC, library_topic, model_slug
 from shared.index.vector_index import IndexState, SearchResult, VectorIndex
 
 __all__ = [
+    "BASE_LIBRARY_TOPIC",
     "PROVISIONAL_ID_PREFIX",
     "ApplyOutcome",
     "IndexKind",
@@ -48,7 +51,9 @@ __all__ = [
     "VectorIndex",
     "check_vectors",
     "find_snapshot",
+    "library_topic",
     "load_snapshot",
+    "model_slug",
     "provisional_entry_id",
     "save_snapshot",
     "stale_reason",
