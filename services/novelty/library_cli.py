@@ -1,4 +1,4 @@
-"""``lithowatch library build|list|promote|drop|snapshot``: the reference set on its topic.
+"""``lithowatch library build|list|promote|drop|snapshot|reembed``: the reference set on its topic.
 
 Entries are addressed by entry id. A novel result's provisional entry has the id
 ``provisional/<result_id>``; ``promote`` and ``drop`` also accept the bare result id
@@ -9,6 +9,8 @@ of a provisional entry. Reference ids from a data set may not start with
 from __future__ import annotations
 
 import argparse
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -16,7 +18,7 @@ from tqdm import tqdm
 from shared.blobstore import LocalBlobStore
 from shared.contracts import Hashes, LibraryEntry, Topics, Vector
 from shared.dataset import read_dataset
-from shared.errors import ConfigError, ContractError
+from shared.errors import ConfigError, ContractError, LithowatchError
 from shared.hashing import exact_digest
 from shared.imageref import make_image_ref
 from shared.kafka_io import make_producer, read_to_end
@@ -46,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     snap = cmds.add_parser("snapshot", help="replay the topic and write a FAISS snapshot")
     snap.add_argument("--out", required=True, type=Path)
     snap.set_defaults(func=cmd_snapshot)
+    register_reembed(cmds)
 
 
 def read_library(
@@ -126,6 +129,7 @@ def build_library(
                 simulated=make_image_ref(simulated, "png", store, settings.inline_image_limit_bytes),
                 # the dedupe stage's digest: a result replaying this item is recognised as this entry
                 hashes=Hashes(exact=exact_digest(mask, simulated)),
+                nm_per_px=item.nm_per_px,
             )
         )
     placed = publish_entries(settings, entries, progress=True)
@@ -223,3 +227,123 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     path = state.snapshot(args.out, topic_id=library_topic_id(settings))
     print(f"snapshot of {len(state)} entries ({refused} left out): {path}")
     return 0
+
+
+def calibrate_command(
+    dataset: Path | str, model_dir: Path, thresholds_out: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    return [
+        "calibrate",
+        "--dataset",
+        str(dataset),
+        "--model",
+        str(model_dir),
+        "--out",
+        str(thresholds_out),
+        *extra,
+    ]
+
+
+def run_calibrate(argv: list[str]) -> int:
+    """``lithowatch calibrate`` with these arguments, in this process (the existing calibration)."""
+    from toolkit.calibration import cli as calibration_cli
+
+    parser = argparse.ArgumentParser(prog="lithowatch")
+    calibration_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def register_reembed(cmds: argparse._SubParsersAction) -> None:
+    """``library reembed``: see :mod:`services.novelty.reembed`."""
+    cmd = cmds.add_parser(
+        "reembed",
+        help="re-embed the library with a new model into that model's library topic (blue/green)",
+        description="Embed every entry of the library now served again with a new model, from its "
+        "stored images, into the new model's own library topic while the old one keeps serving; "
+        "entries that cannot be embedded are listed, never dropped silently. Run it again to "
+        "bring the new library up to date.",
+    )
+    cmd.add_argument("--model", required=True, type=Path, help="the new encoder checkpoint directory")
+    cmd.add_argument(
+        "--from-topic", default=Topics.LIBRARY, help="library topic to re-embed (default: %(default)s)"
+    )
+    cmd.add_argument("--to-topic", default=None, help="default: the new model's library topic")
+    cmd.add_argument(
+        "--from-model", default=None, help="model of the entries to re-embed (default: the library's)"
+    )
+    cmd.add_argument("--device", default="auto")
+    cmd.add_argument("--batch-size", type=int, default=64)
+    cmd.add_argument(
+        "--nm-per-px", type=float, default=None, help="scale of entries that do not record theirs"
+    )
+    cmd.add_argument(
+        "--left-out",
+        type=Path,
+        default=Path("reembed-left-out.jsonl"),
+        help="where the left-out entries are listed",
+    )
+    cmd.add_argument(
+        "--calibrate",
+        type=Path,
+        default=None,
+        metavar="DATASET",
+        help="labelled data set to calibrate the new model's thresholds on",
+    )
+    cmd.add_argument("--calibrate-args", default="", help="more lithowatch calibrate arguments, quoted")
+    cmd.add_argument("--thresholds-out", type=Path, default=None, help="default: thresholds-<model>.json")
+    cmd.set_defaults(func=cmd_reembed)
+
+
+def cmd_reembed(args: argparse.Namespace) -> int:
+    from services.novelty import reembed  # FAISS and torch: only for this command
+    from shared.index import model_slug
+    from shared.model import load_encoder
+
+    settings = load_settings(CommonSettings, args.settings_file)
+    encoder = load_encoder(args.model, device=args.device)
+    report = reembed.run_reembed(
+        settings,
+        encoder,
+        source_topic=args.from_topic,
+        target_topic=args.to_topic,
+        source_model=args.from_model,
+        batch_size=args.batch_size,
+        default_nm_per_px=args.nm_per_px,
+    )
+    print(
+        f"library of model {report.model_version} ({report.dim}-d) on {report.target_topic}: "
+        f"{report.embedded} embedded, {report.republished} republished, {report.unchanged} unchanged, "
+        f"{report.dropped} dropped, {len(report.left_out)} left out of {report.source_entries} entries "
+        f"of {report.source_topic} (model {report.source_model}) in {report.seconds:.1f} s"
+    )
+    status = 0
+    if report.left_out:
+        reembed.write_left_out(args.left_out, report.left_out)
+        print(f"LEFT OUT {len(report.left_out)} entries ({report.reasons()}), listed in {args.left_out}:")
+        for item in report.left_out[: reembed.LEFT_OUT_SHOWN]:
+            print(f"  {item.entry_id}: {item.reason}: {item.detail}")
+        if len(report.left_out) > reembed.LEFT_OUT_SHOWN:
+            print(f"  ... and {len(report.left_out) - reembed.LEFT_OUT_SHOWN} more")
+        status = 1
+    thresholds_out = args.thresholds_out or Path(f"thresholds-{model_slug(report.model_version)}.json")
+    extra = shlex.split(args.calibrate_args)
+    if args.calibrate is not None:
+        try:
+            run_calibrate(calibrate_command(args.calibrate, args.model, thresholds_out, extra))
+        except LithowatchError as exc:
+            raise ConfigError(f"calibrating the new model failed (its library is published): {exc}") from exc
+        print(f"thresholds of model {report.model_version}: {thresholds_out}")
+    else:
+        command = shlex.join(
+            ["lithowatch", *calibrate_command("LABELLED_DATASET", args.model, thresholds_out)]
+        )
+        print(f"thresholds: calibrate the new model on a labelled data set, e.g. {command}")
+    print(
+        "serve both (deploy/RUNBOOK.md, Model rollout): novelty with "
+        f"LITHOWATCH_NOVELTY_LIBRARY_TOPICS={report.source_topic},{report.target_topic} "
+        f"LITHOWATCH_NOVELTY_EXTRA_THRESHOLDS={thresholds_out}; "
+        f"then embed with LITHOWATCH_MODEL_PATH={args.model}"
+    )
+    return status
