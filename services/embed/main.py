@@ -1,7 +1,14 @@
-"""Entry point of the embed service: loads the encoder, wires the runtime."""
+"""Entry point of the embed service: loads the encoder, wires the runtime.
+
+The encoder is ``LITHOWATCH_MODEL_PATH`` (the shipped model when unset); a model switch is a
+restart with another path, once novelty holds the new model's library (deploy/RUNBOOK.md,
+"Model rollout"). The model version it embeds with is logged at start and exported as
+``lithowatch_model_info{stage="embed"}``.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +27,8 @@ from shared.settings import StageSettings, load_settings
 # 4 ran 14.4; on a GPU larger batches keep the device busy.
 CPU_BATCH_DEFAULT = 16
 CUDA_BATCH_DEFAULT = 64
+
+log = logging.getLogger(f"lithowatch.{NAME}")
 
 
 class EmbedSettings(StageSettings):
@@ -47,6 +56,13 @@ def main(settings_file: str | None = None) -> int:
     if settings.fuse_batchnorm:
         encoder.fuse_for_inference()
     metrics.set_info(metrics.MODEL_INFO, stage=NAME, model_version=encoder.model_version)
+    log.info(
+        "embedding with model %s (%d-d) from %s on %s",
+        encoder.model_version,
+        encoder.dim,
+        model_path,
+        encoder.device,
+    )
     if settings.batch_max_messages is None:
         default = CUDA_BATCH_DEFAULT if encoder.device.type == "cuda" else CPU_BATCH_DEFAULT
         settings = settings.model_copy(update={"batch_max_messages": default})
