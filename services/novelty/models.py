@@ -8,13 +8,16 @@ thresholds calibrated for it (:class:`ThresholdsByModel`, one
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 
 from services.novelty import NAME
 from services.novelty.library_feed import LibraryFeeds
 from services.novelty.thresholds import ThresholdsWatcher
+from shared import metrics
 from shared.contracts import Topics
 from shared.errors import ConfigError, DependencyUnavailable
 from shared.index import library_topic
@@ -35,6 +38,9 @@ class ThresholdsByModel:
     default threshold when none is set); ``extra`` those of the other models in flight. A
     model without a file of its own gets the primary's only when no file is configured at
     all (the default threshold); otherwise its results wait for one.
+
+    ``lithowatch_model_info{stage="novelty"}`` and ``lithowatch_thresholds_info`` show every
+    model held and its thresholds (each watcher alone would show only the last one it loaded).
     """
 
     def __init__(self, primary: ThresholdsWatcher, extra: Sequence[ThresholdsWatcher] = ()) -> None:
@@ -50,6 +56,8 @@ class ThresholdsByModel:
                     f"{self.watchers[model_version].path} and {watcher.path}"
                 )
             self.watchers[model_version] = watcher
+        self._exported: list[object] = []
+        self.export_info()
 
     @classmethod
     def from_paths(
@@ -74,6 +82,29 @@ class ThresholdsByModel:
     def check(self) -> None:
         for watcher in self.all():
             watcher.check()
+        self.export_info()
+
+    def export_info(self) -> None:
+        """One info series per model held (again only when a thresholds file was reloaded)."""
+        watchers = list(self.watchers.values())
+        policies = [watcher.policy for watcher in watchers]
+        if len(watchers) < 2:  # one model: its watcher's own series
+            return
+        if len(policies) == len(self._exported) and all(map(operator.is_, policies, self._exported)):
+            return
+        self._exported = list(policies)
+        metrics.MODEL_INFO.clear()
+        metrics.THRESHOLDS_INFO.clear()
+        for watcher in watchers:
+            thresholds = watcher.policy.file
+            digest = "default"
+            if watcher.path is not None:
+                try:
+                    digest = hashlib.sha256(watcher.path.read_bytes()).hexdigest()[:12]
+                except OSError:
+                    digest = "unreadable"
+            metrics.MODEL_INFO.labels(NAME, thresholds.model_version).set(1)
+            metrics.THRESHOLDS_INFO.labels(thresholds.model_version, digest, str(thresholds.method)).set(1)
 
     def verify(self) -> None:
         for watcher in self.all():

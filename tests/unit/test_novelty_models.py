@@ -5,6 +5,8 @@ Pure logic over real :class:`LibraryState` objects and the library feeds over in
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -185,10 +187,8 @@ def test_two_topics_holding_one_model_are_refused() -> None:
         feeds.start(catch_up_timeout_seconds=5)
 
 
-def test_thresholds_by_model_answer_per_model_and_refuse_two_files_of_one(tmp_path: object) -> None:
-    from pathlib import Path
-
-    root = Path(str(tmp_path))
+def test_thresholds_by_model_answer_per_model_and_refuse_two_files_of_one(tmp_path: Path) -> None:
+    root = tmp_path
     for model, value in ((OLD, 0.2), (NEW, 0.4)):
         save_thresholds(
             root / f"{model}.json",
@@ -203,3 +203,26 @@ def test_thresholds_by_model_answer_per_model_and_refuse_two_files_of_one(tmp_pa
         ThresholdsByModel.from_paths(primary, [root / f"{OLD}.json"], 0.1)
     no_files = ThresholdsByModel(ThresholdsWatcher(None, 0.15, None))
     assert no_files("any-model").global_threshold == 0.15
+
+
+def test_every_model_held_is_exported_with_its_thresholds(tmp_path: Path) -> None:
+    from shared import metrics
+
+    for model, value in ((OLD, 0.2), (NEW, 0.4)):
+        save_thresholds(
+            tmp_path / f"{model}.json",
+            ThresholdsFile(model_version=model, global_threshold=value, method="fixed"),
+        )
+    primary = ThresholdsWatcher(tmp_path / f"{OLD}.json", 0.1, None)
+    thresholds = ThresholdsByModel.from_paths(primary, [tmp_path / f"{NEW}.json"], 0.1)
+
+    def series(gauge: object) -> set[tuple[str, ...]]:
+        return {tuple(s.labels.values()) for m in gauge.collect() for s in m.samples if s.value == 1}  # type: ignore[attr-defined]
+
+    assert {(stage, model) for stage, model in series(metrics.MODEL_INFO)} == {
+        ("novelty", OLD),
+        ("novelty", NEW),
+    }
+    assert {labels[0] for labels in series(metrics.THRESHOLDS_INFO)} == {OLD, NEW}
+    thresholds.check()  # nothing reloaded: the series stay
+    assert len(series(metrics.MODEL_INFO)) == 2
