@@ -138,8 +138,8 @@ RESULT_CASES: list[tuple[str, str, Callable[[Path], bytes]]] = [
     ("missing-field", "missing_field", lambda _: json.dumps({"result_id": "missing-field"}).encode()),
     ("wrong-type", "schema", lambda _: _with(nm_per_px="four")),
     ("negative-shape", "schema", lambda _: _with_mask({**_ref(_png()), "shape": [-1, 64]})),
-    ("unknown-field", "unknown_field", lambda _: _with(surprise=1)),
-    ("unknown-field-nested", "unknown_field", lambda _: _with_mask({**_ref(_png()), "colour": "red"})),
+    # an unknown field is read past (a newer minor version, docs/contracts.md); a newer major is not
+    ("newer-major", "schema_version_unsupported", lambda _: _with(schema_version=2, surprise=1)),
     ("too-large", "too_large", lambda _: _oversize()),
     ("bad-base64", "base64", lambda _: _with_mask({**_ref(_png()), "inline_b64": "!!!not base64"})),
     ("empty-png", "image_empty", lambda _: _with_mask(_ref(b""))),
@@ -218,7 +218,7 @@ EMBEDDED_CASES: list[tuple[str, str, Callable[[], bytes]]] = [
     ),
     ("vec-norm", "vector_norm", lambda: _vector_case("vec-norm", embedding=_raw_vector(np.full(DIM, 3.0)))),
     ("vec-base64", "base64", lambda: _vector_case("vec-base64", embedding={"dim": DIM, "b64": "%%%%"})),
-    ("vec-unknown-field", "unknown_field", lambda: _vector_case("vec-unknown-field", extra_field=True)),
+    ("vec-major", "schema_version_unsupported", lambda: _vector_case("vec-major", schema_version=2)),
 ]
 
 
