@@ -59,6 +59,7 @@ class Topics:
     LIBRARY = "lithowatch.library.v1"
     DLQ = "lithowatch.dlq.v1"
     VERDICTS = "lithowatch.verdicts.v1"
+    FEEDBACK = "lithowatch.feedback.v1"
 
     @classmethod
     def all(cls) -> list[str]:
@@ -74,6 +75,7 @@ class Topics:
             cls.LIBRARY,
             cls.DLQ,
             cls.VERDICTS,
+            cls.FEEDBACK,
         ]
 
     @classmethod
@@ -427,6 +429,27 @@ class VerdictRecord(Record):
         return self
 
 
+class FeedbackRecord(Record):
+    """A reviewer's decision on a library entry (topic ``feedback``, key = ``entry_id``).
+
+    ``lithowatch library promote`` / ``drop`` write one per entry: who decided, why and when,
+    with the entry's vector, model and labels as they were (a dropped entry is gone from the
+    library topic). Every decision is kept (not compacted); ``lithowatch calibrate --feedback``
+    reads them as labels: promoted as known, dropped as novel.
+    """
+
+    entry_id: str
+    decision: Literal["promoted", "dropped"]
+    by: Annotated[str, Field(min_length=1, max_length=200)]
+    reason: Annotated[str, Field(max_length=2000)] = ""
+    model_version: str
+    status: Literal["reference", "provisional"] = "provisional"  # the entry's status before the decision
+    vector: Vector | None = None
+    labels: Labels = Field(default_factory=dict)
+    alert_id: str | None = None
+    decided_at: datetime = Field(default_factory=utcnow)
+
+
 TOPIC_MODELS: dict[str, type[Contract]] = {
     Topics.RESULTS: SimResult,
     Topics.UNIQUE: UniqueResult,
@@ -439,6 +462,7 @@ TOPIC_MODELS: dict[str, type[Contract]] = {
     Topics.LIBRARY: LibraryEntry,
     Topics.DLQ: DLQRecord,
     Topics.VERDICTS: VerdictRecord,
+    Topics.FEEDBACK: FeedbackRecord,
 }
 
 

@@ -4,19 +4,23 @@ Entries are addressed by entry id. A novel result's provisional entry has the id
 ``provisional/<result_id>``; ``promote`` and ``drop`` also accept the bare result id
 of a provisional entry. Reference ids from a data set may not start with
 ``provisional/`` (``build`` refuses them), so the two kinds never share a key.
+Every ``promote`` and ``drop`` is recorded on the feedback topic with who (``--by``) and why
+(``--reason``); ``lithowatch calibrate --feedback`` uses those decisions as labels.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
 from shared.blobstore import LocalBlobStore
-from shared.contracts import Hashes, LibraryEntry, Topics, Vector
+from shared.contracts import FeedbackRecord, Hashes, LibraryEntry, Topics, Vector
 from shared.dataset import read_dataset
 from shared.errors import ConfigError, ContractError, LithowatchError
 from shared.hashing import exact_digest
@@ -42,8 +46,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("promote", "make a provisional entry a reference entry"),
         ("drop", "remove an entry (tombstone)"),
     ):
-        cmd = cmds.add_parser(action, help=text)
+        cmd = cmds.add_parser(
+            action,
+            help=text,
+            description=f"{text[0].upper()}{text[1:]}. The decision is recorded on {Topics.FEEDBACK} "
+            "(who, why, when, with the entry's vector and labels), where lithowatch calibrate "
+            "--feedback reads it as a label: promoted entries count as known, dropped ones as novel.",
+        )
         cmd.add_argument("ids", nargs="+", metavar="ID")
+        cmd.add_argument("--by", default=None, help="who decides (default: the OS user)")
+        cmd.add_argument("--reason", default="", help="why, in a few words (kept with the decision)")
         cmd.set_defaults(func=cmd_promote if action == "promote" else cmd_drop)
     snap = cmds.add_parser("snapshot", help="replay the topic and write a FAISS snapshot")
     snap.add_argument("--out", required=True, type=Path)
@@ -190,9 +202,61 @@ def _republish(args: argparse.Namespace, promote: bool) -> int:
         updates = [
             LibraryEntry(entry_id=i, op="delete", model_version=latest[i][0].model_version) for i in ids
         ]
+    decisions = feedback_records(
+        [latest[i][0] for i in ids], "promoted" if promote else "dropped", reviewer(args.by), args.reason
+    )
+    publish_feedback(settings, decisions)  # first: a decision that took effect is always on record
     publish_entries(settings, updates)
-    print(f"{'promoted' if promote else 'dropped'} {len(updates)} entries")
+    print(
+        f"{'promoted' if promote else 'dropped'} {len(updates)} entries "
+        f"(by {decisions[0].by}; recorded on {Topics.FEEDBACK})"
+    )
     return 0
+
+
+def reviewer(given: str | None) -> str:
+    """Who decides: ``--by``, else the OS user."""
+    if given is not None and given.strip():
+        return given.strip()
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError) as exc:  # no login name (a container without a passwd entry)
+        raise ConfigError("cannot tell who you are from the OS: give --by NAME") from exc
+
+
+def feedback_records(
+    entries: Sequence[LibraryEntry], decision: Literal["promoted", "dropped"], by: str, reason: str
+) -> list[FeedbackRecord]:
+    """One reviewer's decision on each entry, with the entry as it was."""
+    return [
+        FeedbackRecord(
+            entry_id=entry.entry_id,
+            decision=decision,
+            by=by,
+            reason=reason,
+            model_version=entry.model_version,
+            status=entry.status,
+            vector=entry.vector,
+            labels=entry.labels,
+            alert_id=entry.alert_id,
+        )
+        for entry in entries
+    ]
+
+
+def publish_feedback(settings: CommonSettings, records: Sequence[FeedbackRecord]) -> None:
+    """The decisions onto the feedback topic, keyed by entry id; waits until all are acknowledged."""
+    producer = make_producer(settings, client_id="lithowatch-library")
+    try:
+        futures = [
+            producer.send(Topics.FEEDBACK, key=r.entry_id.encode(), value=r.model_dump_json().encode())
+            for r in records
+        ]
+        producer.flush(timeout=120)
+        for future in futures:
+            future.get(timeout=60)
+    finally:
+        producer.close(timeout=5)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

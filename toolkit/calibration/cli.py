@@ -64,6 +64,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "one layout (default 0.01); the data set should hold re-simulations as far apart as the "
         "farm makes them",
     )
+    p.add_argument(
+        "--feedback",
+        default=None,
+        metavar="SOURCE",
+        help="reviewers' decisions to use as labels: a topic (lithowatch.feedback.v1, where lithowatch "
+        "library promote/drop record them) or a JSON-lines file of those records. A promoted entry "
+        "counts as known (a reviewer made it part of the reference set: alerting on one like it is a "
+        "false alarm); a dropped one as novel (kept out of the reference set, new or noise: one like "
+        "it should still alert). They join the calibration split's queries; the latest decision per "
+        "entry counts, and only those on vectors of the model being calibrated",
+    )
     p.set_defaults(func=run_calibrate)
 
 
@@ -74,6 +85,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.precision_target is not None and not 0.0 < args.precision_target <= 1.0:
         raise ConfigError(f"--precision-target must be in (0, 1], got {args.precision_target}")
     dataset, embeddings, model_version = load_embedded(args)
+    feedback = None
+    if args.feedback:
+        from shared.settings import CommonSettings, load_settings
+        from toolkit.calibration.feedback import feedback_labels, load_feedback
+
+        settings = load_settings(CommonSettings, getattr(args, "settings_file", None))
+        records = load_feedback(args.feedback, settings)
+        feedback = feedback_labels(records, model_version, int(embeddings.shape[1]))
+        progress(f"feedback: {len(records)} decisions read from {args.feedback}")
     run = run_calibration(
         embeddings,
         dataset_labels(dataset),
@@ -89,6 +109,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         near_identity_quantile=args.near_identity_quantile,
         seed=args.seed,
         progress=progress,
+        feedback=feedback,
     )
     written = save_thresholds(args.out, run.thresholds)
     summary = {**run.summary, "thresholds_file": str(written), "dataset": str(dataset.root)}

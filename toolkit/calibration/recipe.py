@@ -43,6 +43,7 @@ from toolkit.calibration.clusters import (
     fit_library_clusters,
     thresholds_from_density,
 )
+from toolkit.calibration.feedback import FeedbackLabels
 from toolkit.calibration.near_identity import NEAR_IDENTITY_QUANTILE_DEFAULT, near_identity_gate
 from toolkit.calibration.pairs import LabelValue, pair_similarities, sample_pairs
 from toolkit.calibration.reference import MIN_REFERENCE_SCORES, leave_one_out_scores, score_reference
@@ -207,8 +208,13 @@ def run_calibration(
     near_identity_quantile: float = NEAR_IDENTITY_QUANTILE_DEFAULT,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    feedback: FeedbackLabels | None = None,
 ) -> CalibrationRun:
-    """Calibrate a novelty threshold from embeddings of a labelled data set."""
+    """Calibrate a novelty threshold from embeddings of a labelled data set.
+
+    ``feedback``: reviewers' decisions (:mod:`toolkit.calibration.feedback`), scored against the
+    same library and added to the calibration split's known (promoted) and novel (dropped)
+    queries, so the threshold is chosen with them; the test split stays the data set's."""
     say = progress or (lambda _msg: None)
     emb = l2_normalise(embeddings)
     if len(labels) != emb.shape[0]:
@@ -234,6 +240,19 @@ def run_calibration(
         _, best = top1_cosine(vecs, library)
         queries[name] = vecs
         scores[name] = np.clip(1.0 - best.astype(np.float64), 0.0, 2.0)
+    feedback_report: dict[str, Any] = {"used": False}
+    if feedback is not None:
+        feedback_scores = {}
+        for name, vectors in (("known_cal", feedback.known), ("novel_cal", feedback.novel)):
+            if vectors.shape[0]:
+                vecs = l2_normalise(vectors, "feedback vectors")
+                _, best = top1_cosine(vecs, library)
+                feedback_scores[name] = np.clip(1.0 - best.astype(np.float64), 0.0, 2.0)
+                scores[name] = np.concatenate([scores[name], feedback_scores[name]])
+                queries[name] = np.concatenate([queries[name], vecs])
+        feedback_report = {"used": bool(feedback_scores), **feedback.describe()}
+        n_known, n_novel = feedback.known.shape[0], feedback.novel.shape[0]
+        say(f"feedback: {n_known} promoted entries as known, {n_novel} dropped ones as novel")
 
     say("choosing the threshold on the calibration split")
     rec = recommend_threshold(
@@ -352,6 +371,7 @@ def run_calibration(
             "min_p_value": 1.0 / (len(conformal.scores) + 1),
         },
         "score_reference": reference_report,
+        "feedback": feedback_report,
         "warnings": split_size_warnings({name: int(values.size) for name, values in scores.items()}),
     }
     for warning in summary["warnings"]:

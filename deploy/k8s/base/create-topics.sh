@@ -65,6 +65,7 @@ create lithowatch.explanations.v1
 create lithowatch.library.v1 --config cleanup.policy=compact
 create lithowatch.dlq.v1 --config "retention.ms=$dlq_retention_ms"
 create lithowatch.verdicts.v1  # one verdict per result (key result_id): the latest per key is the truth
+create lithowatch.feedback.v1 --config retention.ms=-1  # reviewers' decisions (key entry_id): kept for calibration
 
 # --if-not-exists leaves an existing topic's settings alone: make sure the library is compacted
 # even when it was created earlier by someone else (for instance by broker auto-creation).
