@@ -30,7 +30,7 @@ from shared.blobstore import LocalBlobStore
 from shared.contracts import Contract, DLQRecord, Topics
 from shared.imaging import sha256_hex
 from shared.stage import Output
-from shared.verdicts import dead_letter_verdict
+from shared.verdicts import VERDICT_LABELS_MAX_BYTES, dead_letter_verdict
 
 log = logging.getLogger("lithowatch.runtime")
 
@@ -116,7 +116,8 @@ class DeadLetters:
         readable = value if value is not None and len(value) <= inline_limit(self.max_message_bytes) else None
         key = dlq.result_id or f"{record.topic}-{record.partition}-{record.offset}"
         outputs = [Output(Topics.DLQ, dlq, key)]
-        verdict = dead_letter_verdict(dlq, readable)
+        labels_max_bytes = min(VERDICT_LABELS_MAX_BYTES, self.max_message_bytes // 8)
+        verdict = dead_letter_verdict(dlq, readable, labels_max_bytes)
         if verdict is not None:
             outputs.append(Output(Topics.VERDICTS, verdict, verdict.result_id))
         return outputs

@@ -41,7 +41,8 @@ RESULT_PATH_TOPICS = frozenset({Topics.RESULTS, Topics.UNIQUE, Topics.ALIGNED, T
 NO_VERDICT_REASONS = frozenset({"result_id_reused"})
 """Dead-letter reasons that say nothing about the result named by the id (see the module docstring)."""
 VERDICT_LABELS_MAX_BYTES = 16 * 1024
-"""Labels of a dead-lettered message larger than this (as JSON) are left out of its verdict."""
+"""Labels of a dead-lettered message larger than this (as JSON) are left out of its verdict (the
+runtime lowers the bound under a small message limit, so the verdict always fits)."""
 VERDICT_ERROR_MAX_CHARS = 500
 
 _LABELS = TypeAdapter(Labels)
@@ -93,7 +94,7 @@ def duplicate_verdict(duplicate: DuplicateRecord, result: SimResult) -> VerdictR
     )
 
 
-def _known_fields(value: bytes | None) -> dict[str, Any]:
+def _known_fields(value: bytes | None, labels_max_bytes: int) -> dict[str, Any]:
     """What a dead-lettered message says of its result, read leniently (it may be invalid)."""
     if not value:
         return {}
@@ -111,7 +112,7 @@ def _known_fields(value: bytes | None) -> dict[str, Any]:
         known["alignment_flagged"] = doc["alignment_flagged"]
     try:
         labels = _LABELS.validate_python(doc.get("labels", {}))
-        if len(json.dumps(labels)) <= VERDICT_LABELS_MAX_BYTES:
+        if len(json.dumps(labels)) <= labels_max_bytes:
             known["labels"] = labels
     except (ValidationError, TypeError, ValueError):
         pass
@@ -123,7 +124,9 @@ def _known_fields(value: bytes | None) -> dict[str, Any]:
     return known
 
 
-def dead_letter_verdict(dlq: DLQRecord, value: bytes | None) -> VerdictRecord | None:
+def dead_letter_verdict(
+    dlq: DLQRecord, value: bytes | None, labels_max_bytes: int = VERDICT_LABELS_MAX_BYTES
+) -> VerdictRecord | None:
     """The ``dead_lettered`` verdict for a DLQ record, or None when it gets none (module docstring).
 
     ``value``: the original message when it is small enough to read (its ids, labels and
@@ -131,7 +134,7 @@ def dead_letter_verdict(dlq: DLQRecord, value: bytes | None) -> VerdictRecord | 
     """
     if dlq.topic not in RESULT_PATH_TOPICS or dlq.reason in NO_VERDICT_REASONS or not dlq.result_id:
         return None
-    known = _known_fields(value)
+    known = _known_fields(value, labels_max_bytes)
     try:
         return VerdictRecord(
             result_id=dlq.result_id,

@@ -151,6 +151,13 @@ def test_the_dead_letters_of_a_result_come_with_its_verdict(tmp_path: Any) -> No
     assert isinstance(verdict.value, VerdictRecord) and verdict.value.clip_id == "clip-r-4"
     alert = WireRecord(b"{}", topic=Topics.ALERTS, key=b"r-4")
     assert [out.topic for out in letters.outputs(alert, "invalid_json", "x")] == [Topics.DLQ]
+    # under a small message limit, labels that would not fit are left out of the verdict
+    small = DeadLetters("align", 64 * 1024, tmp_path)
+    padded = item.model_copy(update={"labels": {"pad": "x" * 9000}})
+    record = WireRecord(padded.model_dump_json().encode(), topic=Topics.UNIQUE, key=b"r-4")
+    _, verdict = small.outputs(record, "image_corrupt", "bad pixels")
+    assert isinstance(verdict.value, VerdictRecord) and verdict.value.labels == {}
+    assert len(verdict.value.model_dump_json()) < 64 * 1024 // 4
 
 
 class RejectingResults(StageBase):
