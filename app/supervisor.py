@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,11 +103,22 @@ class Pipeline:
             running.process.stop()
         self.services.remove(running)
         self.stack.children.remove(running.process)
-        env = {**self._env_for(running.name), "LITHOWATCH_METRICS_PORT": str(running.metrics_port)}
+        # the port may have been taken meanwhile (the usual reason a service exits at start)
+        port = running.metrics_port if port_is_free(running.metrics_port) else free_port()
+        env = {**self._env_for(running.name), "LITHOWATCH_METRICS_PORT": str(port)}
         process = self.stack.spawn_service(running.name, env, log_name=f"{running.name}-{running.replica}")
-        replacement = RunningService(running.name, process, running.metrics_port, running.replica)
+        replacement = RunningService(running.name, process, port, running.replica)
         self.services.append(replacement)
         return replacement
+
+    def revive(self, say: Callable[[str], None]) -> list[RunningService]:
+        """Restart every service whose process has exited, saying so; return the replacements."""
+        revived = []
+        for running in list(self.services):
+            if not running.process.alive():
+                say(f"service {running.name} exited; restarting (log: {running.process.log_path})")
+                revived.append(self.restart(running))
+        return revived
 
     def start_all(self, names: Sequence[str]) -> list[RunningService]:
         return [self.start_service(name) for name in names]

@@ -170,14 +170,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             say(f"  {running.name:<8} pid {running.process.pid:<7} {running.metrics_url}")
         say(f"all {len(names)} services ready in {ready:.1f} s; Ctrl-C to stop")
         while not stopping and not args.exit_when_ready:
-            for running in list(pipeline.services):
-                if not running.process.alive():
-                    print(
-                        f"service {running.name} exited; restarting (log: {running.process.log_path})",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    pipeline.restart(running)
+            pipeline.revive(lambda message: print(message, file=sys.stderr, flush=True))
             time.sleep(1.0)
     finally:
         _remove_own_connection_file(connection)

@@ -296,6 +296,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             live_table(pipeline, watcher, 0, len(labels), stream_began), console=console, refresh_per_second=2
         ) as live:
             while not stopping.is_set():
+                for revived in pipeline.revive(lambda message: console.print(f"[bold red]▸[/] {message}")):
+                    pipeline.wait_ready(240, [revived])
                 live.update(live_table(pipeline, watcher, published[0], len(labels), stream_began))
                 done = set(labels) <= watcher.accounted()
                 rendered = len(watcher.explanations) >= len(watcher.alerts)
