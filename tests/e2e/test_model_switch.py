@@ -24,7 +24,7 @@ from app.demo.assets import DemoAssets, calibrate
 from app.launcher import EmbeddedStack, wait_until
 from app.supervisor import Pipeline, RunningService
 from services.novelty.library_cli import build_library
-from services.novelty.reembed import run_reembed
+from services.novelty.reembed import read_library_records, run_reembed
 from services.simfarm.main import publish
 from shared.contracts import (
     AlertRecord,
@@ -34,7 +34,7 @@ from shared.contracts import (
     SimResult,
     Topics,
 )
-from shared.index import library_topic
+from shared.index import library_topic, provisional_entry_id
 from shared.index.thresholds import load_thresholds
 from shared.model import build_untrained, load_encoder, save_encoder
 from shared.testing import collect
@@ -154,6 +154,10 @@ def test_switching_the_model_and_back_mid_stream_scores_every_result_by_its_own_
         )
     finally:
         pipeline.stop()
+    libraries = {
+        encoder_a.model_version: read_library_records(settings, Topics.LIBRARY).entries,
+        encoder_b.model_version: read_library_records(settings, report.target_topic).entries,
+    }
 
     def of(topic: str, model: type[Any]) -> list[Any]:
         return [model.model_validate_json(r.value) for r in records if r.topic == topic]
@@ -174,12 +178,14 @@ def test_switching_the_model_and_back_mid_stream_scores_every_result_by_its_own_
     print(
         f"\nmodel switch: {len(expected)} results, embedded by A {by_model[encoder_a.model_version]}, "
         f"by B {by_model[encoder_b.model_version]}; scored {len(scores)}, duplicates {len(duplicates)}, "
-        f"alerts {len(alerts)}, dlq {len(dlq)}; rolled back after {rolled_back_at} published"
+        f"alerts {len(alerts)} (B: {sum(a.model_version == encoder_b.model_version for a in alerts)}), "
+        f"dlq {len(dlq)}; rolled back after {rolled_back_at} published"
     )
 
     assert dlq == []
     assert expected <= set(scores) | duplicates, "a result was neither scored nor a duplicate"
     assert not set(scores) & duplicates
+    dims = {encoder_a.model_version: encoder_a.dim, encoder_b.model_version: encoder_b.dim}
     allowed = {
         encoder_a.model_version: allowed_thresholds(e2e_assets.thresholds_path),
         encoder_b.model_version: allowed_thresholds(thresholds_b),
@@ -194,6 +200,15 @@ def test_switching_the_model_and_back_mid_stream_scores_every_result_by_its_own_
     for result_id in published[rolled_back_at:]:
         if result_id in embedded:
             assert embedded[result_id] == [encoder_a.model_version], "embedded by B after the rollback"
+
+    for alert in alerts:  # each novel result's provisional entry went to its own model's library
+        for model_version, entries in libraries.items():
+            entry = entries.get(provisional_entry_id(alert.result_id))
+            if model_version == alert.model_version:
+                assert entry is not None and entry.model_version == model_version
+                assert entry.vector is not None and entry.vector.dim == dims[model_version]
+            else:
+                assert entry is None, f"{alert.result_id}'s entry in the other model's library"
 
     def alerted(model_version: str, after: int = 0, before: int = COUNT) -> int:
         return sum(
