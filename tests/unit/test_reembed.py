@@ -137,3 +137,18 @@ def test_batch_size_must_be_positive(tmp_path: Path) -> None:
     encoder = build_untrained("resnet18", "mask,print", 32, seed=3)
     with pytest.raises(Exception, match="batch size"):
         list(reembed_entries([], encoder, ImageLoader(None), [], batch_size=0))
+
+
+def test_the_new_models_thresholds_come_from_lithowatch_calibrate(tmp_path: Path) -> None:
+    from services.novelty.library_cli import calibrate_command, run_calibrate
+    from shared.index.thresholds import load_thresholds
+    from shared.model import save_encoder
+
+    dataset = make_dataset(tmp_path / "labelled", n_groups=12, variants=4)
+    encoder = build_untrained("resnet18", "mask,print", 32, seed=5)
+    save_encoder(encoder, tmp_path / "new", {"objective": "untrained"})
+    out = tmp_path / "thresholds-new.json"
+    extra = ["--holdout-label", "family", "--holdout-values", "dots", "--per-cluster", "off"]
+    assert run_calibrate(calibrate_command(dataset, tmp_path / "new", out, extra)) == 0
+    thresholds = load_thresholds(out)
+    assert thresholds.model_version == encoder.model_version and thresholds.embedding_dim == encoder.dim
