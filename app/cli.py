@@ -19,34 +19,32 @@ from shared.errors import LithowatchError
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
-def _command_registrations() -> list[Register]:
-    """Every module that contributes subcommands, each through its ``register(subparsers)``."""
-    from app import blobs_cli, dlq_cli, ops_cli, up_cli
-    from app.demo import run as demo
-    from app.offline import cli as offline_cli
-    from services.explain import cli as explain_cli
-    from services.novelty import library_cli
-    from services.simfarm import main as simfarm
-    from toolkit.calibration import cli as calibration_cli
-    from toolkit.evaluation import cli as evaluation_cli
-    from toolkit.litho import dataset_cli
-    from toolkit.training import cli as training_cli
+# Which module contributes which subcommands (through ``register(subparsers)``). A command line
+# imports only the module of the command it names: ``lithowatch tail`` does not pay for torch.
+COMMAND_MODULES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("up",), "app.up_cli", "register"),
+    (("topics", "tail", "alerts", "schemas"), "app.ops_cli", "register"),
+    (("simfarm",), "services.simfarm.main", "register"),
+    (("library",), "services.novelty.library_cli", "register"),
+    (("dataset",), "toolkit.litho.dataset_cli", "register"),
+    (("demo",), "app.demo.run", "register"),
+    (("calibrate",), "toolkit.calibration.cli", "register"),
+    (("eval",), "toolkit.evaluation.cli", "register_eval"),
+    (("train",), "toolkit.training.cli", "register"),
+    (("explain",), "services.explain.cli", "register"),
+    (("dlq",), "app.dlq_cli", "register"),
+    (("blobs",), "app.blobs_cli", "register"),
+    (("dedupe", "score"), "app.offline.cli", "register"),
+)
 
-    return [
-        up_cli.register,
-        ops_cli.register,
-        simfarm.register,
-        library_cli.register,
-        dataset_cli.register,
-        demo.register,
-        calibration_cli.register,
-        evaluation_cli.register_eval,
-        training_cli.register,
-        explain_cli.register,
-        dlq_cli.register,
-        blobs_cli.register,
-        offline_cli.register,
-    ]
+
+def _command_registrations(command: str | None = None) -> list[Register]:
+    """The ``register`` functions of the module that defines ``command``, or of every module when
+    ``command`` is None or unknown (``--help`` lists them all)."""
+    import importlib
+
+    chosen = [entry for entry in COMMAND_MODULES if command in entry[0]] or list(COMMAND_MODULES)
+    return [getattr(importlib.import_module(module), attr) for _, module, attr in chosen]
 
 
 def _cmd_service(args: argparse.Namespace) -> int:
@@ -76,8 +74,9 @@ def _version() -> str:
         return "(not installed)"
 
 
-def build_parser(with_commands: bool = True) -> argparse.ArgumentParser:
-    """The argument parser; ``with_commands=False`` leaves out the command modules (fast service start)."""
+def build_parser(with_commands: bool = True, command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every command, only ``command``'s module when given, or none with
+    ``with_commands=False`` (fast service start)."""
     parser = argparse.ArgumentParser(
         prog="lithowatch", description="Streaming novelty detection for lithography simulation farms"
     )
@@ -88,7 +87,7 @@ def build_parser(with_commands: bool = True) -> argparse.ArgumentParser:
     service = sub.add_parser("service", help="run one service in the foreground")
     service.add_argument("name", help=f"one of: {', '.join(SERVICES)}")
     service.set_defaults(func=_cmd_service)
-    for register in _command_registrations() if with_commands else ():
+    for register in _command_registrations(command) if with_commands else ():
         register(sub)
     return parser
 
@@ -126,7 +125,8 @@ def hoist_global_options(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = hoist_global_options(sys.argv[1:] if argv is None else argv)
     # a service process imports only what its own service needs
-    parser = build_parser(with_commands=_command_of(argv) != "service")
+    command = _command_of(argv)
+    parser = build_parser(with_commands=command != "service", command=command)
     args = parser.parse_args(argv)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every stack
     logging.basicConfig(

@@ -68,3 +68,32 @@ def test_a_settings_file_given_after_the_command_is_read(
     )
     assert main(argv) == 2
     assert f"settings file {missing} does not exist" in capfd.readouterr().err
+
+
+def test_a_command_imports_only_its_own_module_so_tail_does_not_pay_for_torch() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from app.cli import build_parser\n"
+        "parser = build_parser(command='tail')\n"
+        "assert 'tail' in parser._subparsers._group_actions[0].choices\n"
+        "print(sorted(m for m in ('torch', 'sklearn', 'faiss', 'matplotlib') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_command_is_registered_by_the_module_the_table_names() -> None:
+    import argparse
+    import importlib
+
+    from app.cli import COMMAND_MODULES
+
+    for commands, module, attr in COMMAND_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        getattr(importlib.import_module(module), attr)(sub)
+        assert sorted(sub.choices) == sorted(commands), module
