@@ -30,10 +30,11 @@ Cluster never sees a cross-slot operation):
 
 - ``<prefix>:x:{<digest>}``: string, the first result_id with these pixels;
 - ``<prefix>:v:{<result_id>}``, ``<prefix>:e:{<result_id>}``: the verdict
-  (JSON) and, for unique results, the verification payload; the hash tag puts
+  (JSON) and, for unique results and near duplicates, the verification payload; the hash tag puts
   both keys of a result in one slot;
 - ``<prefix>:bz:<namespace>:<band>:<value>``: sorted set of members scored by
-  the unix second they were added; a member is the full hash (big-endian bytes),
+  the unix second they were added; a member is the hash the band was cut from
+  (big-endian bytes; an item with two hashes puts each in its own bands' sets),
   that second (4 bytes, so reads need no scores) and the result id: the Hamming
   check needs no extra read, and a short member keeps a small set in Redis'
   compact encoding. ``namespace`` names the hash kind and banding, so a change
@@ -89,12 +90,25 @@ class DedupeItem:
     bands: tuple[int, ...]  # exact band values, inserted for unique results
     probes: tuple[tuple[int, int], ...]  # (band, value) looked up
     payload: bytes
-    # hashes concatenated in ``perceptual`` (each ``perceptual_bits // parts`` bits); the distance to
-    # another result is the smallest over the parts
+    # hashes concatenated in ``perceptual`` (each ``perceptual_bits // parts`` bits, the first most
+    # significant), with ``len(bands) // parts`` bands each: a band set's members carry the part of
+    # the hash its band was cut from, and a distance is the smallest over the parts
     parts: int = 1
 
+    @property
+    def part_bytes(self) -> int:
+        return self.perceptual_bits // self.parts // 8
+
+    def part_of(self, band: int) -> int:
+        """Which hash a band (an index into ``bands``, or a probe's band) was cut from."""
+        return min(band // max(len(self.bands) // self.parts, 1), self.parts - 1)
+
+    def part_value(self, part: int) -> int:
+        width = self.perceptual_bits // self.parts
+        return (self.perceptual >> ((self.parts - 1 - part) * width)) & ((1 << width) - 1)
+
     def distance_bits(self, value: int) -> int:
-        """Hamming distance to a stored hash value of this namespace: the smallest over the parts."""
+        """Hamming distance to another item's whole ``perceptual`` value: the smallest over the parts."""
         if self.parts == 1:
             return hamming_distance(self.perceptual, value)
         width = self.perceptual_bits // self.parts
@@ -102,11 +116,12 @@ class DedupeItem:
         return min(hamming_distance((self.perceptual >> (k * width)) & mask, (value >> (k * width)) & mask)
                    for k in range(self.parts))
 
-    def member(self, now_seconds: float) -> bytes:
-        """Band set member: the full hash (big-endian bytes), the time added (unix seconds, 4 bytes
-        big-endian, also its score) and the result id. Short, so that Redis keeps a small set in
-        its compact encoding; the time inside spares reading scores back."""
-        return (self.perceptual.to_bytes(self.perceptual_bits // 8, "big")
+    def member(self, now_seconds: float, band: int = 0) -> bytes:
+        """Member of the set of one of this item's bands: that band's hash (big-endian bytes), the
+        time added (unix seconds, 4 bytes big-endian, also its score) and the result id. Short (under
+        Redis' 64-byte limit for a 256-bit hash and an id of up to 28 bytes), so that Redis keeps a
+        small set in its compact encoding; the time inside spares reading scores back."""
+        return (self.part_value(self.part_of(band)).to_bytes(self.part_bytes, "big")
                 + _ADDED.pack(min(max(0, int(now_seconds)), 0xFFFFFFFF)) + self.result_id.encode())
 
 
@@ -163,7 +178,7 @@ class DedupeStore(Protocol):
 class _Lookup:
     stored: Verdict | None
     exact_owner: str | None
-    members: list[tuple[str, int]]  # (result_id, hash value) from the probed band sets
+    members: list[tuple[str, int, int]]  # (result_id, hash part, its value) from the probed band sets
     stale: list[tuple[str, bytes]] = field(default_factory=list)  # (band key, member) older than the TTL
     # per own band set (aligned with ``DedupeItem.bands``): newest score read (None: empty), members read
     own_bands: list[tuple[float | None, int]] = field(default_factory=list)
@@ -186,9 +201,9 @@ class _Written:
 
 
 def _read_members(key: str, raws: Any, now_seconds: float, ttl_seconds: float, hash_bytes: int,
-                  found: _Lookup) -> tuple[float | None, int]:
-    """Add the live members of one band set to ``found``; expired or unreadable ones are stale.
-    Returns the newest time added and the number of members read."""
+                  found: _Lookup, part: int = 0) -> tuple[float | None, int]:
+    """Add the live members of one band set (of hash ``part``) to ``found``; expired or unreadable ones
+    are stale. Returns the newest time added and the number of members read."""
     newest: float | None = None
     count = 0
     rid_at = hash_bytes + _ADDED.size
@@ -204,7 +219,7 @@ def _read_members(key: str, raws: Any, now_seconds: float, ttl_seconds: float, h
             found.stale.append((key, member))
             continue
         try:
-            found.members.append((member[rid_at:].decode(), int.from_bytes(member[:hash_bytes], "big")))
+            found.members.append((member[rid_at:].decode(), part, int.from_bytes(member[:hash_bytes], "big")))
         except UnicodeDecodeError:
             found.stale.append((key, member))
     return newest, count
@@ -234,8 +249,11 @@ class BandDedupeStore(ABC):
             elif found.exact_owner is not None and found.exact_owner != item.result_id:
                 verdicts[i] = Verdict(item.result_id, "exact", found.exact_owner, 0)
             else:
-                near = {rid: item.distance_bits(value) for rid, value in found.members
-                        if rid != item.result_id}
+                near: dict[str, int] = {}
+                for rid, part, value in found.members:
+                    if rid != item.result_id:
+                        d = hamming_distance(item.part_value(part), value)
+                        near[rid] = min(d, near.get(rid, d))
                 nearest = sorted((d, rid) for rid, d in near.items() if d <= hamming_radius)
                 store_candidates[i] = nearest[:max_candidates]
         wanted = sorted({rid for nearest in store_candidates for _, rid in nearest})

@@ -90,7 +90,7 @@ class InMemoryDedupeStore(BandDedupeStore):
                 key = self._band_key(item.namespace, band, value)
                 newest = [m for m, _ in self._newest(self._zset(key), self.band_max_members)]
                 read[band, value] = _read_members(key, newest, now, self.ttl_seconds,
-                                                  item.perceptual_bits // 8, found)
+                                                  item.part_bytes, found, item.part_of(band))
             found.own_bands = [read[band, value] for band, value in enumerate(item.bands)]
             out.append(found)
         return out
@@ -112,7 +112,7 @@ class InMemoryDedupeStore(BandDedupeStore):
             for band, value in enumerate(item.bands):
                 key = self._band_key(item.namespace, band, value)
                 members = self._zset(key)
-                members[item.member(now)] = float(int(now))
+                members[item.member(now, band)] = float(int(now))
                 if (item.namespace, band, value) in upkeep.trim and len(members) > self.band_max_members:
                     keep = dict(self._newest(members, self.band_max_members))
                     trimmed += len(members) - len(keep)

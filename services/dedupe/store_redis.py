@@ -98,7 +98,7 @@ class RedisDedupeStore(BandDedupeStore):
             for (band, value), reply in zip(item_probes, band_replies, strict=True):
                 key = self._band_key(item.namespace, band, value)
                 read[band, value] = _read_members(key, reply, now, self.ttl_seconds,
-                                                  item.perceptual_bits // 8, found)
+                                                  item.part_bytes, found, item.part_of(band))
             cursor += len(item_probes)
             found.own_bands = [read[band, value] for band, value in enumerate(item.bands)]
             out.append(found)
@@ -129,11 +129,10 @@ class RedisDedupeStore(BandDedupeStore):
             queued = len(stale) + len(released)
             for item in uniques:
                 pipe.set(self._entry_key(item.result_id), item.payload, ex=self.ttl_seconds)
-                member = item.member(now)
                 queued += 1
                 for band, value in enumerate(item.bands):
                     key = self._band_key(item.namespace, band, value)
-                    pipe.execute_command("ZADD", key, score, member)  # as ZREVRANGE above
+                    pipe.execute_command("ZADD", key, score, item.member(now, band))  # as ZREVRANGE above
                     queued += 1
                     if (item.namespace, band, value) in upkeep.trim:
                         pipe.zremrangebyrank(key, 0, -self.band_max_members - 1)
