@@ -117,7 +117,7 @@ def read_library_records(
             dropped.add(key)
             continue
         try:
-            entry = LibraryEntry.model_validate_json(record.value)
+            entry = LibraryEntry.from_wire(record.value)
         except (ValidationError, ValueError):
             continue  # the novelty service refuses it the same way
         if entry.op == "delete":
