@@ -53,3 +53,13 @@ def test_strip_features_count_whole_features_beyond_the_move_only() -> None:
     assert strip_features(a, b, (30, 0), None, 0).new_px == (0, 16 * 10 + 16 * 2)
     assert strip_features(a, b, (30, 0), None, 16).new_px == (0, 16 * 10)
     assert strip_features(a, b, (30, 0), None, 24).new_px == (0, 0)
+
+
+def test_a_new_contact_that_repeats_a_row_the_other_window_shows_is_explained() -> None:
+    sheet = np.zeros((256, 400), np.uint8)
+    for x in range(4, 400, 40):  # a row of identical contacts at one pitch across the window
+        sheet[120:136, x:x + 16] = 255
+    a, b = sheet[:, 40:296], sheet[:, 70:326]  # b is a moved 30 px: a whole contact enters past 16 px
+    assert strip_features(a, b, (30, 0), None, 16).total_px > 0
+    match = verify_window_match(a, a > 127, b, b > 127, TOLERANCES, 4, 16)
+    assert match is not None and match.strip.total_px == 0
