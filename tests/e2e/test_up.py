@@ -37,54 +37,60 @@ def run(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.Complete
     )
 
 
-@pytest.fixture
-def up_dedupe(tmp_path: Path) -> Iterator[tuple[ChildProcess, Path]]:
-    """`lithowatch up --services dedupe --no-library` in its own folder; always stopped."""
-    child = ChildProcess(
-        "up",
-        [*LITHOWATCH, "up", "--services", "dedupe", "--no-library"],
-        tmp_path / "up.log",
-        env=user_env(),
-        cwd=tmp_path,
-    ).start()
+@pytest.fixture(scope="module")
+def running_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChildProcess, Path]]:
+    """`lithowatch up` with no settings and no options, in its own folder; always stopped."""
+    folder = tmp_path_factory.mktemp("up")
+    child = ChildProcess("up", [*LITHOWATCH, "up"], folder / "up.log", env=user_env(), cwd=folder).start()
     try:
-        ready = wait_until(lambda: "services ready" in child.log_tail(50) or not child.alive(), 120)
+        ready = wait_until(lambda: "services ready" in child.log_tail(80) or not child.alive(), 480)
         assert ready and child.alive(), child.log_tail()
-        yield child, tmp_path
+        yield child, folder
     finally:
         child.stop(timeout_seconds=30)
 
 
-def test_a_second_terminal_reaches_a_running_up_with_no_address_given(
-    up_dedupe: tuple[ChildProcess, Path],
+def test_a_second_terminal_reaches_a_running_up_and_reads_a_verdict_for_every_result(
+    running_up: tuple[ChildProcess, Path],
 ) -> None:
-    up, folder = up_dedupe
+    up, folder = running_up
+    log = up.log_tail(80)
+    assert "using the default library" in log and "all 5 services ready" in log
     connection = folder / ".lithowatch/run/connection.env"
     assert connection.is_file() and (connection.stat().st_mode & 0o077) == 0  # holds the Redis password
-    farm = run(["simfarm", "--count", "20", "--quiet", "--seed", "3"], folder)
+    farm = run(["simfarm", "--count", "20", "--quiet", "--seed", "3", "--job-id", "second-terminal"], folder)
     assert farm.returncode == 0, farm.stderr
     own = folder / "own.env"
     own.write_text("LITHOWATCH_KAFKA_COMPRESSION=gzip\n")
     for where in ("before", "after"):  # a settings file on top of the connection file, either side
         options = ["--settings-file", str(own)]
-        tail_args = ["tail", "lithowatch.unique.v1", "--from-beginning", "--max", "5", "--timeout", "30"]
-        shown = run(options + tail_args if where == "before" else tail_args + options, folder)
+        tail_args = ["tail", "lithowatch.verdicts.v1", "--from-beginning", "--json", "--max", "20"]
+        tail_args += ["--timeout", "240"]
+        shown = run(options + tail_args if where == "before" else tail_args + options, folder, timeout=300)
         assert shown.returncode == 0, shown.stderr
-        records = [json.loads(line) for line in shown.stdout.splitlines()]
-        assert len(records) == 5 and all(r["result_id"] for r in records)
-    topics = run(["topics"], folder)
-    assert topics.returncode == 0 and "lithowatch.results.v1" in topics.stdout, topics.stderr
-    up.stop(timeout_seconds=30)
-    assert not connection.exists()  # a stopped up leaves nothing that would mislead the next command
+        verdicts = [json.loads(line) for line in shown.stdout.splitlines()]
+        assert len({v["result_id"] for v in verdicts}) == 20
+        assert {v["job_id"] for v in verdicts} == {"second-terminal"}
+        assert {v["outcome"] for v in verdicts} <= {"scored", "duplicate"}
+    readable = run(
+        ["tail", "lithowatch.verdicts.v1", "--from-beginning", "--max", "1", "--timeout", "30"], folder
+    )
+    assert readable.returncode == 0 and readable.stdout.strip(), readable.stderr
 
 
 def test_a_second_up_in_the_same_folder_is_refused_while_the_first_runs(
-    up_dedupe: tuple[ChildProcess, Path],
+    running_up: tuple[ChildProcess, Path],
 ) -> None:
-    _, folder = up_dedupe
+    _, folder = running_up
     second = run(["up", "--services", "dedupe", "--no-library", "--exit-when-ready"], folder, timeout=60)
     assert second.returncode == 2
     assert "already runs in" in second.stderr
+
+
+def test_a_stopped_up_leaves_no_connection_file(running_up: tuple[ChildProcess, Path]) -> None:
+    up, folder = running_up
+    up.stop(timeout_seconds=30)
+    assert not (folder / ".lithowatch/run/connection.env").exists()  # nothing to mislead the next command
 
 
 def test_up_with_no_settings_at_all_runs_every_service_on_the_shipped_model_and_a_default_library(
