@@ -14,26 +14,32 @@ refuses a major it does not know (``schema_version_unsupported``) and reads any 
 Each stage's output extends its input, so a message downstream still carries
 everything upstream knew (hashes, transform, vector) and consumers can explain
 any decision from the record alone.
+
+The building blocks the records are made of (the :class:`Contract` base, images, vectors,
+hashes, transforms, neighbours, labels) live in :mod:`shared.contract_types`; every one of
+them is importable from here as well.
 """
 
 from __future__ import annotations
 
-import base64
-from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal, Self
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
 
-import numpy as np
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_serializer,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_serializer, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from shared.contract_types import WIRE_CONTEXT as WIRE_CONTEXT
+from shared.contract_types import Contract as Contract
+from shared.contract_types import Hashes as Hashes
+from shared.contract_types import ImageRef as ImageRef
+from shared.contract_types import Labels as Labels
+from shared.contract_types import LabelValue as LabelValue
+from shared.contract_types import Neighbour as Neighbour
+from shared.contract_types import ResultId as ResultId
+from shared.contract_types import Transform as Transform
+from shared.contract_types import Vector as Vector
+from shared.contract_types import read_tolerant as read_tolerant
+from shared.contract_types import utcnow as utcnow
 from shared.errors import ContractError
 
 SCHEMA_VERSION: Final = 1
@@ -42,7 +48,6 @@ SCHEMA_MINOR: Final = 1
 """The minor version this code writes: 1 added ``schema_minor``, the verdicts topic, and the
 farm's ids and the alignment flag on scores and alerts. A record without ``schema_minor``
 was written at minor 0."""
-_WIRE: Final = "lithowatch.wire"  # validation context of records read from a topic
 
 
 class Topics:
@@ -83,29 +88,6 @@ class Topics:
         return {cls.LIBRARY}
 
 
-LabelValue = str | int | float | bool | None
-Labels = dict[str, LabelValue]
-ResultId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:\-]+$")]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Contract(BaseModel):
-    """Base of every message: values are immutable; unknown fields are refused when a record is
-    built in code (writers are strict) and ignored when it is read from a topic."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def from_wire(cls, data: bytes | bytearray | str) -> Self:
-        """A record read from a topic (JSON): fields this model does not know are ignored (they
-        belong to a newer minor version); a newer major is refused (``schema_version_unsupported``).
-        Raises :class:`pydantic.ValidationError` like ``model_validate_json``."""
-        return cls.model_validate_json(data, extra="ignore", context={_WIRE: True})
-
-
 class Record(Contract):
     """Base of every topic's record: the contract version it was written at (major, minor)."""
 
@@ -115,7 +97,7 @@ class Record(Contract):
     @model_validator(mode="before")
     @classmethod
     def _unstated_minor(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, dict) and "schema_minor" not in data and (info.context or {}).get(_WIRE):
+        if isinstance(data, dict) and "schema_minor" not in data and (info.context or {}).get(WIRE_CONTEXT):
             return {**data, "schema_minor": 0}  # written before minor versions were stated
         return data
 
@@ -137,59 +119,6 @@ class Record(Contract):
         return SCHEMA_MINOR
 
 
-class ImageRef(Contract):
-    """An image, inline (small PNG/NPY bytes, base64 in JSON) or by URI into a blob store."""
-
-    format: Literal["png", "npy"]
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    shape: tuple[int, int]
-    dtype: Literal["uint8", "uint16", "float32"]
-    inline_b64: str | None = None
-    uri: Annotated[str | None, Field(max_length=2048)] = None
-
-    @model_validator(mode="after")
-    def _one_location(self) -> ImageRef:
-        if (self.inline_b64 is None) == (self.uri is None):
-            raise ValueError("an ImageRef has exactly one of inline_b64 or uri")
-        if self.shape[0] <= 0 or self.shape[1] <= 0:
-            raise ValueError("shape must be positive")
-        return self
-
-    def inline_bytes(self) -> bytes:
-        if self.inline_b64 is None:
-            raise ContractError("ImageRef is not inline")
-        try:
-            return base64.b64decode(self.inline_b64, validate=True)
-        except ValueError as exc:
-            raise ContractError(f"inline image is not valid base64: {exc}", reason="base64") from exc
-
-
-class Vector(Contract):
-    """An embedding: base64 of little-endian float32, with its dimension."""
-
-    dim: Annotated[int, Field(gt=0, le=65536)]
-    b64: str
-
-    @classmethod
-    def from_array(cls, array: np.ndarray) -> Vector:
-        flat = np.ascontiguousarray(array, dtype="<f4").reshape(-1)
-        return cls(dim=int(flat.shape[0]), b64=base64.b64encode(flat.tobytes()).decode("ascii"))
-
-    def to_array(self) -> np.ndarray:
-        try:
-            raw = base64.b64decode(self.b64, validate=True)
-        except ValueError as exc:
-            raise ContractError(f"vector is not valid base64: {exc}", reason="base64") from exc
-        if len(raw) != 4 * self.dim:
-            raise ContractError(
-                f"vector holds {len(raw)} bytes, expected {4 * self.dim}", reason="vector_dim"
-            )
-        array = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-        if not np.isfinite(array).all():
-            raise ContractError("vector contains NaN or infinity", reason="vector_nonfinite")
-        return array
-
-
 class SimResult(Record):
     """What a farm publishes when a simulation finishes (topic ``results``)."""
 
@@ -201,13 +130,6 @@ class SimResult(Record):
     simulated: ImageRef
     labels: Labels = Field(default_factory=dict)
     produced_at: datetime
-
-
-class Hashes(Contract):
-    """Hashes the dedupe stage computed (hex strings)."""
-
-    exact: str
-    perceptual: dict[str, str] = Field(default_factory=dict)
 
 
 class UniqueResult(SimResult):
@@ -233,22 +155,6 @@ class DuplicateRecord(Record):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
-class Transform(Contract):
-    """A 3x3 homography (row-major) taking print coordinates to mask coordinates."""
-
-    matrix: tuple[float, float, float, float, float, float, float, float, float]
-    method: str
-    quality: float
-    residual_px: float | None = None
-
-    @classmethod
-    def identity(cls, method: str = "identity", quality: float = 1.0) -> Transform:
-        return cls(matrix=(1, 0, 0, 0, 1, 0, 0, 0, 1), method=method, quality=quality)
-
-    def as_array(self) -> np.ndarray:
-        return np.asarray(self.matrix, dtype=np.float64).reshape(3, 3)
-
-
 class AlignedResult(UniqueResult):
     """The print registered onto the mask frame (topic ``aligned``)."""
 
@@ -263,16 +169,6 @@ class EmbeddedResult(AlignedResult):
 
     embedding: Vector
     model_version: str
-
-
-class Neighbour(Contract):
-    id: str
-    similarity: float
-    labels: Labels = Field(default_factory=dict)
-    mask: ImageRef | None = None
-    simulated: ImageRef | None = None
-    provisional: bool = False
-    alert_id: str | None = None
 
 
 Decision = Literal["known", "novel", "provisional"]
