@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.contracts import ImageRef, Labels, LibraryEntry, Neighbour
+from shared.contracts import ImageRef, Labels, LibraryEntry, Neighbour, read_tolerant
 from shared.errors import ConfigError, ContractError
 from shared.index.settings import IndexSettings
 from shared.index.snapshot import TopicState, load_snapshot, save_snapshot
@@ -313,7 +313,7 @@ class LibraryState:
             try:
                 with (folder / ENTRIES_FILE).open(encoding="utf-8") as lines:
                     for line in lines:
-                        item = LibraryItem.model_validate_json(line)
+                        item = read_tolerant(LibraryItem, line)  # fields of a newer release ignored
                         items[item.entry_id] = item
             except (OSError, ValidationError) as exc:
                 raise ConfigError(f"library entries of snapshot {folder} are unreadable: {exc}") from exc

@@ -28,6 +28,10 @@ consumer must read to continue from the snapshot (Kafka's committed-offset
 convention: last applied + 1). ``topic_id`` records which incarnation of the
 topic that was (Kafka's topic id, when the broker reports one): offsets of a
 deleted and recreated topic mean nothing, see :func:`stale_reason`.
+
+``meta.json`` follows the contracts' compatibility rule (``docs/contracts.md``): written
+strictly, read tolerantly (:func:`~shared.contract_types.read_tolerant`), so a snapshot a newer
+lithowatch wrote with an added field still loads; a newer ``format_version`` is refused.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from typing import Literal
 import faiss
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.contract_types import read_tolerant
 from shared.contracts import Topics
 from shared.errors import ConfigError
 from shared.index.settings import IndexKind, IndexSettings
@@ -291,8 +296,9 @@ def find_snapshot(root: Path) -> Path | None:
 
 
 def read_meta(path: Path) -> SnapshotMeta:
+    """A snapshot's metadata, read as a tolerant reader (fields of a newer release are ignored)."""
     try:
-        return SnapshotMeta.model_validate_json((path / META_FILE).read_text(encoding="utf-8"))
+        return read_tolerant(SnapshotMeta, (path / META_FILE).read_text(encoding="utf-8"))
     except (OSError, ValidationError) as exc:
         raise ConfigError(f"snapshot metadata {path / META_FILE} is unreadable: {exc}") from exc
 

@@ -18,6 +18,12 @@ stream with (files written before it existed have none, and get no drift gauge).
 Writes are atomic (temporary file in the same folder, fsync, rename), so a
 service reloading the file never reads half of it. Every problem reading a file
 is a :class:`~shared.errors.ConfigError` naming the file.
+
+The file follows the contracts' compatibility rule (``docs/contracts.md``): the writer is
+strict (a field the model does not know is refused), the reader tolerant
+(:func:`~shared.contract_types.read_tolerant`: fields it does not know, at any depth, are
+ignored, so a file a newer lithowatch wrote with an added optional field loads here); a newer
+``schema_version`` is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.contract_types import read_tolerant
 from shared.errors import ConfigError
 
 THRESHOLDS_SCHEMA_VERSION: Final = 1
@@ -201,7 +208,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def parse_thresholds(raw: Any, source: str = "thresholds") -> ThresholdsFile:
-    """Validate an already decoded JSON object."""
+    """Validate an already decoded JSON object (a tolerant reader: unknown fields are ignored)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a JSON object")
     version = raw.get("schema_version")
@@ -211,7 +218,7 @@ def parse_thresholds(raw: Any, source: str = "thresholds") -> ThresholdsFile:
             f"({THRESHOLDS_SCHEMA_VERSION}); upgrade lithowatch"
         )
     try:
-        return ThresholdsFile.model_validate(raw)
+        return read_tolerant(ThresholdsFile, raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: invalid thresholds file: {_first_error(exc)}") from exc
 

@@ -424,7 +424,6 @@ def test_thresholds_file_round_trips(tmp_path: Path) -> None:
                 "clusters": [{"cluster_id": 0, "centroid": [1.0, 0.0, 0.0], "threshold": 0.1}],
             }
         ),
-        json.dumps({"model_version": "m", "global_threshold": 0.1, "method": "x", "surprise": 1}),
     ],
 )
 def test_corrupt_thresholds_file_raises_config_error(tmp_path: Path, content: str) -> None:
