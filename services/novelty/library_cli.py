@@ -1,31 +1,33 @@
 """``lithowatch library build|list|promote|drop|snapshot|reembed``: the reference set on its topic.
 
-Entries are addressed by entry id. A novel result's provisional entry has the id
-``provisional/<result_id>``; ``promote`` and ``drop`` also accept the bare result id
-of a provisional entry. Reference ids from a data set may not start with
-``provisional/`` (``build`` refuses them), so the two kinds never share a key.
-Every ``promote`` and ``drop`` is recorded on the feedback topic with who (``--by``) and why
-(``--reason``); ``lithowatch calibrate --feedback`` uses those decisions as labels.
+``build`` embeds a data set into reference entries, ``snapshot`` writes a FAISS snapshot of the
+library topic, ``reembed`` re-embeds the library with a new model (:mod:`services.novelty.reembed`);
+``list``, ``promote`` and ``drop`` curate a model's library and record each reviewer's decision
+(:mod:`services.novelty.curation`, whose names are importable from here too).
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 from tqdm import tqdm
 
+from services.novelty.curation import add_library_choice, cmd_drop, cmd_list, cmd_promote
+from services.novelty.curation import feedback_records as feedback_records
+from services.novelty.curation import publish_entries as publish_entries
+from services.novelty.curation import publish_feedback as publish_feedback
+from services.novelty.curation import read_library as read_library
+from services.novelty.curation import resolve_entry_id as resolve_entry_id
+from services.novelty.curation import reviewer as reviewer
 from shared.blobstore import LocalBlobStore
-from shared.contracts import FeedbackRecord, Hashes, LibraryEntry, Topics, Vector
+from shared.contracts import Hashes, LibraryEntry, Topics, Vector
 from shared.dataset import read_dataset
 from shared.errors import ConfigError, ContractError, LithowatchError
 from shared.hashing import exact_digest
 from shared.imageref import make_image_ref
-from shared.kafka_io import make_producer, read_to_end
 from shared.settings import CommonSettings, load_settings
 
 
@@ -41,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.set_defaults(func=cmd_build)
     listing = cmds.add_parser("list", help="list entries (last record per id)")
     listing.add_argument("--provisional", action="store_true", help="only provisional entries")
+    add_library_choice(listing)
     listing.set_defaults(func=cmd_list)
     for action, text in (
         ("promote", "make a provisional entry a reference entry"),
@@ -50,10 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             action,
             help=text,
             description=f"{text[0].upper()}{text[1:]}. The decision is recorded on {Topics.FEEDBACK} "
-            "(who, why, when, with the entry's vector and labels), where lithowatch calibrate "
-            "--feedback reads it as a label: promoted entries count as known, dropped ones as novel.",
+            "(who, why, when, with the entry's vector, model and labels), where lithowatch calibrate "
+            "--feedback reads it as a label: promoted entries count as known, dropped ones as novel, "
+            "each for the model of the library it was taken on.",
         )
         cmd.add_argument("ids", nargs="+", metavar="ID")
+        add_library_choice(cmd)
         cmd.add_argument("--by", default=None, help="who decides (default: the OS user)")
         cmd.add_argument("--reason", default="", help="why, in a few words (kept with the decision)")
         cmd.set_defaults(func=cmd_promote if action == "promote" else cmd_drop)
@@ -61,48 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     snap.add_argument("--out", required=True, type=Path)
     snap.set_defaults(func=cmd_snapshot)
     register_reembed(cmds)
-
-
-def read_library(
-    settings: CommonSettings, timeout_seconds: float = 60.0
-) -> dict[str, tuple[LibraryEntry, int, int]]:
-    """The last record per entry id, with its partition and offset (a tombstone removes the entry)."""
-    latest: dict[str, tuple[LibraryEntry, int, int]] = {}
-    for record in read_to_end(settings, Topics.LIBRARY, timeout_seconds):
-        if record.value is None:
-            latest.pop((record.key or b"").decode(errors="replace"), None)
-            continue
-        try:
-            entry = LibraryEntry.from_wire(record.value or b"")
-        except ValueError:
-            continue
-        latest[entry.entry_id] = (entry, record.partition, record.offset)
-    return latest
-
-
-def publish_entries(
-    settings: CommonSettings, entries: list[LibraryEntry], progress: bool = False
-) -> list[tuple[int, int]]:
-    """Publish entries keyed by entry id; a delete is a tombstone (null value), which compaction
-    removes with every earlier record of the entry."""
-    producer = make_producer(settings, client_id="lithowatch-library")
-    try:
-        futures = [
-            producer.send(
-                Topics.LIBRARY,
-                key=e.entry_id.encode(),
-                value=None if e.op == "delete" else e.model_dump_json().encode(),
-            )
-            for e in tqdm(entries, desc="publishing", unit="entry", disable=not progress)
-        ]
-        producer.flush(timeout=120)
-        placed = []
-        for future in futures:
-            meta = future.get(timeout=60)
-            placed.append((meta.partition, meta.offset))
-        return placed
-    finally:
-        producer.close(timeout=5)
 
 
 def build_library(
@@ -162,109 +125,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.snapshot is not None:
         print(f"snapshot written under {args.snapshot}")
     return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    settings = load_settings(CommonSettings, args.settings_file)
-    latest = read_library(settings)
-    shown = 0
-    for entry_id, (entry, _, _) in sorted(latest.items()):
-        if entry.op == "delete" or (args.provisional and entry.status != "provisional"):
-            continue
-        family = entry.labels.get("family", "")
-        print(f"{entry_id:<40} {entry.status:<12} {family!s:<12} {entry.alert_id or ''}")
-        shown += 1
-    print(f"{shown} entries")
-    return 0
-
-
-def resolve_entry_id(latest: dict[str, tuple[LibraryEntry, int, int]], given: str) -> str | None:
-    """The live entry ``given`` names: its entry id, or the result id of a provisional entry."""
-    from shared.index import provisional_entry_id  # FAISS loads only for commands that need it
-
-    for entry_id in (given, provisional_entry_id(given)):
-        if entry_id in latest and latest[entry_id][0].op != "delete":
-            return entry_id
-    return None
-
-
-def _republish(args: argparse.Namespace, promote: bool) -> int:
-    settings = load_settings(CommonSettings, args.settings_file)
-    latest = read_library(settings)
-    resolved = {given: resolve_entry_id(latest, given) for given in args.ids}
-    missing = [given for given, entry_id in resolved.items() if entry_id is None]
-    if missing:
-        raise ConfigError(f"no such library entries: {', '.join(missing)}")
-    ids = list(dict.fromkeys(entry_id for entry_id in resolved.values() if entry_id is not None))
-    if promote:
-        updates = [latest[i][0].model_copy(update={"status": "reference"}) for i in ids]
-    else:
-        updates = [
-            LibraryEntry(entry_id=i, op="delete", model_version=latest[i][0].model_version) for i in ids
-        ]
-    decisions = feedback_records(
-        [latest[i][0] for i in ids], "promoted" if promote else "dropped", reviewer(args.by), args.reason
-    )
-    publish_feedback(settings, decisions)  # first: a decision that took effect is always on record
-    publish_entries(settings, updates)
-    print(
-        f"{'promoted' if promote else 'dropped'} {len(updates)} entries "
-        f"(by {decisions[0].by}; recorded on {Topics.FEEDBACK})"
-    )
-    return 0
-
-
-def reviewer(given: str | None) -> str:
-    """Who decides: ``--by``, else the OS user."""
-    if given is not None and given.strip():
-        return given.strip()
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError) as exc:  # no login name (a container without a passwd entry)
-        raise ConfigError("cannot tell who you are from the OS: give --by NAME") from exc
-
-
-def feedback_records(
-    entries: Sequence[LibraryEntry], decision: Literal["promoted", "dropped"], by: str, reason: str
-) -> list[FeedbackRecord]:
-    """One reviewer's decision on each entry, with the entry as it was."""
-    return [
-        FeedbackRecord(
-            entry_id=entry.entry_id,
-            decision=decision,
-            by=by,
-            reason=reason,
-            model_version=entry.model_version,
-            status=entry.status,
-            vector=entry.vector,
-            labels=entry.labels,
-            alert_id=entry.alert_id,
-        )
-        for entry in entries
-    ]
-
-
-def publish_feedback(settings: CommonSettings, records: Sequence[FeedbackRecord]) -> None:
-    """The decisions onto the feedback topic, keyed by entry id; waits until all are acknowledged."""
-    producer = make_producer(settings, client_id="lithowatch-library")
-    try:
-        futures = [
-            producer.send(Topics.FEEDBACK, key=r.entry_id.encode(), value=r.model_dump_json().encode())
-            for r in records
-        ]
-        producer.flush(timeout=120)
-        for future in futures:
-            future.get(timeout=60)
-    finally:
-        producer.close(timeout=5)
-
-
-def cmd_promote(args: argparse.Namespace) -> int:
-    return _republish(args, promote=True)
-
-
-def cmd_drop(args: argparse.Namespace) -> int:
-    return _republish(args, promote=False)
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:

@@ -74,6 +74,23 @@ def test_promoted_are_known_dropped_are_novel_latest_decision_wins() -> None:
         feedback_labels(records, "m1", 8)
 
 
+def test_each_model_keeps_its_own_latest_decision_on_an_entry() -> None:
+    """One entry id in the old and the new model's library, curated in each: a later decision
+    on the old model's entry does not hide the new model's from the new model's calibration."""
+    rng = np.random.default_rng(2)
+    old, new = rng.standard_normal(8), rng.standard_normal(DIM)
+    records = [
+        decision("provisional/r1", "dropped", new, model="m2"),
+        decision("provisional/r1", "promoted", old, model="m1"),  # later, on the old library
+    ]
+    for_new = feedback_labels(records, "m2", DIM)
+    assert for_new.known.shape == (0, DIM) and for_new.novel.shape == (1, DIM)
+    assert np.allclose(for_new.novel[0], new.astype(np.float32))
+    assert for_new.skipped == {"other_model": 1}
+    for_old = feedback_labels(records, "m1", 8)
+    assert for_old.known.shape == (1, 8) and for_old.novel.shape == (0, 8)
+
+
 def test_feedback_file_is_json_lines(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     path = tmp_path / "feedback.jsonl"

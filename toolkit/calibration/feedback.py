@@ -12,7 +12,11 @@ them back as labelled vectors, the latest decision per entry winning:
   novel queries, and a threshold that calls it known counts a miss.
 
 Only decisions on vectors of the model being calibrated are used (others are counted as
-skipped: a vector of another model means nothing in this embedding space).
+skipped: a vector of another model means nothing in this embedding space). During a model
+switch one entry id lives in two libraries, the old model's and the new one's (``library
+reembed``), and each library is curated on its own (``library promote|drop --model VERSION``):
+the latest decision per entry is taken *per model*, so a later decision on the old model's
+entry does not hide the new model's decision from the new model's calibration.
 """
 
 from __future__ import annotations
@@ -82,10 +86,10 @@ def load_feedback(source: str, settings: CommonSettings | None = None) -> list[F
 
 
 def feedback_labels(records: Sequence[FeedbackRecord], model_version: str, dim: int) -> FeedbackLabels:
-    """The latest decision per entry as labelled vectors of ``model_version``."""
-    latest: dict[str, FeedbackRecord] = {}
+    """The latest decision per entry of ``model_version`` as its labelled vectors."""
+    latest: dict[tuple[str, str], FeedbackRecord] = {}
     for record in records:  # in topic (or file) order; a later decision replaces an earlier one
-        latest[record.entry_id] = record
+        latest[(record.model_version, record.entry_id)] = record
     skipped: dict[str, int] = {}
     vectors: dict[str, list[np.ndarray]] = {"known": [], "novel": []}
     reviewers: set[str] = set()
