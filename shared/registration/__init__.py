@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from shared.registration.aligner import Aligner, warp_to_mask
 from shared.registration.images import AerialModel, approximate_print
-from shared.registration.keypoints import orb_ransac_baseline
+from shared.registration.keypoints import keypoint_baseline, orb_ransac_baseline, sift_ransac_baseline
 from shared.registration.model import AlignSettings, Registration, corner_errors_px, rotation_scale_shift
 
 __all__ = [
@@ -20,7 +20,9 @@ __all__ = [
     "Registration",
     "approximate_print",
     "corner_errors_px",
+    "keypoint_baseline",
     "orb_ransac_baseline",
     "rotation_scale_shift",
+    "sift_ransac_baseline",
     "warp_to_mask",
 ]

@@ -8,7 +8,7 @@
    print's threshold and PSF shape too. Small rotation and scale are kept only when they
    explain a real share of the misfit; otherwise a pure shift is refitted, since there
    they mostly fit the approximate print's errors.
-4. Keypoints (ORB or AKAZE + RANSAC) only when the correlation result is weak.
+4. Keypoints (ORB, AKAZE or SIFT + RANSAC: ``fallback``) only when the correlation result is weak.
 5. Quality gate: the correlation of the warped print with the reference must reach
    ``quality_floor``; the registration is also refused when the peak is ambiguous
    (periodic or line-only patterns) or at the edge of the search range.
@@ -32,7 +32,7 @@ from shared.registration.images import (
     interior,
     is_blank,
 )
-from shared.registration.keypoints import keypoint_homography
+from shared.registration.keypoints import KeypointFit, keypoint_homography
 from shared.registration.model import AlignSettings, Registration, not_ok, translation_matrix
 from shared.registration.refine import (
     Reference,
@@ -104,17 +104,38 @@ class Aligner:
 
         residual_px: float | None = None
         if (quality < s.quality_floor or peak.at_limit) and s.fallback != "none":
-            fit = keypoint_homography(reference.render()[0], sim_smooth, s.fallback)
-            if fit is not None and plausible(fit.matrix, s.max_rotation_deg, s.max_scale_change):
-                fit_quality = correlation_after_warp(reference.render()[0], sim_smooth, fit.matrix, inside)
-                if fit_quality > quality:
-                    matrix, method, quality = fit.matrix, s.fallback, fit_quality
-                    residual_px = fit.residual_px
-                    peak = PeakResult(0.0, 0.0, fit_quality, -1.0, at_limit=False)
+            found = self._keypoint_fallback(reference, sim_smooth, inside)
+            if found is not None and found[1].correlation > quality:
+                fit, refined, check = found
+                matrix, quality, peak = refined.matrix, refined.correlation, check
+                method = s.fallback if refined.iterations == 0 else f"{s.fallback}+ecc"
+                residual_px = fit.residual_px
 
         reason = self._refusal(quality, peak)
         return Registration(matrix=matrix, method=method, quality=max(0.0, min(1.0, quality)),
                             residual_px=residual_px, ok=not reason, reason=reason)
+
+    def _keypoint_fallback(self, reference: Reference, sim_smooth: np.ndarray,
+                           inside: np.ndarray) -> tuple[KeypointFit, Refined, PeakResult] | None:
+        """Keypoints (a similarity by RANSAC), refined like a correlation peak, and checked
+        like one: the print warped by the answer is correlated again over the whole search
+        range, so an answer that could as well sit one repeat away is refused as ambiguous
+        (a keypoint match is no less fooled by rails and periodic cells than a peak is)."""
+        s = self.settings
+        template = reference.render()[0]
+        fit = keypoint_homography(template, sim_smooth, s.fallback, similarity=True)
+        if fit is None or not plausible(fit.matrix, s.max_rotation_deg, s.max_scale_change):
+            return None
+        refined = Refined(fit.matrix, correlation_after_warp(template, sim_smooth, fit.matrix, inside), 0)
+        if s.use_ecc:
+            polished = self._refine(reference, sim_smooth, fit.matrix, inside)
+            if polished is not None and polished.correlation >= refined.correlation:
+                refined = Refined(polished.matrix, polished.correlation, max(polished.iterations, 1))
+        warped = warp_to_mask(sim_smooth, refined.matrix)
+        again = ncc_translation(reference.render()[0], warped, s.max_shift_px, s.ambiguity_radius_px)
+        if float(np.hypot(again.dx_px, again.dy_px)) > 1.0:  # the warped print still sits elsewhere
+            return None
+        return fit, refined, PeakResult(0.0, 0.0, again.peak, again.second_peak, at_limit=False)
 
     def _reference(self, mask: np.ndarray, simulated: np.ndarray) -> Reference:
         """What the print is registered against: its approximate print, or the mask itself."""

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts import Transform
 
-Fallback = Literal["orb", "akaze", "none"]
+Fallback = Literal["orb", "akaze", "sift", "none"]
 EccMotion = Literal["similarity", "affine", "translation"]
 
 
@@ -32,6 +32,8 @@ class AlignSettings(BaseModel):
     ``affine`` (OpenCV's ``findTransformECC``) or ``translation``. A result is refused
     (``ok=False``) below ``quality_floor``, when the correlation ``ambiguity_radius_px``
     or more from the peak reaches ``ambiguity_ratio`` of it, or at the search limit.
+    ``fallback`` names the keypoints tried when the correlation result is weak: ``akaze``,
+    ``orb``, ``sift`` (OpenCV's SIFT, float descriptors matched by L2) or ``none``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
