@@ -233,4 +233,4 @@ def test_settings_are_frozen_and_checked() -> None:
     with pytest.raises(ValidationError):
         AlignSettings(quality_floor=1.5)
     with pytest.raises(ValidationError):
-        AlignSettings(fallback="sift")
+        AlignSettings(fallback="surf")  # type: ignore[arg-type]

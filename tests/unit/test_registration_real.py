@@ -1,0 +1,154 @@
+"""Known-answer registration on prints of real layouts: SKY130 standard cells in a row.
+
+Cells (``toolkit/litho/cells``, Apache-2.0) are abutted as a placer does, shrunk onto
+the 193i limit, and a window centred on the row is printed by the emulator on a larger
+window, then resampled through a known print->mask warp (as ``bench/align_bench.py``
+does), so the truth is exact and the print's border holds real pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pytest
+
+from shared.registration import Aligner, AlignSettings, corner_errors_px, rotation_scale_shift
+from shared.registration.model import Fallback
+from toolkit.litho import Layout, LithoSimulator
+from toolkit.litho.cell_rows import (
+    SKY130_HD_DIR,
+    LayerSpec,
+    place_rows,
+    placed_layout,
+    read_cell,
+    row_windows,
+)
+from toolkit.litho.farm import context_pad_px, simulate_clip
+from toolkit.litho.layout_import import dose_to_size
+
+SIZE_PX = 256  # 1024 nm: a row (1006 nm after the shrink) with its rails at the edges
+NM_PER_PX = 4.0
+SHRINK = 0.37
+PAD_PX = 48  # reach of a 24 px shift plus 2 degrees and 2 % at the corners
+CELLS = ["inv_1", "nand2_1", "nor2_1", "a21oi_1", "o21ai_0", "xor2_1", "buf_2", "and3_1", "dfxtp_1", "mux2_1"]
+LAYERS = [LayerSpec.parse(t) for t in ("li1=67/20", "licon=66/44", "mcon=67/44")]
+
+
+@dataclass(frozen=True)
+class RowPrint:
+    """A window's drawn mask and its print on a window ``PAD_PX`` larger each way."""
+
+    big_mask: np.ndarray
+    big_print: np.ndarray
+
+    def pair(self, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask window, print delivered through the print->mask warp ``truth``)."""
+        mask = np.ascontiguousarray(self.big_mask[PAD_PX:-PAD_PX, PAD_PX:-PAD_PX])
+        to_big = np.eye(3)
+        to_big[:2, 2] = PAD_PX
+        printed = cv2.warpPerspective(self.big_print, to_big @ truth, (SIZE_PX, SIZE_PX),
+                                      flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
+        return mask, np.clip(printed, 0.0, 1.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def row_layouts() -> dict[str, tuple[Layout, list[tuple[float, float]], float]]:
+    paths = [SKY130_HD_DIR / f"sky130_fd_sc_hd__{name}.gds" for name in CELLS]
+    cells = [read_cell(path, LAYERS, SHRINK) for path in paths]
+    placements = place_rows(cells, 1e9, np.random.default_rng(3))  # one row
+    out = {}
+    for spec in LAYERS:
+        layout = placed_layout(placements, spec.name, spec.name)
+        windows = list(row_windows(placements, layout, SIZE_PX * NM_PER_PX))
+        simulator = LithoSimulator(size_px=SIZE_PX, nm_per_px=NM_PER_PX)
+        dose = dose_to_size(simulator, layout, windows, SIZE_PX, context_pad_px(SIZE_PX, NM_PER_PX))
+        out[spec.name] = (layout, [(w.x_nm, w.y_nm) for w in windows], dose)
+    return out
+
+
+RowLayouts = dict[str, tuple[Layout, list[tuple[float, float]], float]]
+
+
+def row_print(row_layouts: RowLayouts, layer: str, index: int) -> RowPrint:
+    """The print of window ``index`` of ``layer``, at the layer's dose to size."""
+    layout, windows, dose = row_layouts[layer]
+    x_nm, y_nm = windows[index]
+    big = SIZE_PX + 2 * PAD_PX
+    simulator = LithoSimulator(size_px=big, nm_per_px=NM_PER_PX)
+    origin = (x_nm - PAD_PX * NM_PER_PX, y_nm - PAD_PX * NM_PER_PX)
+    big_mask, big_print = simulate_clip(simulator, layout, origin, big, context_pad_px(big, NM_PER_PX), dose)
+    return RowPrint(big_mask, big_print)
+
+
+def max_corner_error(matrix: np.ndarray, truth: np.ndarray) -> float:
+    return float(corner_errors_px(matrix, truth, (SIZE_PX, SIZE_PX)).max())
+
+
+@pytest.mark.parametrize(("index", "shift"), [(1, (13.4, -7.8)), (3, (-21.5, 16.25)), (5, (2.6, 22.0))])
+def test_routing_row_window_shifted(row_layouts: RowLayouts, index: int, shift: tuple[float, float]) -> None:
+    truth = rotation_scale_shift(SIZE_PX, shift)
+    mask, printed = row_print(row_layouts, "li1", index).pair(truth)
+    reg = Aligner(AlignSettings()).register(mask, printed)
+    assert reg.ok, reg.reason
+    assert max_corner_error(reg.matrix, truth) < 1.0
+
+
+def test_contact_row_window_rotated_and_scaled(row_layouts: RowLayouts) -> None:
+    truth = rotation_scale_shift(SIZE_PX, (-11.0, 7.5), angle_deg=1.6, scale=1.017)
+    mask, printed = row_print(row_layouts, "licon", 2).pair(truth)
+    reg = Aligner(AlignSettings()).register(mask, printed)
+    assert reg.ok, reg.reason
+    assert reg.method == "ncc+ecc"
+    assert max_corner_error(reg.matrix, truth) < 1.0
+    # a shift alone leaves the corners well off: rotation and scale were recovered
+    shift_only = Aligner(AlignSettings(ecc_motion="translation")).register(mask, printed)
+    assert max_corner_error(shift_only.matrix, truth) > 2.0
+
+
+def test_rail_contacts_alone_are_refused_not_guessed(row_layouts: RowLayouts) -> None:
+    """A contact window showing only the rails' contacts (one site pitch apart along the
+    row) has no unique answer along the row: the aligner says so instead of picking one."""
+    _, windows, _ = row_layouts["mcon"]
+    truth = rotation_scale_shift(SIZE_PX, (17.0, -5.0))
+    checked = 0
+    for index in range(len(windows)):
+        row = row_print(row_layouts, "mcon", index)
+        mask, printed = row.pair(truth)
+        if mask[40:-40].any():  # contacts inside the cells too: not a rails-only window
+            continue
+        reg = Aligner(AlignSettings()).register(mask, printed)
+        assert not reg.ok, f"window {index} answered {reg.matrix[:2, 2]}"
+        checked += 1
+    assert checked >= 2
+
+
+SPURIOUS_SCALE = pytest.mark.xfail(
+    strict=True, reason="known weakness: a few contacts let a spurious 0.7 % scale through the gate (1.6 px)")
+
+
+@pytest.mark.parametrize("index", [7, pytest.param(8, marks=SPURIOUS_SCALE)])
+def test_sparse_contact_window_shifted(row_layouts: RowLayouts, index: int) -> None:
+    """Windows with a few contacts inside the cells besides the rails'."""
+    truth = rotation_scale_shift(SIZE_PX, (17.0, -5.0))
+    mask, printed = row_print(row_layouts, "mcon", index).pair(truth)
+    assert mask[40:-40].any()
+    reg = Aligner(AlignSettings()).register(mask, printed)
+    assert reg.ok, reg.reason
+    assert max_corner_error(reg.matrix, truth) < 1.0
+
+
+@pytest.mark.parametrize("fallback", ["sift", "orb"])
+def test_keypoint_fallback_is_selectable(row_layouts: RowLayouts, fallback: Fallback) -> None:
+    """Beyond the correlation's search range the keypoint fallback (a similarity from SIFT
+    or ORB matches, then refined like a correlation peak) takes over."""
+    truth = rotation_scale_shift(SIZE_PX, (14.0, -12.0))
+    mask, printed = row_print(row_layouts, "li1", 1).pair(truth)
+    reg = Aligner(AlignSettings(max_shift_px=6, fallback=fallback)).register(mask, printed)
+    assert reg.ok, reg.reason
+    assert reg.method == f"{fallback}+ecc"
+    assert max_corner_error(reg.matrix, truth) < 1.0
+    # without the fallback the same pair (beyond the search range) is refused
+    refused = Aligner(AlignSettings(max_shift_px=6, fallback="none")).register(mask, printed)
+    assert not refused.ok
