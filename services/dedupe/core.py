@@ -76,7 +76,7 @@ class DedupeSettings(BaseModel):
     n_bands: int = Field(16, ge=1, le=64)  # exact band matches guarantee lookups up to n_bands - 1 bits
     probe_flips_per_band: int = Field(2, ge=0, le=8)  # extra lookups per band, least reliable bits flipped
     hamming_radius: int = Field(64, ge=0)  # candidates farther than this are not verified
-    max_candidates: int = Field(16, ge=1, le=64)  # nearest candidates verified per result
+    max_candidates: int = Field(64, ge=1, le=64)  # nearest candidates verified per result (look-alikes)
     verify_max_shift_px: int = Field(32, ge=0, le=MAX_SHIFT_PX)  # relative window shift searched
     mask_tolerance_levels: int = Field(MASK_TOLERANCE_LEVELS, ge=0, le=255)  # 8-bit levels of mask noise
     mask_mismatch_max_px: int = Field(4, ge=0)
