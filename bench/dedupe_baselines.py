@@ -129,8 +129,8 @@ class PairwiseBaseline:
         good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < self.ratio * p[1].distance]
         if len(good) < self.min_inliers:
             return None
-        src = np.float32([b[0][m.queryIdx] for m in good])
-        dst = np.float32([a[0][m.trainIdx] for m in good])
+        src = np.array([b[0][m.queryIdx] for m in good], dtype=np.float32)
+        dst = np.array([a[0][m.trainIdx] for m in good], dtype=np.float32)
         return src, dst
 
     def same(

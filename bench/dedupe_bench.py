@@ -291,32 +291,41 @@ class RealAccuracy:
     recall: float
     resimulations: int
     false_merges: int  # merged into another window set (a far window into its own set excluded)
-    far_merged: int  # 17-31 px windows merged into their own set
+    far_merged: int  # 17-31 px windows merged into a clip of their own set
     far: int
     seconds: float
     same_pattern: int = 0  # merged into another set whose window shows the same drawn pattern
     far_beyond: int = 0  # of far_merged: into a clip whose window lies more than 16 px away
+    set_recall: float = 0.0  # recall counting only a merge into an earlier member of the set itself
+    same_layout_hits: int = 0  # later members merged into another clip of the same layout (counted as hits)
 
 
 def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, seconds: float,
                same_pattern: Callable[[RealClip, RealClip], bool]) -> RealAccuracy:
     """Recall over every member but the first to arrive of each window set (original and three
-    re-simulations, in arrival order): it must point at an earlier member of its set. A merge into
-    another set is a false merge unless ``same_pattern`` finds the result's mask is the other clip's
-    layout under a moved window (cells repeating a drawn pattern)."""
+    re-simulations, in arrival order): it must point at an earlier clip of the same layout, a member
+    of its set, or another clip whose window shows this very layout (its set's own 17-31 px window,
+    or a clip that ``same_pattern`` finds is this result's layout under a moved window: a cell
+    repeating the pattern). ``set_recall`` counts only merges into the set itself. A merge into
+    another set is a false merge unless ``same_pattern`` holds."""
     by_id = {c.result_id: c for c in stream}
     position = {c.result_id: i for i, c in enumerate(stream)}
     sets: dict[str, list[RealClip]] = {}
     for c in stream:
         if c.role != "far":
             sets.setdefault(c.group, []).append(c)
-    hits = total = 0
+    hits = set_hits = total = 0
     for members in sets.values():
         ordered = sorted(members, key=lambda c: position[c.result_id])
         for later in ordered[1:]:
             total += 1
             of = duplicate_of.get(later.result_id)
-            hits += of is not None and by_id[of].group == later.group
+            if of is None:
+                continue
+            into = by_id[of]
+            in_set = into.group == later.group
+            set_hits += in_set
+            hits += in_set or into.group == f"{later.group}-far" or same_pattern(into, later)
     false_merges = far_merged = far_beyond = same = 0
     for rid, of in duplicate_of.items():
         if of is None:
@@ -325,6 +334,8 @@ def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, second
         if a.group == b.group:
             continue
         if a.group.removesuffix("-far") == b.group.removesuffix("-far"):
+            if b.role != "far":  # a member of the set merged into its own far window: the same layout
+                continue
             far_merged += 1
             move_px = max(abs(a.window_x_nm - b.window_x_nm), abs(a.window_y_nm - b.window_y_nm)) / 4.0
             far_beyond += move_px > 16.5
@@ -334,7 +345,7 @@ def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, second
             false_merges += 1
     far = sum(c.role == "far" for c in stream)
     return RealAccuracy(name, hits / max(total, 1), total, false_merges, far_merged, far, seconds, same,
-                        far_beyond)
+                        far_beyond, set_hits / max(total, 1), hits - set_hits)
 
 
 def pattern_judge(seed: int, cells: Path) -> Callable[[RealClip, RealClip], bool]:
@@ -383,16 +394,19 @@ def run_real(args: argparse.Namespace) -> None:
         for name, run in baselines():
             dup_of, seconds = timed(run, decoded)
             rows.append(score_real(name, stream, dup_of, seconds, judge))
-    print(f"{'method':44s} {'recall':>8s} {'false merges':>12s} {'same pattern':>12s} "
+    print(f"{'method':44s} {'recall':>8s} {'in set':>7s} {'false merges':>12s} {'same pattern':>12s} "
           f"{'far merged (> 16 px)':>21s} {'ms/result':>10s}")
     for r in rows:
-        print(f"{r.name:44s} {r.recall:8.4f} {r.false_merges:12d} {r.same_pattern:12d} "
+        print(f"{r.name:44s} {r.recall:8.4f} {r.set_recall:7.4f} {r.false_merges:12d} {r.same_pattern:12d} "
               f"{r.far_merged:>8d} / {r.far:<3d} ({r.far_beyond:3d}) {1000 * r.seconds / len(stream):10.1f}")
-    print(f"(recall over {rows[0].resimulations} later members of a window set; false merges: into another "
+    print(f"(recall over {rows[0].resimulations} later members of a window set: merged into an earlier clip "
+          "of the same layout, a member of the set or another clip showing this layout under a moved window "
+          "(the set's own 17-31 px window, or a cell repeating the pattern, checked by re-rendering the "
+          "layout); in set: only merges into an earlier member of the set count; false merges: into another "
           "set whose layout differs; same pattern: into another set that shows the very same drawn pattern "
-          "under a moved window (checked by re-rendering the layout); far merged: a window moved 17-31 px "
-          "from its set's original merged into that set, in brackets those merged into a clip more than "
-          "16 px away; in-memory store, one process)")
+          "under a moved window; far merged: a window moved 17-31 px from its set's original merged into a "
+          "clip of that set, in brackets those merged into a clip more than 16 px away; in-memory store, "
+          "one process)")
 
 
 # -- redis -------------------------------------------------------------------------------------

@@ -134,6 +134,8 @@ def shows_moved_window(a: RealClip, b: RealClip, shift: tuple[int, int], seed: i
     moved = rasterize(layout, (a.window_x_nm + shift[0] * NM_PER_PX, a.window_y_nm + shift[1] * NM_PER_PX),
                       SIZE_PX, NM_PER_PX)
     mask_b = cv2.imdecode(np.frombuffer(b.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if mask_b is None:
+        return False
     return int(np.count_nonzero(np.abs(_u8(moved).astype(np.int16) - mask_b.astype(np.int16)) > 2)) <= 4
 
 
