@@ -227,9 +227,10 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
     base = {"max_shift_px": args.search_px}
     known_optics = litho.LithoSimulator(size_px=args.size_px, nm_per_px=args.nm_per_px)
     return {
-        "default": ("ncc+ecc (default, akaze fallback)", Aligner(AlignSettings(**base)).register),
-        "orb-fallback": ("default, orb fallback", Aligner(AlignSettings(**base, fallback="orb")).register),
-        "sift-fallback": ("default, sift fallback", Aligner(AlignSettings(**base, fallback="sift")).register),
+        "default": ("ncc+ecc (default: sift fallback)", Aligner(AlignSettings(**base)).register),
+        **{f"{kind}-fallback": (f"default, {kind} fallback",
+                                Aligner(AlignSettings(**base, fallback=kind)).register)
+           for kind in ("akaze", "orb", "sift", "none")},
         "aerial": ("ncc+ecc, approx from litho aerial",
                    Aligner(AlignSettings(**base), aerial_model=known_optics.aerial).register),
         "ncc": ("ncc only, gaussian approx", Aligner(AlignSettings(**base, use_ecc=False)).register),

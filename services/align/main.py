@@ -18,7 +18,7 @@ from shared.settings import StageSettings, load_settings
 class AlignServiceSettings(StageSettings):
     align_quality_floor: float = Field(0.9, ge=0.0, le=1.0)
     align_max_shift_px: int = Field(32, ge=0)
-    align_fallback: Literal["orb", "akaze", "sift", "none"] = "akaze"
+    align_fallback: Literal["orb", "akaze", "sift", "none"] = "sift"
     align_on_failure: Literal["flag", "dlq"] = "flag"
     align_use_ecc: bool = True
     align_ecc_max_iterations: int = Field(30, ge=1, le=1000)

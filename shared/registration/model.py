@@ -32,8 +32,11 @@ class AlignSettings(BaseModel):
     ``affine`` (OpenCV's ``findTransformECC``) or ``translation``. A result is refused
     (``ok=False``) below ``quality_floor``, when the correlation ``ambiguity_radius_px``
     or more from the peak reaches ``ambiguity_ratio`` of it, or at the search limit.
-    ``fallback`` names the keypoints tried when the correlation result is weak: ``akaze``,
-    ``orb``, ``sift`` (OpenCV's SIFT, float descriptors matched by L2) or ``none``.
+    ``fallback`` names the keypoints tried when the correlation result is weak (or the
+    shift lies beyond the search range): ``sift`` (the default: on prints of real cell
+    rows it answers more and better than ORB and AKAZE, see ``docs/alignment.md``, and
+    it is in OpenCV's main package, where OpenCV 5 moved AKAZE to contrib), ``orb``,
+    ``akaze`` or ``none``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,7 +57,7 @@ class AlignSettings(BaseModel):
     max_scale_change: float = Field(0.1, gt=0.0, lt=1.0)
     ambiguity_ratio: float = Field(0.97, gt=0.0, le=1.0)
     ambiguity_radius_px: float = Field(16.0, gt=0.0)
-    fallback: Fallback = "akaze"
+    fallback: Fallback = "sift"
     min_size_px: int = Field(16, ge=8)
 
     def border_px(self, size_px: int) -> int:
