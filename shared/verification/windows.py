@@ -41,6 +41,12 @@ from shared.verification.shifted_match import PixelTolerances, judge_windows
 MAX_JUDGED_SHIFTS = 24
 #: a shift is judged only when at least this share of either clip's drawn pixels lies in its overlap
 MIN_DRAWN_COMPARED = 0.25
+#: with the strips checked (strict): at least MIN_DRAWN_COMPARED of one clip's drawn pixels and this share of
+#: the other's (a sparse clip whose window move took most of what it shows out of the window; the rest of
+#: the other clip's drawn area must then lie within the move, or the strip check refuses)
+MIN_DRAWN_COMPARED_OTHER = 0.05
+#: agreeing shifts matching at least this share of the best one's drawn area tie with it (``unique_shift``)
+TIED_MATCH_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -109,30 +115,47 @@ def candidate_shifts(
     mask_a: np.ndarray, mask_b: np.ndarray, tolerances: PixelTolerances
 ) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Shifts to judge, and every shift at which the masks agree (an ``(n, 2)`` array of ``(dx, dy)``).
+    See :func:`_shift_search`."""
+    judged, agreeing, _ = _shift_search(mask_a, mask_b, tolerances)
+    return judged, agreeing
+
+
+def _shift_search(
+    mask_a: np.ndarray, mask_b: np.ndarray, tolerances: PixelTolerances, min_other: float = MIN_DRAWN_COMPARED
+) -> tuple[list[tuple[int, int]], np.ndarray, bool]:
+    """Shifts to judge, every shift at which the masks agree (an ``(n, 2)`` array of ``(dx, dy)``), and
+    whether the registration is ambiguous: more than one agreeing shift matches nearly as much drawn
+    area as the best (``TIED_MATCH_SHARE``), as a lone rail does at every shift along it.
 
     The masks agree at a shift when their squared difference over the whole overlap is within the
     mismatch limit; a shift is judged when, besides, the overlap holds at least ``MIN_DRAWN_COMPARED``
-    of either clip's drawn area. Judged first: the most drawn area agreeing, then the smallest shift;
+    of one clip's drawn area and ``min_other`` of the other's. Judged first: the most drawn area agreeing, then the smallest shift;
     at most ``MAX_JUDGED_SHIFTS``."""
     h, w = mask_a.shape
     s = min(tolerances.max_shift_px, min(h, w) // 2 - 1)
     if s < 0:
-        return [], np.zeros((0, 2), dtype=np.int64)
+        return [], np.zeros((0, 2), dtype=np.int64), True
     scores = overlap_scores(mask_a, mask_b, s)
     total_a = float(mask_a.astype(np.float64).sum()) / 255.0
     total_b = float(mask_b.astype(np.float64).sum()) / 255.0
-    drawn_share = np.minimum(scores["drawn_a"] / max(total_a, 1e-9), scores["drawn_b"] / max(total_b, 1e-9))
+    share_a = scores["drawn_a"] / max(total_a, 1e-9)
+    share_b = scores["drawn_b"] / max(total_b, 1e-9)
+    compared = ((np.maximum(share_a, share_b) >= MIN_DRAWN_COMPARED)
+                & (np.minimum(share_a, share_b) >= min(min_other, MIN_DRAWN_COMPARED)))
     agree = scores["ssd"] <= tolerances.mask_mismatch_max_px + 1.0
     ay, ax = np.nonzero(agree)
     agreeing = np.stack([ax - s, ay - s], axis=1).astype(np.int64)
-    judged = agree & (drawn_share >= MIN_DRAWN_COMPARED) if total_a > 0 or total_b > 0 else agree
+    matched = scores["matched"][ay, ax]
+    best = float(matched.max()) if matched.size else 0.0
+    ambiguous = best <= 0.0 or int(np.count_nonzero(matched >= TIED_MATCH_SHARE * best)) > 1
+    judged = agree & compared if total_a > 0 or total_b > 0 else agree
     ys, xs = np.nonzero(judged)
     order = sorted(
         zip(ys.tolist(), xs.tolist(), strict=True),
         key=lambda p: (-round(float(scores["matched"][p]), 1), max(abs(p[0] - s), abs(p[1] - s)),
                        abs(p[0] - s) + abs(p[1] - s)),
     )
-    return [(int(x - s), int(y - s)) for y, x in order[:MAX_JUDGED_SHIFTS]], agreeing
+    return [(int(x - s), int(y - s)) for y, x in order[:MAX_JUDGED_SHIFTS]], agreeing, ambiguous
 
 
 def strip_features(
@@ -188,17 +211,22 @@ def window_matches(
     tolerances: PixelTolerances,
     strip_new_max_px: int | None,
     explained_px: int = 0,
+    unique_shift: bool = False,
 ) -> Iterator[WindowMatch]:
     """Each shift (from :func:`candidate_shifts`) at which the masks agree on the overlap, with its prints
     judged and its strips measured (:func:`strip_features` with ``explained_px``); ``strip_new_max_px``
-    None: the strips are measured, never refused on."""
+    None: the strips are measured, never refused on. ``unique_shift``: none when the registration is
+    ambiguous (only a rail, or another pattern that agrees all along one axis, was compared)."""
     if mask_a.shape != mask_b.shape or print_a.shape != mask_a.shape or print_b.shape != mask_b.shape:
         return
     shape = (int(mask_a.shape[0]), int(mask_a.shape[1]))
     area = float(shape[0] * shape[1])
     drawn_a = max(int(np.count_nonzero(mask_a > 127)), 1)
     drawn_b = max(int(np.count_nonzero(mask_b > 127)), 1)
-    judged, agreeing = candidate_shifts(mask_a, mask_b, tolerances)
+    min_other = MIN_DRAWN_COMPARED if strip_new_max_px is None else MIN_DRAWN_COMPARED_OTHER
+    judged, agreeing, ambiguous = _shift_search(mask_a, mask_b, tolerances, min_other)
+    if unique_shift and ambiguous:
+        return
     for dx, dy in judged:
         in_a, in_b = overlap_windows(shape, dx, dy)
         mismatch = int(np.count_nonzero(
@@ -223,14 +251,16 @@ def verify_window_match(
     tolerances: PixelTolerances,
     strip_new_max_px: int | None = 0,
     explained_px: int = 0,
+    unique_shift: bool = False,
 ) -> WindowMatch | None:
     """The first shift (most drawn area agreeing, then smallest) at which ``b`` is ``a`` seen through a
-    moved window, prints accepted and (unless ``strip_new_max_px`` is None) no new feature in a strip."""
+    moved window, prints accepted and (unless ``strip_new_max_px`` is None) no new feature in a strip;
+    ``unique_shift``: only when no other shift agrees nearly as well (see :func:`window_matches`)."""
     return next(
         (
             m
             for m in window_matches(
-                mask_a, print_a, mask_b, print_b, tolerances, strip_new_max_px, explained_px
+                mask_a, print_a, mask_b, print_b, tolerances, strip_new_max_px, explained_px, unique_shift
             )
             if m.prints.accepted
         ),
