@@ -31,6 +31,14 @@ distinct layouts can share a spectrum (two gratings of nearly the same pitch,
 a pattern and its point reflection): a hash match is a *candidate*, which the
 dedupe stage confirms on pixels before calling anything a duplicate.
 
+- :func:`profile_signature` (``profile-v1``, 128 bytes): the drawn share of each 4 px band of
+  rows and of columns. A block-edge clip or a few contacts by a border can bring in or lose so
+  much of what it shows with a 16 px window move that both spectral hashes move by 100 bits
+  and more; its row and column profiles, compared at the best relative shift
+  (:func:`profile_distances`), still find it among hundreds of other clips. Not a band key:
+  the dedupe store ranks its newest results by this distance when no hash candidate is a
+  duplicate.
+
 Band keys (multi-index hashing): the hash is split into ``n_bands`` bands; by
 the pigeonhole principle two hashes within ``n_bands - 1`` bits share at least
 one band exactly. :func:`band_probes` adds, per band, the values with the
@@ -40,6 +48,7 @@ least reliable bits flipped, which finds most pairs at larger distances too.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -220,3 +229,49 @@ def band_probes(h: PerceptualHash, n_bands: int, flips_per_band: int) -> list[tu
         for bit in np.argsort(margins, kind="stable")[:flips_per_band]:
             probes.append((j, band ^ (1 << (width - 1 - int(bit)))))
     return probes
+
+
+PROFILE_KIND = "profile-v1"
+PROFILE_BIN_PX = 4  # rows (columns) summed per profile bin, at the canonical size
+PROFILE_BINS = CANONICAL_SIZE_PX // PROFILE_BIN_PX
+PROFILE_BYTES = 2 * PROFILE_BINS
+PROFILE_MAX_SHIFT_BINS = 4  # a window move of up to 16 px
+
+
+def profile_signature(image: np.ndarray) -> bytes:
+    """Row then column profile of a clip (kind ``profile-v1``): per 4 px band, the drawn share in 1/255
+    (``PROFILE_BYTES`` bytes). A window move shifts each profile and changes it only where content
+    enters or leaves the window."""
+    x = np.clip(_check_image(image), 0.0, 1.0)
+    n, b = CANONICAL_SIZE_PX, PROFILE_BIN_PX
+    rows = x.sum(axis=1).reshape(PROFILE_BINS, b).sum(axis=1) / (b * n)
+    cols = x.sum(axis=0).reshape(PROFILE_BINS, b).sum(axis=1) / (b * n)
+    return np.rint(np.concatenate([rows, cols]) * 255.0).astype(np.uint8).tobytes()
+
+
+def _profile_distance(query: np.ndarray, pool: np.ndarray, max_shift: int) -> np.ndarray:
+    """Per row of ``pool``: the smallest, over relative shifts up to ``max_shift`` bins, L1 difference of
+    the overlapping parts of two 1-D profiles over their sum there (0: the same, 1: nothing shared)."""
+    n = query.size
+    best = np.full(pool.shape[0], 1.0)
+    for s in range(-max_shift, max_shift + 1):
+        q = query[max(0, s):n + min(0, s)]
+        p = pool[:, max(0, -s):n + min(0, -s)]
+        total = q.sum() + p.sum(axis=1)
+        diff = np.abs(p - q[None, :]).sum(axis=1)
+        best = np.minimum(best, np.where(total > 0, diff / np.maximum(total, 1e-9), 1.0))
+    return best
+
+
+def profile_distances(query: bytes, pool: Sequence[bytes]) -> np.ndarray:
+    """Distance (0 to 2) of one :func:`profile_signature` to each of ``pool``: rows and columns each
+    compared at their best relative shift up to 16 px. Re-simulations of one window lie near."""
+    if not pool:
+        return np.zeros(0)
+    q = np.frombuffer(query, dtype=np.uint8).astype(np.float64)
+    p = np.frombuffer(b"".join(pool), dtype=np.uint8).astype(np.float64).reshape(len(pool), -1)
+    if q.size != PROFILE_BYTES or p.shape[1] != PROFILE_BYTES:
+        raise ValueError(f"profile signatures are {PROFILE_BYTES} bytes")
+    k = PROFILE_BINS
+    return (_profile_distance(q[:k], p[:, :k], PROFILE_MAX_SHIFT_BINS)
+            + _profile_distance(q[k:], p[:, k:], PROFILE_MAX_SHIFT_BINS))

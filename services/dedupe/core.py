@@ -56,7 +56,14 @@ from services.dedupe import NAME as STAGE
 from services.dedupe.store import Candidate, DedupeItem, DedupeStore, Verdict
 from shared.contracts import DuplicateRecord, Hashes, ImageRef, SimResult, UniqueResult
 from shared.errors import ConfigError, ImageError, InputError
-from shared.hashing import band_probes, centred_spectral_hash, exact_digest, spectral_hash, split_bands
+from shared.hashing import (
+    band_probes,
+    centred_spectral_hash,
+    exact_digest,
+    profile_signature,
+    spectral_hash,
+    split_bands,
+)
 from shared.imageref import ImageLoader
 from shared.imaging import to_uint8
 from shared.verification import MASK_TOLERANCE_LEVELS, MAX_SHIFT_PX, PixelTolerances, verify_window_match
@@ -77,6 +84,9 @@ class DedupeSettings(BaseModel):
     probe_flips_per_band: int = Field(2, ge=0, le=8)  # extra lookups per band, least reliable bits flipped
     hamming_radius: int = Field(64, ge=0)  # candidates farther than this are not verified
     max_candidates: int = Field(64, ge=1, le=64)  # nearest candidates verified per result (look-alikes)
+    # when no hash candidate is a duplicate: this many of the store's newest results nearest by row and
+    # column profile are verified too (sparse clips whose window move changed both hashes); 0: off
+    profile_candidates: int = Field(12, ge=0, le=64)
     verify_max_shift_px: int = Field(32, ge=0, le=MAX_SHIFT_PX)  # relative window shift searched
     mask_tolerance_levels: int = Field(MASK_TOLERANCE_LEVELS, ge=0, le=255)  # 8-bit levels of mask noise
     mask_mismatch_max_px: int = Field(4, ge=0)
@@ -192,6 +202,7 @@ class DedupeCore:
             probes=tuple(probes),
             payload=encode_payload(mask_u8, print_binary),
             parts=parts,
+            profile=profile_signature(mask) if s.profile_candidates else b"",
         )
         hashes = Hashes(exact=digest, perceptual=kinds)
         return _Prepared(result, item, hashes, mask_u8, print_binary)
@@ -219,16 +230,20 @@ class DedupeCore:
                 except ImageError:
                     return None
                 cache[candidate.result_id] = arrays
+            # a candidate found by profile alone (its hash is unrelated) must register at one shift: a lone
+            # rail agrees all along itself, and with everything else in the strips any two windows would do
             match = verify_window_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
-                                        self.tolerances, self.strip_new_max_px, s.resimulation_shift_px)
+                                        self.tolerances, self.strip_new_max_px, s.resimulation_shift_px,
+                                        unique_shift=candidate.via == "profile")
             if match is None:
                 return None
             return {"hash_kind": self.settings.hash_kind, "hamming_bits": candidate.distance_bits,
-                    **match.details()}
+                    "found_by": candidate.via, **match.details()}
 
         verdicts = self.store.check_and_insert_batch(
             [p.item for p in ready], verify,
             hamming_radius=self.settings.hamming_radius, max_candidates=self.settings.max_candidates,
+            profile_candidates=self.settings.profile_candidates,
         ) if ready else []
         by_item = {id(p.item): v for p, v in zip(ready, verdicts, strict=True)}
         outcomes: list[Outcome] = []

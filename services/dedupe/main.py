@@ -10,7 +10,7 @@ from pydantic import Field
 from services.dedupe import NAME
 from services.dedupe.core import DedupeCore, DedupeSettings
 from services.dedupe.stage import DedupeStage
-from services.dedupe.store import BAND_MAX_MEMBERS_DEFAULT
+from services.dedupe.store import BAND_MAX_MEMBERS_DEFAULT, RECENT_POOL_DEFAULT
 from services.dedupe.store_redis import RedisDedupeStore
 from shared import metrics
 from shared.blobstore import LocalBlobStore
@@ -30,6 +30,10 @@ class DedupeServiceSettings(StageSettings):
     # dedupe_resimulation_shift_px, keeps a result unique; True: every window of one layout is a duplicate
     dedupe_windows_are_duplicates: bool = False
     dedupe_resimulation_shift_px: int = Field(16, ge=0, le=96)  # the farm's largest window move
+    # newest results per namespace ranked by row and column profile when no hash candidate is a duplicate
+    # (sparse clips whose window move changed both hashes); dedupe_profile_candidates of them are verified
+    dedupe_recent_pool: int = Field(RECENT_POOL_DEFAULT, ge=0, le=100_000)
+    dedupe_profile_candidates: int = Field(12, ge=0, le=64)
 
     def core_settings(self) -> DedupeSettings:
         """The core's settings, built from these once."""
@@ -38,6 +42,7 @@ class DedupeServiceSettings(StageSettings):
             hamming_radius=self.dedupe_hamming_radius,
             windows_are_duplicates=self.dedupe_windows_are_duplicates,
             resimulation_shift_px=self.dedupe_resimulation_shift_px,
+            profile_candidates=self.dedupe_profile_candidates if self.dedupe_recent_pool else 0,
         )
 
 
@@ -70,6 +75,7 @@ def main(settings_file: str | None = None) -> int:
         settings.dedupe_ttl_seconds,
         band_max_members=settings.dedupe_band_max_members,
         on_trimmed=metrics.DEDUPE_BAND_TRIMMED.inc,
+        recent_pool=settings.dedupe_recent_pool,
     )
     loader = ImageLoader(LocalBlobStore(settings.blob_root), settings.max_image_pixels)
     core = DedupeCore(store, settings.core_settings(), load_image=loader)

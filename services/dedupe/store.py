@@ -41,6 +41,15 @@ Cluster never sees a cross-slot operation):
   of either never mixes with old keys. (Band sets were plain sets under
   ``<prefix>:b:`` before they were bounded; those expire on their own and are
   no longer read.)
+- ``<prefix>:rp:<namespace>``: the recent pool, a sorted set of the newest
+  ``recent_pool`` unique results and near duplicates (scored by the second
+  added; a member is that second, both hashes, the row and column profile and
+  the result id). Read whole in the lookup round trip (one read per namespace
+  and batch); when none of a result's hash candidates is a duplicate, the
+  ``profile_candidates`` members nearest it by profile are verified too (their
+  payloads come in the candidate round trip). Trimmed to ``recent_pool`` and
+  given twice the TTL on every add; one key per namespace, so on Redis Cluster
+  every replica writes that one slot.
 
 Bounds: a lookup reads at most the newest ``band_max_members`` of each probed
 band set (``ZREVRANGE``), and an add that may take a set over that many
@@ -69,12 +78,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+import numpy as np
+
 from shared.errors import ConfigError
-from shared.hashing import hamming_distance
+from shared.hashing import PROFILE_BYTES, hamming_distance, profile_distances
 
 Status = Literal["unique", "exact", "perceptual", "reused"]
 BAND_MAX_MEMBERS_DEFAULT = 256
 BAND_TTL_FACTOR = 2  # a band set's expiry, in TTLs, when refreshed
+RECENT_POOL_DEFAULT = 1024  # newest results per namespace ranked by profile when no hash candidate verifies
 _ADDED = struct.Struct(">I")  # the time a band member was added, inside the member
 
 
@@ -94,6 +106,8 @@ class DedupeItem:
     # significant), with ``len(bands) // parts`` bands each: a band set's members carry the part of
     # the hash its band was cut from, and a distance is the smallest over the parts
     parts: int = 1
+    # row and column profile (``shared.hashing.profile_signature``); empty: not in the recent pool
+    profile: bytes = b""
 
     @property
     def part_bytes(self) -> int:
@@ -124,6 +138,13 @@ class DedupeItem:
         return (self.part_value(self.part_of(band)).to_bytes(self.part_bytes, "big")
                 + _ADDED.pack(min(max(0, int(now_seconds)), 0xFFFFFFFF)) + self.result_id.encode())
 
+    def pool_member(self, now_seconds: float) -> bytes:
+        """Member of the recent pool: the time added (4 bytes), the whole ``perceptual`` value, the
+        profile and the result id."""
+        return (_ADDED.pack(min(max(0, int(now_seconds)), 0xFFFFFFFF))
+                + self.perceptual.to_bytes(self.perceptual_bits // 8, "big") + self.profile
+                + self.result_id.encode())
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -132,6 +153,7 @@ class Candidate:
     result_id: str
     distance_bits: int
     payload: bytes
+    via: str = "hash"  # how it was found: "hash" (a shared band) or "profile" (the recent pool)
 
 
 @dataclass(frozen=True)
@@ -171,7 +193,8 @@ Verifier = Callable[[DedupeItem, Candidate], "dict[str, Any] | None"]
 
 class DedupeStore(Protocol):
     def check_and_insert_batch(self, items: Sequence[DedupeItem], verify: Verifier, *,
-                               hamming_radius: int, max_candidates: int) -> list[Verdict]: ...
+                               hamming_radius: int, max_candidates: int,
+                               profile_candidates: int = 0) -> list[Verdict]: ...
 
 
 @dataclass
@@ -182,6 +205,8 @@ class _Lookup:
     stale: list[tuple[str, bytes]] = field(default_factory=list)  # (band key, member) older than the TTL
     # per own band set (aligned with ``DedupeItem.bands``): newest score read (None: empty), members read
     own_bands: list[tuple[float | None, int]] = field(default_factory=list)
+    # the newest results of the item's namespace: (result_id, perceptual value, profile)
+    recent: list[tuple[str, int, bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -225,6 +250,27 @@ def _read_members(key: str, raws: Any, now_seconds: float, ttl_seconds: float, h
     return newest, count
 
 
+def _read_pool(raws: Any, now_seconds: float, ttl_seconds: float,
+               hash_bytes: int) -> list[tuple[str, int, bytes]]:
+    """The live, readable members of a recent pool (see :meth:`DedupeItem.pool_member`)."""
+    out: list[tuple[str, int, bytes]] = []
+    head = _ADDED.size + hash_bytes + PROFILE_BYTES
+    for raw in raws or ():
+        member = bytes(raw) if not isinstance(raw, str) else raw.encode()
+        if len(member) <= head:
+            continue
+        (added,) = _ADDED.unpack_from(member, 0)
+        if now_seconds - added > ttl_seconds:
+            continue
+        try:
+            rid = member[head:].decode()
+        except UnicodeDecodeError:
+            continue
+        value = int.from_bytes(member[_ADDED.size:_ADDED.size + hash_bytes], "big")
+        out.append((rid, value, member[_ADDED.size + hash_bytes:head]))
+    return out
+
+
 class BandDedupeStore(ABC):
     """The decision logic, shared by every backend; backends supply three round trips."""
 
@@ -232,12 +278,20 @@ class BandDedupeStore(ABC):
     band_max_members: int
     clock: Callable[[], float]  # wall clock of band member scores (shared by every replica)
     on_trimmed: Callable[[int], None] | None = None  # told how many band members an add trimmed
+    recent_pool: int = RECENT_POOL_DEFAULT  # newest results kept per namespace for the profile fallback
 
     def check_and_insert_batch(self, items: Sequence[DedupeItem], verify: Verifier, *,
-                               hamming_radius: int, max_candidates: int) -> list[Verdict]:
+                               hamming_radius: int, max_candidates: int,
+                               profile_candidates: int = 0) -> list[Verdict]:
+        """Verdicts for a batch. A result none of whose ``max_candidates`` nearest hash candidates is a
+        duplicate is verified, besides, against the ``profile_candidates`` results nearest by profile
+        (:func:`shared.hashing.profile_distances`) among the store's newest ``recent_pool`` of its
+        namespace and the batch's earlier results: a sparse clip whose window move brought in or took
+        out much of what it shows, so that neither hash found it."""
         lookups = self._lookup(items)
         verdicts: list[Verdict | None] = [None] * len(items)
         store_candidates: list[list[tuple[int, str]]] = [[] for _ in items]
+        profile_options: list[list[tuple[float, str, int]]] = [[] for _ in items]
         digest_in_batch: dict[str, str] = {}
         for i, (item, found) in enumerate(zip(items, lookups, strict=True)):
             earlier = digest_in_batch.setdefault(item.result_id, item.exact_digest)
@@ -256,7 +310,11 @@ class BandDedupeStore(ABC):
                         near[rid] = min(d, near.get(rid, d))
                 nearest = sorted((d, rid) for rid, d in near.items() if d <= hamming_radius)
                 store_candidates[i] = nearest[:max_candidates]
-        wanted = sorted({rid for nearest in store_candidates for _, rid in nearest})
+                if profile_candidates > 0 and item.profile:
+                    profile_options[i] = self._by_profile(item, found.recent, store_candidates[i],
+                                                          profile_candidates)
+        wanted = sorted({rid for nearest in store_candidates for _, rid in nearest}
+                        | {rid for options in profile_options for _, rid, _ in options})
         payloads = self._payloads(wanted) if wanted else {}
 
         batch_uniques: list[DedupeItem] = []
@@ -279,6 +337,10 @@ class BandDedupeStore(ABC):
                 if details is not None:
                     verdict = Verdict(item.result_id, "perceptual", rid, d, details)
                     break
+            if verdict.status == "unique" and profile_candidates > 0 and item.profile:
+                tried = {rid for _, rid, _ in ranked[:max_candidates]}
+                verdict = self._verify_by_profile(item, verify, profile_options[i], payloads, batch_uniques,
+                                                  tried, profile_candidates) or verdict
             verdicts[i] = verdict
             if verdict.status in ("unique", "perceptual"):  # a re-simulation is kept to match later ones
                 batch_uniques.append(item)
@@ -304,6 +366,41 @@ class BandDedupeStore(ABC):
             if text != decided[i].to_json():  # another delivery's verdict was there first: it stands
                 decided[i] = Verdict.from_json(items[i].result_id, text).answer_for(items[i])
         return decided
+
+    @staticmethod
+    def _by_profile(item: DedupeItem, recent: list[tuple[str, int, bytes]], nearest: list[tuple[int, str]],
+                    limit: int) -> list[tuple[float, str, int]]:
+        """(profile distance, result id, hash distance) of the ``limit`` pool members nearest ``item`` by
+        profile, leaving out the hash candidates already chosen."""
+        chosen = {rid for _, rid in nearest} | {item.result_id}
+        pool = [(rid, value, profile) for rid, value, profile in recent
+                if rid not in chosen and len(profile) == len(item.profile)]
+        if not pool:
+            return []
+        distances = profile_distances(item.profile, [profile for _, _, profile in pool])
+        order = np.argsort(distances, kind="stable")[:limit]
+        return [(float(distances[j]), pool[j][0], item.distance_bits(pool[j][1])) for j in order]
+
+    @staticmethod
+    def _verify_by_profile(item: DedupeItem, verify: Verifier, options: list[tuple[float, str, int]],
+                           payloads: dict[str, bytes], batch_uniques: Sequence[DedupeItem], tried: set[str],
+                           limit: int) -> Verdict | None:
+        """The first of the ``limit`` results nearest by profile (stored ones and the batch's earlier ones)
+        that ``verify`` confirms, as a verdict; None when none does."""
+        ranked = [(d, rid, bits, payloads[rid]) for d, rid, bits in options
+                  if rid in payloads and rid not in tried]
+        batch = [o for o in batch_uniques if o.result_id not in tried and o.result_id != item.result_id
+                 and len(o.profile) == len(item.profile)]
+        if batch:
+            distances = profile_distances(item.profile, [o.profile for o in batch])
+            ranked += [(float(distances[j]), o.result_id, item.distance_bits(o.perceptual), o.payload)
+                       for j, o in enumerate(batch)]
+        ranked.sort(key=lambda entry: (entry[0], entry[1]))
+        for _, rid, bits, payload in ranked[:limit]:
+            details = verify(item, Candidate(rid, bits, payload, via="profile"))
+            if details is not None:
+                return Verdict(item.result_id, "perceptual", rid, bits, details)
+        return None
 
     def _upkeep(self, uniques: Sequence[tuple[DedupeItem, _Lookup]], now: float) -> _Upkeep:
         """Which band sets to trim and which to give a new expiry, from what the lookup read.

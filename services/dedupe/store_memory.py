@@ -9,12 +9,15 @@ from collections.abc import Callable, Sequence
 
 from services.dedupe.store import (
     BAND_MAX_MEMBERS_DEFAULT,
+    BAND_TTL_FACTOR,
+    RECENT_POOL_DEFAULT,
     BandDedupeStore,
     DedupeItem,
     Verdict,
     _check_bounds,
     _Lookup,
     _read_members,
+    _read_pool,
     _Upkeep,
     _Written,
 )
@@ -25,8 +28,10 @@ class InMemoryDedupeStore(BandDedupeStore):
 
     def __init__(self, ttl_seconds: float = 7 * 86400, clock: Callable[[], float] = time.time, *,
                  band_max_members: int = BAND_MAX_MEMBERS_DEFAULT,
-                 on_trimmed: Callable[[int], None] | None = None) -> None:
+                 on_trimmed: Callable[[int], None] | None = None,
+                 recent_pool: int = RECENT_POOL_DEFAULT) -> None:
         _check_bounds(ttl_seconds, band_max_members)
+        self.recent_pool = max(0, int(recent_pool))
         self.ttl_seconds = ttl_seconds
         self.band_max_members = band_max_members
         self.on_trimmed = on_trimmed
@@ -80,7 +85,11 @@ class InMemoryDedupeStore(BandDedupeStore):
     def _lookup(self, items: Sequence[DedupeItem]) -> list[_Lookup]:
         out = []
         now = self.clock()
+        pools: dict[str, list[tuple[str, int, bytes]]] = {}
         for item in items:
+            if self.recent_pool and item.profile and item.namespace not in pools:
+                newest = [m for m, _ in self._newest(self._zset(f"rp:{item.namespace}"), self.recent_pool)]
+                pools[item.namespace] = _read_pool(newest, now, self.ttl_seconds, item.perceptual_bits // 8)
             raw = self._get(f"v:{item.result_id}")
             stored = Verdict.from_json(item.result_id, raw) if raw is not None else None
             owner = self._set_nx(f"x:{item.exact_digest}", item.result_id)
@@ -92,6 +101,7 @@ class InMemoryDedupeStore(BandDedupeStore):
                 read[band, value] = _read_members(key, newest, now, self.ttl_seconds,
                                                   item.part_bytes, found, item.part_of(band))
             found.own_bands = [read[band, value] for band, value in enumerate(item.bands)]
+            found.recent = pools.get(item.namespace, []) if item.profile else []
             out.append(found)
         return out
 
@@ -124,5 +134,14 @@ class InMemoryDedupeStore(BandDedupeStore):
                     self._zsets[key] = (self._zsets[key][0], members)
                 else:  # like a Redis key written without an expiry: the next window's add sets one
                     self._zsets[key] = (float("inf"), members)
+        for item in uniques:
+            if not (self.recent_pool and item.profile):
+                continue
+            key = f"rp:{item.namespace}"
+            pool = self._zset(key)
+            pool[item.pool_member(now)] = float(int(now))
+            if len(pool) > self.recent_pool:
+                pool = dict(self._newest(pool, self.recent_pool))
+            self._zsets[key] = (self.clock() + BAND_TTL_FACTOR * self.ttl_seconds, pool)
         stored = [self._set_nx(f"v:{item.result_id}", verdict.to_json()) for item, verdict in verdicts]
         return _Written(trimmed, list(stored))

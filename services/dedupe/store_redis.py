@@ -10,12 +10,15 @@ from typing import Any
 
 from services.dedupe.store import (
     BAND_MAX_MEMBERS_DEFAULT,
+    BAND_TTL_FACTOR,
+    RECENT_POOL_DEFAULT,
     BandDedupeStore,
     DedupeItem,
     Verdict,
     _check_bounds,
     _Lookup,
     _read_members,
+    _read_pool,
     _Upkeep,
     _Written,
     check_prefix,
@@ -31,7 +34,8 @@ class RedisDedupeStore(BandDedupeStore):
 
     def __init__(self, redis_client: Any, prefix: str, ttl_seconds: int = 7 * 86400,
                  clock: Callable[[], float] = time.time, *, band_max_members: int = BAND_MAX_MEMBERS_DEFAULT,
-                 on_trimmed: Callable[[int], None] | None = None) -> None:
+                 on_trimmed: Callable[[int], None] | None = None,
+                 recent_pool: int = RECENT_POOL_DEFAULT) -> None:
         kwargs = getattr(getattr(redis_client, "connection_pool", None), "connection_kwargs", {})
         if isinstance(kwargs, dict) and kwargs.get("decode_responses"):
             raise ConfigError("the dedupe store needs a Redis client with decode_responses=False")
@@ -42,6 +46,7 @@ class RedisDedupeStore(BandDedupeStore):
         self.band_max_members = int(band_max_members)
         self.on_trimmed = on_trimmed
         self.clock = clock
+        self.recent_pool = max(0, int(recent_pool))
 
     def _exact_key(self, digest: str) -> str:
         return f"{self.prefix}:x:{{{digest}}}"
@@ -54,6 +59,9 @@ class RedisDedupeStore(BandDedupeStore):
 
     def _band_key(self, namespace: str, band: int, value: int) -> str:
         return f"{self.prefix}:bz:{namespace}:{band}:{value:x}"
+
+    def _pool_key(self, namespace: str) -> str:
+        return f"{self.prefix}:rp:{namespace}"
 
     def _execute(self, build: Callable[[Any], None], what: str) -> list[Any]:
         import redis
@@ -73,8 +81,12 @@ class RedisDedupeStore(BandDedupeStore):
         # the plain command with its arguments as bytes: redis-py's typed wrapper and its encoding of
         # integers cost a fifth more per command, and a lookup sends some fifty of them per result
         last = str(self.band_max_members - 1).encode()
+        pooled = sorted({item.namespace for item in items if item.profile}) if self.recent_pool else []
 
         def build(pipe: Any) -> None:
+            for namespace in pooled:
+                pipe.execute_command("ZREVRANGE", self._pool_key(namespace), b"0",
+                                     str(self.recent_pool - 1).encode())
             for item, item_probes in zip(items, probes, strict=True):
                 pipe.get(self._verdict_key(item.result_id))
                 exact_key = self._exact_key(item.exact_digest)
@@ -86,7 +98,10 @@ class RedisDedupeStore(BandDedupeStore):
         now = self.clock()
         replies = self._execute(build, "lookup")
         out: list[_Lookup] = []
-        cursor = 0
+        hash_bytes = {item.namespace: item.perceptual_bits // 8 for item in items}
+        pools = {namespace: _read_pool(reply, now, self.ttl_seconds, hash_bytes[namespace])
+                 for namespace, reply in zip(pooled, replies, strict=False)}
+        cursor = len(pooled)
         for item, item_probes in zip(items, probes, strict=True):
             raw_verdict, _, owner = replies[cursor:cursor + 3]
             cursor += 3
@@ -101,6 +116,7 @@ class RedisDedupeStore(BandDedupeStore):
                                                   item.part_bytes, found, item.part_of(band))
             cursor += len(item_probes)
             found.own_bands = [read[band, value] for band, value in enumerate(item.bands)]
+            found.recent = pools.get(item.namespace, []) if item.profile else []
             out.append(found)
         return out
 
@@ -118,6 +134,8 @@ class RedisDedupeStore(BandDedupeStore):
                 now: float) -> _Written:
         if not uniques and not verdicts and not stale and not released:
             return _Written(0, [])
+        pooled = [item for item in uniques if item.profile] if self.recent_pool else []
+        pool_keys = sorted({self._pool_key(item.namespace) for item in pooled})
         trims: list[int] = []  # reply positions of the trims
         score = str(int(now)).encode()
 
@@ -142,6 +160,11 @@ class RedisDedupeStore(BandDedupeStore):
                     if expires is not None:
                         pipe.expire(key, expires)
                         queued += 1
+            for item in pooled:
+                pipe.execute_command("ZADD", self._pool_key(item.namespace), score, item.pool_member(now))
+            for key in pool_keys:
+                pipe.zremrangebyrank(key, 0, -self.recent_pool - 1)
+                pipe.expire(key, int(BAND_TTL_FACTOR * self.ttl_seconds))
             for item, verdict in verdicts:
                 key = self._verdict_key(item.result_id)
                 pipe.set(key, verdict.to_json(), nx=True, ex=self.ttl_seconds)

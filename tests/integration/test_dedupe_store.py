@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
@@ -18,7 +19,7 @@ from services.dedupe.store import Candidate, DedupeItem, Verdict, _Lookup
 from services.dedupe.store_redis import RedisDedupeStore
 from shared.contracts import DuplicateRecord, SimResult, UniqueResult
 from shared.errors import ConfigError, DependencyUnavailable, InputError
-from shared.hashing import split_bands
+from shared.hashing import PROFILE_BYTES, split_bands
 from shared.imageref import make_image_ref
 from toolkit.litho import generate_layout, rasterize
 
@@ -70,7 +71,7 @@ def make_core(client: redis.Redis, prefix: str = "dedupe") -> DedupeCore:
     return DedupeCore(RedisDedupeStore(client, prefix=prefix, ttl_seconds=TTL_SECONDS), DedupeSettings())
 
 
-def kinds(outcomes: list[object]) -> list[str | None]:
+def kinds(outcomes: Sequence[object]) -> list[str | None]:
     return [o.duplicate_of if isinstance(o, DuplicateRecord) else None for o in outcomes]
 
 
@@ -92,9 +93,9 @@ def test_keys_carry_the_prefix_and_expire(client: redis.Redis) -> None:
     keys = [k.decode() for k in client.scan_iter("*")]
     assert keys and all(k.startswith("svc:") for k in keys)
     kinds_seen = {k.split(":")[1] for k in keys}
-    assert kinds_seen == {"x", "v", "e", "bz"}
-    for key in keys:  # band sets: twice the TTL when set, so each member lives its TTL
-        limit = 2 * TTL_SECONDS if key.split(":")[1] == "bz" else TTL_SECONDS
+    assert kinds_seen == {"x", "v", "e", "bz", "rp"}  # rp: the newest results, ranked by profile
+    for key in keys:  # band sets and the recent pool: twice the TTL when set, so each member lives its TTL
+        limit = 2 * TTL_SECONDS if key.split(":")[1] in ("bz", "rp") else TTL_SECONDS
         assert 0 < client.ttl(key) <= limit, key
     for key in keys:  # at most one hash tag, and only around one result id or digest
         assert key.count("{") == key.count("}") <= 1
@@ -235,3 +236,26 @@ def test_band_sets_stay_bounded_and_expiry_is_written_once_per_ttl_window(client
     now[0] += TTL_SECONDS
     add(synthetic("next-window", value ^ 1001))
     assert TTL_SECONDS < client.ttl(key) <= 2 * TTL_SECONDS
+
+
+def test_the_recent_pool_finds_what_no_band_does_and_keeps_only_the_newest(client: redis.Redis) -> None:
+    # radius 0: only a copy with the very same hash is a hash candidate; a moved one is left to the profile
+    settings = DedupeSettings(hamming_radius=0)
+    now = [time.time()]
+    store = RedisDedupeStore(client, prefix="pool", ttl_seconds=TTL_SECONDS, recent_pool=3,
+                             clock=lambda: now[0])
+    core = DedupeCore(store, settings)
+    assert kinds(core.process_batch([result("o", window(5, "routing"))])) == [None]
+    now[0] += 1
+    found = core.process_batch([result("m", window(5, "routing", (9, -6)))])
+    assert kinds(found) == ["o"]
+    assert isinstance(found[0], DuplicateRecord) and found[0].details["found_by"] == "profile"
+    now[0] += 1
+    others = [result(f"d{i}", window(20 + i, "sram")) for i in range(3)]
+    assert kinds(core.process_batch(others)) == [None] * 3
+    pool = client.zrange("pool:rp:" + settings.namespace(), 0, -1)
+    head = 4 + 512 // 8 + PROFILE_BYTES  # time added, both hashes, the profile
+    assert sorted(m[head:] for m in pool) == [b"d0", b"d1", b"d2"]
+    now[0] += 1
+    # the original and its copy have left the pool: a third window of it is unique again
+    assert kinds(core.process_batch([result("m2", window(5, "routing", (-8, 7)))])) == [None]

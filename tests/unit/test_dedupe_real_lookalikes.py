@@ -87,9 +87,10 @@ def test_a_copy_is_found_behind_more_than_16_nearer_lookalikes(stream: list[SimR
     copy = outcomes[-1]
     assert isinstance(copy, DuplicateRecord) and copy.duplicate_of == "original"
     assert copy.details["shift_px"] == [-8, -16]
+    assert copy.details["found_by"] == "hash"
     assert isinstance(outcomes[0], UniqueResult)
 
 
-def test_verifying_only_the_16_nearest_misses_it(stream: list[SimResult]) -> None:
-    outcomes = _run(DedupeSettings(max_candidates=16), stream)
+def test_verifying_only_the_16_nearest_hash_candidates_misses_it(stream: list[SimResult]) -> None:
+    outcomes = _run(DedupeSettings(max_candidates=16, profile_candidates=0), stream)
     assert isinstance(outcomes[-1], UniqueResult)

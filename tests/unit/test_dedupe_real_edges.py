@@ -1,0 +1,121 @@
+"""Dedupe on real block-edge clips: found by row and column profile, registered at one shift.
+
+SKY130 cells (toolkit/litho/cells, Apache-2.0) placed in rows as the real-layout
+dedupe bench places them; windows at the end of a row show a few percent of the
+last cell and the rails crossing the window. A 9 px window move there brings in or
+takes out so much of what the clip shows that both spectral hashes move by more
+than the lookup radius; the store's newest results ranked by profile find the
+original. Such a candidate must register at one shift: a lone rail agrees at every
+shift along itself, and two different row ends then look like one window moved.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import pytest
+
+from services.dedupe.core import DedupeCore, DedupeSettings
+from services.dedupe.store_memory import InMemoryDedupeStore
+from shared.contracts import DuplicateRecord, SimResult, UniqueResult
+from shared.imageref import make_image_ref
+from shared.imaging import to_uint8
+from shared.verification import verify_window_match
+from toolkit.litho import Layout, rasterize
+from toolkit.litho.cell_rows import (
+    SKY130_HD_DIR,
+    LayerSpec,
+    Placement,
+    place_rows,
+    placed_layout,
+    read_cell,
+    row_cells,
+)
+
+NM_PER_PX = 4.0
+SIZE_PX = 256
+
+
+@lru_cache(maxsize=1)
+def _placements() -> tuple[Placement, ...]:
+    """Every cell of the library in rows 16.4 um wide, shrink 0.37, as the bench places them (seed 0)."""
+    specs = [LayerSpec.parse(text) for text in ("li1=67/20", "licon=66/44", "mcon=67/44")]
+    cells, _ = row_cells([read_cell(path, specs, 0.37) for path in sorted(SKY130_HD_DIR.glob("*.gds"))])
+    return tuple(place_rows(cells, 16384.0, np.random.default_rng(0)))
+
+
+@lru_cache(maxsize=3)
+def _layout(layer: str) -> Layout:
+    return placed_layout(list(_placements()), layer, layer)
+
+
+def _clip(layer: str, at: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    pad = 24
+    corner = (at[0] - pad * NM_PER_PX, at[1] - pad * NM_PER_PX)
+    big = rasterize(_layout(layer), corner, SIZE_PX + 2 * pad, NM_PER_PX)
+    printed = (cv2.GaussianBlur(big, (0, 0), 3.0) > 0.45).astype(np.float32)
+    inner = slice(pad, pad + SIZE_PX)
+    return big[inner, inner].copy(), printed[inner, inner].copy()
+
+
+def _result(result_id: str, layer: str, at: tuple[float, float]) -> SimResult:
+    mask, printed = _clip(layer, at)
+    return SimResult(result_id=result_id, nm_per_px=NM_PER_PX, mask=make_image_ref(mask, "png"),
+                     simulated=make_image_ref(printed, "png"), labels={}, produced_at=datetime.now(UTC))
+
+
+def _run(settings: DedupeSettings, *results: SimResult) -> list[object]:
+    core = DedupeCore(InMemoryDedupeStore(), settings)
+    return [outcome for result in results for outcome in core.process_batch([result])]
+
+
+@pytest.fixture(scope="module")
+def row_end() -> tuple[SimResult, SimResult]:
+    """A li1 block-edge window and the same window moved (2, -9) px."""
+    return _result("original", "li1", (15236.08, 25151.2)), _result("copy", "li1", (15244.08, 25115.2))
+
+
+def test_a_block_edge_copy_is_out_of_reach_of_both_hashes(row_end: tuple[SimResult, SimResult]) -> None:
+    core = DedupeCore(InMemoryDedupeStore())
+    original, copy = (core.prepare(r).item for r in row_end)
+    assert copy.distance_bits(original.perceptual) > DedupeSettings().hamming_radius
+    outcomes = _run(DedupeSettings(profile_candidates=0), *row_end)
+    assert isinstance(outcomes[1], UniqueResult)
+
+
+def test_a_block_edge_copy_is_found_by_profile(row_end: tuple[SimResult, SimResult]) -> None:
+    outcomes = _run(DedupeSettings(), *row_end)
+    copy = outcomes[1]
+    assert isinstance(copy, DuplicateRecord) and copy.duplicate_of == "original"
+    assert copy.details["found_by"] == "profile"
+    assert copy.details["shift_px"] == [2, -9]
+
+
+def test_two_row_ends_that_agree_only_on_a_rail_stay_apart() -> None:
+    # one row end shows a rail and what lies beyond it, the other the rails and the last cell's edge
+    a, b = _clip("li1", (13087.48, 30219.2)), _clip("li1", (11832.08, 36221.6))
+    tolerances = DedupeSettings().tolerances()
+    args = (to_uint8(a[0]), a[1] > 0.5, to_uint8(b[0]), b[1] > 0.5, tolerances, 4, 16)
+    # pixels alone cannot tell: everything but the rail lies within a 16 px move of the overlap
+    assert verify_window_match(*args) is not None
+    assert verify_window_match(*args, unique_shift=True) is None
+    outcomes = _run(DedupeSettings(), _result("a", "li1", (13087.48, 30219.2)),
+                    _result("b", "li1", (11832.08, 36221.6)))
+    assert [type(o) for o in outcomes] == [UniqueResult, UniqueResult]
+
+
+def test_a_copy_whose_move_took_most_of_its_contacts_out_is_judged() -> None:
+    # licon contacts at a row end: the copy moved (-13, -5) px shows them whole, the original cut; the
+    # overlap holds all of the original's drawn area and under a quarter of the copy's
+    original, copy = _clip("licon", (15576.48, 28170.4)), _clip("licon", (15524.48, 28150.4))
+    tolerances = DedupeSettings().tolerances()
+    args = (to_uint8(original[0]), original[1] > 0.5, to_uint8(copy[0]), copy[1] > 0.5, tolerances)
+    match = verify_window_match(*args, 4, 16)
+    assert match is not None and match.shift_px == (-13, -5)
+    assert match.drawn_compared_fraction < 0.25
+    assert match.strip.total_px == 0
+    # without the strip check nothing vouches for the uncompared part: the quarter still holds
+    assert verify_window_match(*args, None, 16) is None
