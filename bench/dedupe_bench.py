@@ -298,6 +298,8 @@ class RealAccuracy:
     far_beyond: int = 0  # of far_merged: into a clip whose window lies more than 16 px away
     set_recall: float = 0.0  # recall counting only a merge into an earlier member of the set itself
     same_layout_hits: int = 0  # later members merged into another clip of the same layout (counted as hits)
+    near: int = 0  # later members with an earlier member of their set at most 16 px away
+    near_recall: float = 0.0  # recall over those: what the strict rule can reach
 
 
 def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, seconds: float,
@@ -306,7 +308,9 @@ def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, second
     re-simulations, in arrival order): it must point at an earlier clip of the same layout, a member
     of its set, or another clip whose window shows this very layout (its set's own 17-31 px window,
     or a clip that ``same_pattern`` finds is this result's layout under a moved window: a cell
-    repeating the pattern). ``set_recall`` counts only merges into the set itself. A merge into
+    repeating the pattern). ``set_recall`` counts only merges into the set itself; ``near_recall``
+    only members with an earlier member of their set at most 16 px away (a member whose earlier
+    ones all lie 17-32 px away shows what a window moved that far shows). A merge into
     another set is a false merge unless ``same_pattern`` holds."""
     by_id = {c.result_id: c for c in stream}
     position = {c.result_id: i for i, c in enumerate(stream)}
@@ -314,18 +318,23 @@ def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, second
     for c in stream:
         if c.role != "far":
             sets.setdefault(c.group, []).append(c)
-    hits = set_hits = total = 0
+    hits = set_hits = total = near = near_hits = 0
     for members in sets.values():
         ordered = sorted(members, key=lambda c: position[c.result_id])
-        for later in ordered[1:]:
+        for k, later in enumerate(ordered[1:], 1):
             total += 1
+            reachable = any(max(abs(e.window_x_nm - later.window_x_nm),
+                                abs(e.window_y_nm - later.window_y_nm)) <= 16.5 * 4.0 for e in ordered[:k])
+            near += reachable
             of = duplicate_of.get(later.result_id)
             if of is None:
                 continue
             into = by_id[of]
             in_set = into.group == later.group
+            hit = in_set or into.group == f"{later.group}-far" or same_pattern(into, later)
             set_hits += in_set
-            hits += in_set or into.group == f"{later.group}-far" or same_pattern(into, later)
+            hits += hit
+            near_hits += hit and reachable
     false_merges = far_merged = far_beyond = same = 0
     for rid, of in duplicate_of.items():
         if of is None:
@@ -345,7 +354,7 @@ def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, second
             false_merges += 1
     far = sum(c.role == "far" for c in stream)
     return RealAccuracy(name, hits / max(total, 1), total, false_merges, far_merged, far, seconds, same,
-                        far_beyond, set_hits / max(total, 1), hits - set_hits)
+                        far_beyond, set_hits / max(total, 1), hits - set_hits, near, near_hits / max(near, 1))
 
 
 def pattern_judge(seed: int, cells: Path) -> Callable[[RealClip, RealClip], bool]:
@@ -394,19 +403,21 @@ def run_real(args: argparse.Namespace) -> None:
         for name, run in baselines():
             dup_of, seconds = timed(run, decoded)
             rows.append(score_real(name, stream, dup_of, seconds, judge))
-    print(f"{'method':44s} {'recall':>8s} {'in set':>7s} {'false merges':>12s} {'same pattern':>12s} "
-          f"{'far merged (> 16 px)':>21s} {'ms/result':>10s}")
+    print(f"{'method':44s} {'recall':>8s} {'in set':>7s} {'<= 16 px':>8s} {'false merges':>12s} "
+          f"{'same pattern':>12s} {'far merged (> 16 px)':>21s} {'ms/result':>10s}")
     for r in rows:
-        print(f"{r.name:44s} {r.recall:8.4f} {r.set_recall:7.4f} {r.false_merges:12d} {r.same_pattern:12d} "
+        print(f"{r.name:44s} {r.recall:8.4f} {r.set_recall:7.4f} {r.near_recall:8.4f} {r.false_merges:12d} "
+              f"{r.same_pattern:12d} "
               f"{r.far_merged:>8d} / {r.far:<3d} ({r.far_beyond:3d}) {1000 * r.seconds / len(stream):10.1f}")
     print(f"(recall over {rows[0].resimulations} later members of a window set: merged into an earlier clip "
           "of the same layout, a member of the set or another clip showing this layout under a moved window "
           "(the set's own 17-31 px window, or a cell repeating the pattern, checked by re-rendering the "
-          "layout); in set: only merges into an earlier member of the set count; false merges: into another "
-          "set whose layout differs; same pattern: into another set that shows the very same drawn pattern "
-          "under a moved window; far merged: a window moved 17-31 px from its set's original merged into a "
-          "clip of that set, in brackets those merged into a clip more than 16 px away; in-memory store, "
-          "one process)")
+          f"layout); in set: only merges into an earlier member of the set count; <= 16 px: recall over the "
+          f"{rows[0].near} members with an earlier member of their set at most 16 px away; false merges: "
+          "into another set whose layout differs; same pattern: into another set that shows the very same "
+          "drawn pattern under a moved window; far merged: a window moved 17-31 px from its set's original "
+          "merged into a clip of that set, in brackets those merged into a clip more than 16 px away; "
+          "in-memory store, one process)")
 
 
 # -- redis -------------------------------------------------------------------------------------
