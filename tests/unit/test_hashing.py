@@ -13,6 +13,8 @@ from shared.hashing import (
     exact_digest,
     hamming_distance,
     hash_from_hex,
+    profile_distances,
+    profile_signature,
     spectral_features,
     spectral_hash,
     split_bands,
@@ -159,3 +161,20 @@ def test_centred_hash_ignores_where_a_sparse_clip_sits_in_its_window() -> None:
     moved = np.roll(np.roll(clip, 90, axis=0), 70, axis=1)  # the window moved: same content elsewhere
     assert centred_spectral_hash(clip).value == centred_spectral_hash(moved).value
     assert hamming_distance(spectral_hash(clip).value, spectral_hash(moved).value) > 0
+
+
+def test_profiles_of_a_moved_window_lie_nearer_than_other_layouts() -> None:
+    """A window moved by up to 16 px keeps its row and column profiles up to a shift; the profile
+    distance ranks it before windows of other layouts."""
+    rng = np.random.default_rng(7)
+    layouts = [generate_layout(family, rng) for family in FAMILIES for _ in range(3)]
+    base = layouts[0]
+    query = profile_signature(window(base, (9, -13)))
+    pool = [profile_signature(window(base))] + [profile_signature(window(other)) for other in layouts[1:]]
+    assert len(query) == 128
+    distances = profile_distances(query, pool)
+    assert int(np.argmin(distances)) == 0
+    assert profile_distances(query, [query])[0] == 0.0
+    assert profile_distances(query, []).size == 0
+    with pytest.raises(ValueError):
+        profile_distances(query, [b"short"])
