@@ -129,8 +129,8 @@ def _shift_search(
 
     The masks agree at a shift when their squared difference over the whole overlap is within the
     mismatch limit; a shift is judged when, besides, the overlap holds at least ``MIN_DRAWN_COMPARED``
-    of one clip's drawn area and ``min_other`` of the other's. Judged first: the most drawn area agreeing, then the smallest shift;
-    at most ``MAX_JUDGED_SHIFTS``."""
+    of one clip's drawn area and ``min_other`` of the other's. Judged first: the most drawn area
+    agreeing, then the smallest shift; at most ``MAX_JUDGED_SHIFTS``."""
     h, w = mask_a.shape
     s = min(tolerances.max_shift_px, min(h, w) // 2 - 1)
     if s < 0:
