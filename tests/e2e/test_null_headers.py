@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from app.supervisor import Pipeline, http_status
-from shared.contracts import DLQRecord, Topics, VerdictRecord
+from shared.contracts import DLQRecord, ScoreRecord, Topics, VerdictRecord
 from shared.testing import collect, make_result
 
 pytestmark = pytest.mark.e2e
@@ -98,5 +98,9 @@ def test_null_header_values_are_dead_lettered_or_passed_over_at_every_stage(pipe
     }
     assert "null-explain" not in verdicts
     assert (verdicts[good.result_id].outcome, verdicts[good.result_id].job_id) == ("scored", good.job_id)
+    # the score itself, read with librdkafka too
+    read = _read_with_confluent(stack.bootstrap, Topics.SCORES, {good.result_id}, 60)
+    scores = [ScoreRecord.from_wire(m.value()) for m in read if m.key() == good.result_id.encode()]
+    assert scores and (scores[-1].result_id, scores[-1].job_id) == (good.result_id, good.job_id)
     alive = {s.name: s.process.alive() and http_status(s.health_url) == 200 for s in pipeline.services}
     assert all(alive.values()), alive
