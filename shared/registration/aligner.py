@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -163,7 +165,8 @@ class Aligner:
         if s.ecc_motion == "affine":
             refined = ecc_affine(reference.render()[0], sim_smooth, start, inside, s.ecc_max_iterations)
         else:
-            similarity = s.ecc_motion == "similarity"
+            similarity = s.ecc_motion == "similarity" and self._spread_supports_rotation_scale(
+                reference.render()[0], inside)
             refined = None
             if s.ecc_coarse_to_fine:
                 # Geometry and the reference's threshold and PSF shape fitted on a quarter of the
@@ -194,6 +197,26 @@ class Aligner:
         if not self._near(refined.matrix, start, shape):
             return None
         return refined
+
+    def _spread_supports_rotation_scale(self, template: np.ndarray, inside: np.ndarray) -> bool:
+        """Whether the compared pattern is spread enough to pin rotation and scale down.
+
+        Their lever is the RMS distance of the template's edges (weighted by squared gradient)
+        from the edges' centre, against the half-diagonal where corner errors are measured:
+        a feature's position misread by the approximate print by ``e`` px turns into a corner
+        error of about ``e`` times their ratio. A clip showing one contact or a tight clump
+        then gets a pure shift, not a scale fitted to a few features.
+        """
+        grad_x = cv2.Sobel(template, cv2.CV_32F, 1, 0, ksize=3)
+        grad_y = cv2.Sobel(template, cv2.CV_32F, 0, 1, ksize=3)
+        weight = np.where(inside, grad_x * grad_x + grad_y * grad_y, 0.0).astype(np.float64)
+        total = float(weight.sum())
+        if total <= 0.0:
+            return False
+        ys, xs = np.indices(template.shape, dtype=np.float64)
+        cx, cy = float((weight * xs).sum()) / total, float((weight * ys).sum()) / total
+        lever = math.sqrt(float((weight * ((xs - cx) ** 2 + (ys - cy) ** 2)).sum()) / total)
+        return lever >= self.settings.similarity_min_spread * 0.5 * math.hypot(*template.shape)
 
     @staticmethod
     def _near(matrix: np.ndarray, start: np.ndarray, shape: tuple[int, int]) -> bool:
