@@ -59,7 +59,7 @@ class RunningService:
 
 # The embedder is the pipeline's bottleneck: on one host, the other stages run at a lower CPU
 # priority so that a burst they could all work on does not take the embedder's core. Measured
-# with ResNet-50 at 224 px on 2 cores (bench/pipeline_bench.py): see the README's performance notes.
+# with ResNet-50 at 224 px on 2 cores (bench/pipeline_bench.py): see docs/performance.md.
 SHARED_HOST_NICE: Mapping[str, int] = {"dedupe": 5, "align": 5, "novelty": 5, "explain": 5}
 
 

@@ -43,7 +43,7 @@ Steps, one run, nothing asserted:
 Other work shares this 2-core machine: timings are pessimistic.
 
 Example (an encoder trained on re-simulations with large shifts, see the
-README's "Hybrid duplicate confirmation")::
+page docs/hybrid-confirmation.md)::
 
     python bench/hybrid_bench.py --layouts 120 --distinct 100 --defects 30 --model CKPT --seed 7
     python bench/hybrid_bench.py --layouts 400 --distinct 200 --defects 40 --model CKPT --seed 23

@@ -1,6 +1,6 @@
 """The encoder shipped inside the package: what ``up``, ``demo`` and ``eval`` use when no model is given.
 
-It was trained by one documented command (``make default-model``, see the README) on
+It was trained by one documented command (``make default-model``, see docs/real-layouts.md) on
 generated families and the SKY130 cell library, and it records that command, its data
 and its figures in ``metadata.json``.
 """
