@@ -6,6 +6,11 @@ already stored refreshes it); only the store's own files (``<aa>/<sha256>.<ext>`
 temporary files of puts that died) are touched. A DLQ record whose value lives here
 cannot be replayed once its blob is gone: keep ``--max-age-days`` at or above the DLQ
 topic's retention.
+
+The images of live library entries (every library topic, the last record per entry) are
+never removed: hybrid confirmation, explanation panels and ``library reembed`` read them.
+Collection therefore reads the library topics first and stops if the broker cannot be
+reached; ``--no-keep-library`` skips that (a store no library points into).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from shared.errors import ConfigError
 from shared.settings import CommonSettings, load_settings
 
 SECONDS_PER_DAY = 86400.0
+BLOB_SCHEME = "blob://"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gc.add_argument("--max-bytes", type=int, default=None,
                     help="then remove the oldest until the rest take at most this many bytes")
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+    gc.add_argument("--no-keep-library", dest="keep_library", action="store_false",
+                    help="do not read the library topics: remove library images like any blob")
     gc.set_defaults(func=cmd_gc)
 
 
@@ -51,6 +59,29 @@ def format_collection(result: BlobCollection, root: str, now: float) -> list[str
     return lines
 
 
+def library_blob_keys(settings: CommonSettings) -> tuple[set[str], int, list[str]]:
+    """The blob keys (``<sha256>.<ext>``) the live entries of every library topic point at, with
+    how many entries were read and from which topics."""
+    from services.novelty.curation import read_library
+    from shared.index.topics import is_library_topic
+    from shared.kafka_io import make_admin
+
+    admin = make_admin(settings)
+    try:
+        topics = sorted(t for t in admin.list_topics() if is_library_topic(t))
+    finally:
+        admin.close()
+    keys: set[str] = set()
+    entries = 0
+    for topic in topics:
+        for entry, _partition, _offset in read_library(settings, topic).values():
+            entries += 1
+            for ref in (entry.mask, entry.simulated):
+                if ref is not None and ref.uri is not None and ref.uri.startswith(BLOB_SCHEME):
+                    keys.add(ref.uri.removeprefix(BLOB_SCHEME))
+    return keys, entries, topics
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     if args.max_age_days is None and args.max_bytes is None:
         raise ConfigError("blobs gc needs --max-age-days and/or --max-bytes")
@@ -59,10 +90,15 @@ def cmd_gc(args: argparse.Namespace) -> int:
         raise ConfigError("--max-age-days and --max-bytes must not be negative")
     settings = load_settings(CommonSettings, args.settings_file)
     store = LocalBlobStore(settings.blob_root)
+    keep: set[str] = set()
+    if args.keep_library:
+        keep, entries, topics = library_blob_keys(settings)
+        where = ", ".join(topics) or "no library topic"
+        print(f"keeping {len(keep)} images of {entries} library entries ({where})")
     now = time.time()
     max_age = None if args.max_age_days is None else args.max_age_days * SECONDS_PER_DAY
     result = store.collect(max_age_seconds=max_age, max_total_bytes=args.max_bytes, dry_run=args.dry_run,
-                           now=now)
+                           now=now, keep=keep)
     for line in format_collection(result, str(store.root), now):
         print(line)
     return 1 if result.failed else 0

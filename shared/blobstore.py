@@ -32,6 +32,7 @@ import re
 import stat
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -265,9 +266,11 @@ class LocalBlobStore:
         return blobs, temps
 
     def collect(self, max_age_seconds: float | None = None, max_total_bytes: int | None = None, *,
-                dry_run: bool = False, now: float | None = None) -> BlobCollection:
+                dry_run: bool = False, now: float | None = None,
+                keep: Collection[str] = ()) -> BlobCollection:
         """Remove blobs, oldest first by mtime: every one older than ``max_age_seconds``, then as
         many more as needed for the rest to fit in ``max_total_bytes`` (either limit may be None).
+        Blobs named in ``keep`` (keys ``<sha256>.<ext>``, e.g. the library's images) always stay.
 
         Temporary files of puts that died (older than an hour) go too. A blob put again
         (its mtime refreshed) between listing and removal is kept. DLQ values stored here
@@ -286,14 +289,17 @@ class LocalBlobStore:
         out = BlobCollection(dry_run=dry_run)
         chosen: list[CollectedBlob] = [CollectedBlob(p, size, mtime, "temp") for mtime, size, p in temps
                                        if now - mtime > TEMP_GRACE_SECONDS]
-        for index, (mtime, size, path) in enumerate(blobs):
+        for mtime, size, path in blobs:
+            if path.name in keep:
+                out.kept_count += 1
+                continue
             if max_age_seconds is not None and now - mtime > max_age_seconds:
                 why = "age"
             elif max_total_bytes is not None and total > max_total_bytes:
                 why = "size"
             else:
-                out.kept_count = len(blobs) - index
-                break
+                out.kept_count += 1
+                continue
             chosen.append(CollectedBlob(path, size, mtime, why))
             total -= size
         out.kept_bytes = total
