@@ -77,7 +77,7 @@ def build_library(
     snapshot: Path | None = None,
 ) -> int:
     """Embed a data set and publish it as reference entries; return how many."""
-    from shared.index import PROVISIONAL_ID_PREFIX, LibraryState
+    from shared.index import PROVISIONAL_ID_PREFIX
     from shared.model import embed_dataset, load_encoder
 
     dataset = read_dataset(dataset_dir)
@@ -107,14 +107,9 @@ def build_library(
                 nm_per_px=item.nm_per_px,
             )
         )
-    placed = publish_entries(settings, entries, progress=True)
-    if snapshot is not None:
-        from services.novelty.library_feed import library_topic_id
-
-        state = LibraryState(encoder.model_version, encoder.dim)
-        for entry, (partition, offset) in zip(entries, placed, strict=True):
-            state.apply(entry, partition, offset)
-        state.snapshot(snapshot, topic_id=library_topic_id(settings))
+    publish_entries(settings, entries, progress=True)
+    if snapshot is not None:  # of the whole topic, entries published before this build included
+        snapshot_library(settings, snapshot)
     return len(entries)
 
 
@@ -127,10 +122,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_snapshot(args: argparse.Namespace) -> int:
+def snapshot_library(settings: CommonSettings, out: Path) -> tuple[Path, int, int]:
+    """Replay the whole library topic into a FAISS snapshot under ``out``; return its path, the
+    entries it holds and how many records were left out (as the service leaves them out)."""
+    from services.novelty.library_feed import library_topic_id
     from shared.index import LibraryState
 
-    settings = load_settings(CommonSettings, args.settings_file)
     latest = read_library(settings)
     records = sorted(latest.values(), key=lambda r: (r[1], r[2]))
     upserts = [r for r in records if r[0].op == "upsert" and r[0].vector is not None]
@@ -138,8 +135,6 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         raise ConfigError("the library topic holds no entries")
     first = upserts[0][0]
     assert first.vector is not None
-    from services.novelty.library_feed import library_topic_id
-
     state = LibraryState(first.model_version, first.vector.dim)
     refused = 0
     for entry, partition, offset in records:
@@ -148,8 +143,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         except ContractError as exc:  # as the service does: logged, left out
             refused += 1
             print(f"left out: {exc}")
-    path = state.snapshot(args.out, topic_id=library_topic_id(settings))
-    print(f"snapshot of {len(state)} entries ({refused} left out): {path}")
+    path = state.snapshot(out, topic_id=library_topic_id(settings))
+    return path, len(state), refused
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    settings = load_settings(CommonSettings, args.settings_file)
+    path, count, refused = snapshot_library(settings, args.out)
+    print(f"snapshot of {count} entries ({refused} left out): {path}")
     return 0
 
 

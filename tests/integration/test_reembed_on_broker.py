@@ -85,3 +85,24 @@ def test_reembed_publishes_the_new_library_beside_the_old_and_lists_what_it_left
     out = capfd.readouterr().out
     assert "1 embedded, 0 republished, 10 unchanged, 1 dropped, 0 left out" in out
     assert set(read_library_records(settings, topic).entries) == set(old.entries) - {dropped_id}
+
+
+def test_a_snapshot_written_by_a_second_build_holds_the_entries_of_the_first(
+    stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    from shared.index import LibraryState
+
+    first, second = make_dataset(tmp_path / "first", 6), tmp_path / "second"
+    with DatasetWriter(second) as writer:
+        rng = np.random.default_rng(9)
+        for i in range(4):
+            mask = random_manhattan(rng, 48)
+            writer.add(f"later-{i:02d}", mask, mask * 0.9, 4.0, {"group": f"h{i}"})
+    model_dir = tmp_path / "model"
+    save_encoder(build_untrained("resnet18", "mask,print", 32, seed=1), model_dir, {"objective": "untrained"})
+    settings = CommonSettings(kafka_bootstrap=stack.bootstrap, blob_root=tmp_path / "blobs")
+    assert build_library(settings, first, model_dir) == 6
+    assert build_library(settings, second, model_dir, snapshot=tmp_path / "snap") == 4
+    encoder = load_encoder(model_dir)
+    state = LibraryState.restore(tmp_path / "snap", model_version=encoder.model_version, dim=encoder.dim)
+    assert len(state) == 10  # a replica starting from it misses nothing published before
