@@ -128,15 +128,20 @@ class NoveltyStage(StageBase):
             self.library.close()
 
 
+# the (model_version, statistic) series of lithowatch_novelty_drift this process has set
+_DRIFT_SERIES: set[tuple[str, str]] = set()
+
+
 def export_drift(drift: ScoreDrift) -> None:
     """The drift watch's readings as ``lithowatch_novelty_drift``: one series per model and
     statistic while it has a reading, none otherwise (no full window, no reference, gone)."""
     readings = drift.readings()
-    for labels in list(metrics.NOVELTY_DRIFT._metrics):  # the series prometheus_client holds
-        model_version = labels[0]
-        if readings.get(model_version) is None:
+    for labels in sorted(_DRIFT_SERIES):
+        if readings.get(labels[0]) is None:
             metrics.NOVELTY_DRIFT.remove(*labels)
+            _DRIFT_SERIES.discard(labels)
     for model_version, reading in readings.items():
         if reading is not None:
             for statistic in STATISTICS:
                 metrics.NOVELTY_DRIFT.labels(model_version, statistic).set(reading.statistic(statistic))
+                _DRIFT_SERIES.add((model_version, statistic))
