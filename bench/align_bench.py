@@ -231,6 +231,9 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
         **{f"{kind}-fallback": (f"default, {kind} fallback",
                                 Aligner(AlignSettings(**base, fallback=kind)).register)
            for kind in ("akaze", "orb", "sift", "none")},
+        "no-support-checks": ("ncc+ecc, no spread/stretch checks",
+                              Aligner(AlignSettings(**base, similarity_min_spread=0.0,
+                                                    similarity_stretch_ratio=0.0)).register),
         "aerial": ("ncc+ecc, approx from litho aerial",
                    Aligner(AlignSettings(**base), aerial_model=known_optics.aerial).register),
         "ncc": ("ncc only, gaussian approx", Aligner(AlignSettings(**base, use_ecc=False)).register),

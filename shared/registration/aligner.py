@@ -190,7 +190,8 @@ class Aligner:
                 if shift_only is not None:
                     misfit = max(1.0 - shift_only.correlation, 1e-9)
                     gain = (refined.correlation - shift_only.correlation) / misfit
-                    if gain < s.similarity_min_gain:
+                    if gain < s.similarity_min_gain or gain < s.similarity_stretch_ratio * self._stretch_gain(
+                            reference, sim_smooth, refined, inside, misfit):
                         refined = shift_only
         if refined is None or not plausible(refined.matrix, s.max_rotation_deg, s.max_scale_change):
             return None
@@ -217,6 +218,23 @@ class Aligner:
         cx, cy = float((weight * xs).sum()) / total, float((weight * ys).sum()) / total
         lever = math.sqrt(float((weight * ((xs - cx) ** 2 + (ys - cy) ** 2)).sum()) / total)
         return lever >= self.settings.similarity_min_spread * 0.5 * math.hypot(*template.shape)
+
+    def _stretch_gain(self, reference: Reference, sim_smooth: np.ndarray, similarity: Refined,
+                      inside: np.ndarray, misfit: float) -> float:
+        """Share of the shift-only misfit that a stretch (unequal x and y scale, which a
+        farm's window does not produce) explains beyond the similarity: how much a
+        parameter the geometry does not need gains from errors of the approximate print
+        (line ends pulled back along one axis read as a stretch, and the similarity's
+        scale splits it). 0 when ``similarity_stretch_ratio`` is 0."""
+        s = self.settings
+        if s.similarity_stretch_ratio <= 0.0:
+            return 0.0
+        stretched = ecc_similarity(reference, sim_smooth, similarity.matrix, inside, True,
+                                   s.ecc_max_iterations, s.ecc_tolerance_px,
+                                   fit_reference=False, stretch=True)
+        if stretched is None:
+            return 0.0
+        return max(0.0, (stretched.correlation - similarity.correlation) / misfit)
 
     @staticmethod
     def _near(matrix: np.ndarray, start: np.ndarray, shape: tuple[int, int]) -> bool:

@@ -26,7 +26,10 @@ class AlignSettings(BaseModel):
     applied to both images before they are compared. ``ecc_motion`` is the model the ECC
     refinement fits after the correlation peak: ``similarity`` (shift, rotation, uniform
     scale; when they move the corners by under 2 px, rotation and scale are kept only if
-    they explain at least ``similarity_min_gain`` of the misfit a pure shift leaves; and
+    they explain at least ``similarity_min_gain`` of the misfit a pure shift leaves, and
+    ``similarity_stretch_ratio`` times what a stretch (x and y scales unequal, which no
+    farm window does) explains beyond them -- that gain is the approximate print's error
+    showing, line ends pulled back along one axis; and
     only a pure shift is fitted when the compared pattern's edges lie within
     ``similarity_min_spread`` of the half-diagonal of their centre (RMS, weighted by edge
     strength: a few contacts in a clump cannot pin rotation and scale down); with
@@ -57,6 +60,7 @@ class AlignSettings(BaseModel):
     ecc_coarse_to_fine: bool = True
     similarity_min_gain: float = Field(0.2, ge=0.0, le=1.0)
     similarity_min_spread: float = Field(0.2, ge=0.0, le=1.0)
+    similarity_stretch_ratio: float = Field(8.0, ge=0.0)
     max_rotation_deg: float = Field(10.0, gt=0.0, le=90.0)
     max_scale_change: float = Field(0.1, gt=0.0, lt=1.0)
     ambiguity_ratio: float = Field(0.97, gt=0.0, le=1.0)

@@ -75,6 +75,22 @@ def similarity_matrix(params: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(np.linalg.inv(warp), dtype=np.float64)
 
 
+def _linear(params: np.ndarray) -> np.ndarray:
+    """The mask->print linear part of (tx, ty, a, b[, d]): scale 1 + a (x: 1 + a + d,
+    y: 1 + a - d), rotation b."""
+    d = float(params[4]) if params.size > 4 else 0.0
+    return np.array([[1.0 + params[2] + d, -params[3]], [params[3], 1.0 + params[2] - d]])
+
+
+def linear_matrix(linear: np.ndarray, shift: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The print->mask homography of a mask->print linear part about the centre and a shift."""
+    centre = _centre(shape)
+    warp = np.eye(3)
+    warp[:2, :2] = linear
+    warp[:2, 2] = centre + shift - linear @ centre
+    return np.asarray(np.linalg.inv(warp), dtype=np.float64)
+
+
 def weighted_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two equal-length samples (0 when either is flat)."""
     a = a.astype(np.float64) - float(a.mean())
@@ -86,7 +102,7 @@ def weighted_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray, inside: np.ndarray,
                    with_rotation_scale: bool, max_iterations: int, tolerance_px: float,
-                   fit_reference: bool = True, stride: int = 2) -> Refined | None:
+                   fit_reference: bool = True, stride: int = 2, stretch: bool = False) -> Refined | None:
     """Gauss-Newton ECC fit of a similarity (or a pure shift) from ``initial``.
 
     ``moving`` is the smoothed print; ``inside`` marks the mask-frame pixels compared, of
@@ -95,14 +111,17 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
     being rendered at that resolution.
     Unless ``fit_reference`` is false, the reference's own parameters are fitted too:
     its threshold from the start, its PSF shape once the geometry has settled (far from
-    the answer the shape would absorb misfit that the geometry has to explain). Returns
-    ``None`` when there is no pattern to fit.
+    the answer the shape would absorb misfit that the geometry has to explain). With
+    ``stretch`` the x and y scales are fitted apart (a diagnostic: a farm's window does not
+    stretch). Returns ``None`` when there is no pattern to fit.
     """
     h, w = moving.shape
     centre = _centre((h, w))
     params = similarity_params(initial, (h, w))
     if not with_rotation_scale:
         params[2:] = 0.0
+    stretch = stretch and with_rotation_scale
+    params = np.append(params, 0.0)  # stretch: x scale 1 + a + d, y scale 1 + a - d
     grad_x = cv2.Sobel(moving, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
     grad_y = cv2.Sobel(moving, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     stack = np.dstack([moving, grad_x, grad_y, np.ones_like(moving)])
@@ -118,7 +137,7 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
     x = (xs - centre[0]).astype(np.float32)
     y = (ys - centre[1]).astype(np.float32)
     radius = float(np.hypot(*centre))
-    n_geo = 4 if with_rotation_scale else 2
+    n_geo = (5 if stretch else 4) if with_rotation_scale else 2
     n_model = reference.n_params if fit_reference else 0
     n_free = min(n_model, 1)  # the threshold first, the PSF shape later
     gain, offset = 1.0, 0.0
@@ -128,7 +147,7 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
     before_step = reference.snapshot()
     for iterations in range(1, max_iterations + 1):  # noqa: B007 - the count is reported
         ref_image, ref_derivatives = reference.render(n_free, stride=stride)
-        linear = np.array([[1.0 + params[2], -params[3]], [params[3], 1.0 + params[2]]])
+        linear = _linear(params)
         map_x = (centre[0] + params[0] + linear[0, 0] * x + linear[0, 1] * y).reshape(grid_shape)
         map_y = (centre[1] + params[1] + linear[1, 0] * x + linear[1, 1] * y).reshape(grid_shape)
         warped = cv2.remap(stack, map_x.astype(np.float32), map_y.astype(np.float32), cv2.INTER_LINEAR,
@@ -155,6 +174,8 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
         if with_rotation_scale:
             xv, yv = x[valid], y[valid]
             columns += [gx * xv + gy * yv, gy * xv - gx * yv]
+            if stretch:
+                columns.append(gx * xv - gy * yv)
         columns += [-ref, -np.ones_like(ref)]
         columns += [-gain * d[vy, vx] for d in ref_derivatives[:n_free]]
         jac = np.stack(columns, axis=1).astype(np.float64)
@@ -166,7 +187,7 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
         step = np.linalg.solve(normal, jac.T @ residual)
         step[:2] = np.clip(step[:2], -MAX_SHIFT_STEP_PX, MAX_SHIFT_STEP_PX)
         if with_rotation_scale:
-            step[2:4] = np.clip(step[2:4], -MAX_LINEAR_STEP, MAX_LINEAR_STEP)
+            step[2:n_geo] = np.clip(step[2:n_geo], -MAX_LINEAR_STEP, MAX_LINEAR_STEP)
         params[:n_geo] += step[:n_geo]
         gain += step[n_geo]
         offset += step[n_geo + 1]
@@ -176,14 +197,14 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
             reference.update(deltas, trust)
         motion_px = float(np.hypot(step[0], step[1]))
         if with_rotation_scale:
-            motion_px += radius * float(np.hypot(step[2], step[3]))
+            motion_px += radius * float(np.linalg.norm(step[2:n_geo]))
         shape_change = np.abs(reference.snapshot()[1] - before_step[1]).max(initial=0.0)
         shape_moving = n_free > 1 and float(shape_change) > MODEL_SETTLED
         if motion_px < tolerance_px and not shape_moving:
             if n_free == n_model:
                 break
             n_free = n_model
-    matrix = similarity_matrix(params, (h, w))
+    matrix = linear_matrix(_linear(params), params[:2], (h, w))
     ref_image, _ = reference.render(0)
     return Refined(matrix, correlation_after_warp(ref_image, moving, matrix, inside), iterations)
 

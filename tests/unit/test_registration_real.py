@@ -33,7 +33,7 @@ NM_PER_PX = 4.0
 SHRINK = 0.37
 PAD_PX = 48  # reach of a 24 px shift plus 2 degrees and 2 % at the corners
 CELLS = ["inv_1", "nand2_1", "nor2_1", "a21oi_1", "o21ai_0", "xor2_1", "buf_2", "and3_1", "dfxtp_1", "mux2_1"]
-LAYERS = [LayerSpec.parse(t) for t in ("li1=67/20", "licon=66/44", "mcon=67/44")]
+LAYERS = [LayerSpec.parse(t) for t in ("li1=67/20", "licon=66/44", "mcon=67/44", "poly=66/20")]
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,36 @@ def test_clumped_contacts_get_a_shift_not_a_fitted_scale(row_layouts: RowLayouts
     np.testing.assert_allclose(reg.matrix[:2, :2], np.eye(2), atol=1e-9)
     # without the spread check the same clip takes the spurious scale
     unchecked = Aligner(AlignSettings(similarity_min_spread=0.0)).register(mask, printed)
+    assert max_corner_error(unchecked.matrix, truth) > 1.0
+
+
+PULLED_BACK_ENDS = pytest.mark.xfail(
+    strict=True, reason="known weakness: gate ends pulled back read as a 1.7 % shrink, 3 px at the corners, "
+    "too large for the pure-shift check to be considered")
+
+
+@pytest.mark.parametrize("index", [2, 6, pytest.param(5, marks=PULLED_BACK_ENDS)])
+def test_gate_row_window_shifted(row_layouts: RowLayouts, index: int) -> None:
+    """Poly gates run between the rails: nearly all vertical information is line ends,
+    which the print pulls back by an amount the approximate print does not predict."""
+    truth = rotation_scale_shift(SIZE_PX, (17.0, -5.0))
+    mask, printed = row_print(row_layouts, "poly", index).pair(truth)
+    reg = Aligner(AlignSettings()).register(mask, printed)
+    assert reg.ok, reg.reason
+    assert max_corner_error(reg.matrix, truth) < 1.0
+
+
+def test_pulled_back_gate_ends_do_not_pass_for_a_scale(row_layouts: RowLayouts) -> None:
+    """The similarity fit takes a small shrink from the pulled-back ends (1.2 px at the
+    corners), but a stretch -- unequal x and y scales, which no farm window produces --
+    explains a comparable share of the misfit: the scale is the print model's error, and
+    the shift alone is kept."""
+    truth = rotation_scale_shift(SIZE_PX, (17.0, -5.0))
+    mask, printed = row_print(row_layouts, "poly", 2).pair(truth)
+    reg = Aligner(AlignSettings()).register(mask, printed)
+    assert reg.ok, reg.reason
+    np.testing.assert_allclose(reg.matrix[:2, :2], np.eye(2), atol=1e-9)
+    unchecked = Aligner(AlignSettings(similarity_stretch_ratio=0.0)).register(mask, printed)
     assert max_corner_error(unchecked.matrix, truth) > 1.0
 
 
