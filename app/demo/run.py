@@ -243,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     stack.start()
     pipeline = Pipeline(stack, default_ports=True, nice=SHARED_HOST_NICE)
-    watcher = OutputWatcher(stack.bootstrap)
+    watcher: OutputWatcher | None = None
     try:
         broker = "embedded" if stack.embedded_broker else "external"
         redis = "embedded" if stack.embedded_redis else "external"
@@ -260,6 +260,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "partitions": stack.partitions,
             }
         )
+        watcher = OutputWatcher(settings)  # the user's settings: an external broker's security too
         from services.novelty.library_cli import build_library
 
         count = build_library(settings, assets.library_dir, assets.model_dir)
@@ -326,7 +327,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 time.sleep(0.5)
         return 0 if summary["accounted"] == summary["results"] else 1
     finally:
-        watcher.stop()
+        if watcher is not None:
+            watcher.stop()
         pipeline.stop()
         stack.stop()
         shutil.rmtree(stack.workdir / "kafka", ignore_errors=True)

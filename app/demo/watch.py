@@ -21,6 +21,7 @@ from shared.contracts import (
     Topics,
 )
 from shared.kafka_io import make_reader
+from shared.settings import CommonSettings
 
 _SAMPLE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\}\s+(?P<value>[-+0-9.eE]+|NaN)$")
 
@@ -54,9 +55,10 @@ def metric_sum(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], nam
 
 @dataclass
 class OutputWatcher:
-    """Reads the output topics (no consumer group) into per-result outcomes."""
+    """Reads the output topics (no consumer group) into per-result outcomes. ``bootstrap`` is an
+    address or the full settings (an external broker's SSL/SASL settings included)."""
 
-    bootstrap: str
+    bootstrap: CommonSettings | str
     scores: dict[str, ScoreRecord] = field(default_factory=dict)
     duplicates: dict[str, DuplicateRecord] = field(default_factory=dict)
     alerts: dict[str, AlertRecord] = field(default_factory=dict)
