@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -306,41 +307,32 @@ class NoveltyCore:
                 best = max(candidates, key=lambda c: c[2])
                 if 1.0 - best[2] < threshold:
                     decision, provisional_of = "provisional", best[1] or None
+        # what the score and the alert both carry of the result and its judgement
+        carried: dict[str, Any] = {
+            "result_id": item.result_id,
+            "novelty_score": score,
+            "threshold": threshold,
+            "cluster": cluster,
+            "model_version": item.model_version,
+            "labels": item.labels,
+            "job_id": item.job_id,
+            "clip_id": item.clip_id,
+            "alignment_flagged": item.alignment_flagged,
+            "alignment_reason": item.alignment_reason,
+            "produced_at": item.produced_at,
+        }
         scored = ScoreRecord(
-            result_id=item.result_id,
-            novelty_score=score,
-            threshold=threshold,
-            decision=decision,
-            cluster=cluster,
-            neighbours=neighbours,
-            provisional_of=provisional_of,
-            model_version=item.model_version,
-            labels=item.labels,
-            job_id=item.job_id,
-            clip_id=item.clip_id,
-            alignment_flagged=item.alignment_flagged,
-            alignment_reason=item.alignment_reason,
-            produced_at=item.produced_at,
+            **carried, decision=decision, neighbours=neighbours, provisional_of=provisional_of
         )
         if decision != "novel":
             return Scored(scored)
         alert_id = alert_id_for(item.result_id)
         alert = AlertRecord(
+            **carried,
             alert_id=alert_id,
-            result_id=item.result_id,
-            novelty_score=score,
-            threshold=threshold,
-            cluster=cluster,
             neighbours=neighbours[: self.config.alert_neighbours],
             mask=item.mask,
             simulated=item.aligned_simulated,
-            model_version=item.model_version,
-            labels=item.labels,
-            job_id=item.job_id,
-            clip_id=item.clip_id,
-            alignment_flagged=item.alignment_flagged,
-            alignment_reason=item.alignment_reason,
-            produced_at=item.produced_at,
         )
         if not self.config.provisional:
             return Scored(scored, alert)
