@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import random
 import subprocess
 import sys
@@ -47,7 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 
 from app.launcher import free_port, wait_for_port
 from bench.dedupe_baselines import Clip, baselines, timed
-from bench.dedupe_real import RealClip, load_or_generate_real, shows_moved_window
+from bench.dedupe_real import (
+    RealClip,
+    load_or_generate_real,
+    read_png_pairs,
+    shows_moved_window,
+    write_png_pairs,
+)
 from services.dedupe.core import DedupeCore, DedupeSettings, Outcome
 from services.dedupe.store import DedupeStore
 from services.dedupe.store_memory import InMemoryDedupeStore
@@ -128,28 +133,14 @@ def load_or_generate(cache_dir: Path, n_layouts: int, n_defects: int, max_shift_
     """The item set, read from a cache file when one exists (raw PNG bytes, no pickle)."""
     name = f"dedupe_bench_v{CACHE_VERSION}_{n_layouts}_{n_defects}_{max_shift_px}_{seed}"
     meta_path, blob_path = cache_dir / f"{name}.jsonl", cache_dir / f"{name}.bin"
-    if meta_path.exists() and blob_path.exists():
-        blob = blob_path.read_bytes()
-        items = []
-        for line in meta_path.read_text().splitlines():
-            row = json.loads(line)
-            a, b, c = row.pop("offsets")
-            items.append(BenchItem(mask_png=blob[a:b], print_png=blob[b:c], **row))
-        return items
+    cached = read_png_pairs(meta_path, blob_path, BenchItem)
+    if cached is not None:
+        return cached
     from tqdm import tqdm
 
     items = list(tqdm(generate_items(n_layouts, n_defects, max_shift_px, seed),
                       total=2 * (n_layouts + n_defects), desc="simulating", unit="result"))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    offset = 0
-    with blob_path.open("wb") as blob_file, meta_path.open("w") as meta_file:
-        for item in items:
-            a, b = offset, offset + len(item.mask_png)
-            c = b + len(item.print_png)
-            blob_file.write(item.mask_png + item.print_png)
-            offset = c
-            row = {k: v for k, v in item.__dict__.items() if k not in ("mask_png", "print_png")}
-            meta_file.write(json.dumps({**row, "offsets": [a, b, c]}) + "\n")
+    write_png_pairs(meta_path, blob_path, items)
     return items
 
 

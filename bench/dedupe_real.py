@@ -26,10 +26,11 @@ arrive before its original.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -194,21 +195,26 @@ def _clip(simulator: LithoSimulator, layout: Layout, pad_px: int, dose: float, r
                     round(float((printed > 0.5).mean()), 5), edge, _png8(mask), _png8(printed))
 
 
-def load_or_generate_real(cache_dir: Path, windows_per_layer: int, far_share: float, seed: int,
-                          cells_dir: Path) -> list[RealClip]:
-    """The real-layout clip set, read from the cache when there (JSON lines + one blob of PNG bytes)."""
-    name = f"dedupe_real_v{REAL_CACHE_VERSION}_{windows_per_layer}_{far_share}_{seed}"
-    meta_path, blob_path = cache_dir / f"{name}.jsonl", cache_dir / f"{name}.bin"
-    if meta_path.exists() and blob_path.exists():
-        blob = blob_path.read_bytes()
-        clips = []
-        for line in meta_path.read_text().splitlines():
-            row = json.loads(line)
-            a, b, c = row.pop("offsets")
-            clips.append(RealClip(mask_png=blob[a:b], print_png=blob[b:c], **row))
-        return clips
-    clips = list(generate_real(windows_per_layer, far_share, seed, cells_dir))
-    cache_dir.mkdir(parents=True, exist_ok=True)
+PngPair = TypeVar("PngPair")
+
+
+def read_png_pairs(meta_path: Path, blob_path: Path, make: Callable[..., PngPair]) -> list[PngPair] | None:
+    """A cached clip set (JSON lines of fields with the byte offsets of each clip's mask and print
+    PNGs in one blob; no pickle), or None when not cached."""
+    if not (meta_path.exists() and blob_path.exists()):
+        return None
+    blob = blob_path.read_bytes()
+    clips = []
+    for line in meta_path.read_text().splitlines():
+        row = json.loads(line)
+        a, b, c = row.pop("offsets")
+        clips.append(make(mask_png=blob[a:b], print_png=blob[b:c], **row))
+    return clips
+
+
+def write_png_pairs(meta_path: Path, blob_path: Path, clips: Sequence[Any]) -> None:
+    """Cache dataclass clips with ``mask_png``/``print_png`` bytes as :func:`read_png_pairs` reads them."""
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
     offset = 0
     with blob_path.open("wb") as blob_file, meta_path.open("w") as meta_file:
         for clip in clips:
@@ -218,4 +224,16 @@ def load_or_generate_real(cache_dir: Path, windows_per_layer: int, far_share: fl
             offset = c
             row = {k: v for k, v in asdict(clip).items() if k not in ("mask_png", "print_png")}
             meta_file.write(json.dumps({**row, "offsets": [a, b, c]}) + "\n")
+
+
+def load_or_generate_real(cache_dir: Path, windows_per_layer: int, far_share: float, seed: int,
+                          cells_dir: Path) -> list[RealClip]:
+    """The real-layout clip set, read from the cache when there (JSON lines + one blob of PNG bytes)."""
+    name = f"dedupe_real_v{REAL_CACHE_VERSION}_{windows_per_layer}_{far_share}_{seed}"
+    meta_path, blob_path = cache_dir / f"{name}.jsonl", cache_dir / f"{name}.bin"
+    cached = read_png_pairs(meta_path, blob_path, RealClip)
+    if cached is not None:
+        return cached
+    clips = list(generate_real(windows_per_layer, far_share, seed, cells_dir))
+    write_png_pairs(meta_path, blob_path, clips)
     return clips
