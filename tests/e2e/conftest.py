@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pipeline_env import service_env
 
 from app.demo.assets import DemoAssets, DemoConfig, calibrate, make_datasets, prepare_model
 from app.launcher import EmbeddedStack
@@ -26,17 +27,6 @@ def e2e_assets(tmp_path_factory: pytest.TempPathFactory) -> DemoAssets:
     model_dir = prepare_model(cfg, library_dir, root, lambda _m: None)
     thresholds, report = calibrate(library_dir, model_dir, root, lambda _m: None)
     return DemoAssets(library_dir, stream_dir, model_dir, thresholds, report)
-
-
-def service_env(assets: DemoAssets, tmp_path: Path) -> dict[str, str]:
-    return {
-        "LITHOWATCH_MODEL_PATH": str(assets.model_dir),
-        "LITHOWATCH_THRESHOLDS_PATH": str(assets.thresholds_path),
-        "LITHOWATCH_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
-        "LITHOWATCH_MAX_POLL_INTERVAL_MS": "8000",
-        "LITHOWATCH_SESSION_TIMEOUT_MS": "6000",
-        "LITHOWATCH_TORCH_THREADS": "1",
-    }
 
 
 def publish_library(stack: EmbeddedStack, assets: DemoAssets) -> int:

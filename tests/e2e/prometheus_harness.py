@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,19 @@ DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "lithowatch-pipeline.js
 # Windows of the "what is happening now" novelty rules (production: 10m); the 1-day baseline is
 # kept: in a test it covers the whole run, which is what a baseline is.
 NOVELTY_SHORT_RULES = ("lithowatch:novelty_ratio:rate10m", "lithowatch:novelty_decisions:rate10m")
+
+
+def say(message: str) -> None:
+    """A progress line with the time (these tests run for minutes; ``-s`` shows them)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout_seconds: float, interval: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_seconds:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 def shorten_rules(

@@ -29,14 +29,14 @@ and the alert reaches ``firing``. The figures are printed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from prometheus_harness import RULES_DIR, Prometheus, shorten_rules
+from prometheus_harness import RULES_DIR, Prometheus, say, shorten_rules, wait_for
 
 from app.launcher import EmbeddedStack
 from app.supervisor import Pipeline, port_is_free
@@ -56,18 +56,6 @@ VARIANTS = 6
 WINDOW = 200
 DEFOCUS_NM = 200.0
 SEED = 7
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def wait_for(what: str, predicate: Callable[[], bool], timeout_seconds: float, interval: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_seconds:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 from farm_streams import known_farm, stream_settings
+from pipeline_env import service_env
 
 from app.demo.assets import DemoAssets, calibrate
+from app.demo.run import STAGES
 from app.launcher import EmbeddedStack, wait_until
 from app.supervisor import Pipeline, RunningService
 from services.novelty.library_cli import build_library
@@ -43,18 +45,6 @@ pytestmark = pytest.mark.e2e
 
 COUNT = 120
 RATE_PER_SECOND = 2.0
-STAGES = ("dedupe", "align", "embed", "novelty", "explain")
-
-
-def service_env(assets: DemoAssets, tmp_path: Path) -> dict[str, str]:
-    return {
-        "LITHOWATCH_MODEL_PATH": str(assets.model_dir),
-        "LITHOWATCH_THRESHOLDS_PATH": str(assets.thresholds_path),
-        "LITHOWATCH_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
-        "LITHOWATCH_MAX_POLL_INTERVAL_MS": "8000",
-        "LITHOWATCH_SESSION_TIMEOUT_MS": "6000",
-        "LITHOWATCH_TORCH_THREADS": "1",
-    }
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +162,7 @@ def test_switching_the_model_and_back_mid_stream_scores_every_result_by_its_own_
     alerts = of(Topics.ALERTS, AlertRecord)
     dlq = [r for r in records if r.topic == Topics.DLQ]
     position = {result_id: i for i, result_id in enumerate(published)}
-    by_model = defaultdict(int)
+    by_model: dict[str, int] = defaultdict(int)
     for versions in embedded.values():
         by_model[versions[0]] += 1
     print(

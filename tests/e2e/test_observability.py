@@ -39,8 +39,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,9 @@ from prometheus_harness import (
     Prometheus,
     instant_query_text,
     panel_queries,
+    say,
     shorten_rules,
+    wait_for,
 )
 
 from app.demo.assets import NOVEL_FAMILY, DemoAssets
@@ -83,18 +84,6 @@ BASELINE_RATE = 4.0
 BASELINE_DECISIONS = 30
 BURST_RESULTS = 16
 BURST_RATE = 1.0
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def wait_for(what: str, predicate: Callable[[], bool], timeout_seconds: float, interval: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_seconds:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def scalar(prom: Prometheus, expr: str) -> float:
