@@ -389,6 +389,11 @@ def run_real(args: argparse.Namespace) -> None:
                            ("dedupe core, windows_are_duplicates", lenient)):
         dup_of, seconds = run_core(DedupeCore(InMemoryDedupeStore(), settings), results, args.batch_size)
         rows.append(score_real(name, stream, dup_of, seconds, judge))
+    as_items = real_to_bench(stream)
+    for which in ("print", "mask"):
+        dup_of, seconds = run_phash_baseline(as_items, which, args.phash_radius)
+        rows.append(score_real(f"imagehash.phash of the {which}, <= {args.phash_radius}", stream, dup_of,
+                               seconds, judge))
     if not args.no_baselines:
         decoded = [Clip(c.result_id, to_uint8(decode_image(c.mask_png))) for c in stream]
         for name, run in baselines():
