@@ -53,7 +53,7 @@ from bench.dedupe_real import (
     shows_moved_window,
     write_png_pairs,
 )
-from services.dedupe.core import DedupeCore, DedupeSettings, Outcome
+from services.dedupe.core import DedupeCore, DedupeSettings
 from services.dedupe.store import DedupeStore
 from services.dedupe.store_memory import InMemoryDedupeStore
 from services.dedupe.store_redis import RedisDedupeStore
@@ -197,17 +197,26 @@ def score(name: str, stream: list[BenchItem], duplicate_of: Verdicts) -> Accurac
     return Accuracy(name, hits / max(pairs, 1), pairs, false_merges, defects_merged, defects, flagged)
 
 
-def run_core(core: DedupeCore, results: list[SimResult], batch_size: int) -> tuple[Verdicts, float]:
+def run_core(core: DedupeCore, results: list[SimResult], batch_size: int,
+             at_arrival: Verdicts | None = None) -> tuple[Verdicts, float]:
+    """Each result's final verdict (a late duplicate record, see ``DedupeSettings.bridge_candidates``,
+    replaces the unique verdict given on arrival) and the seconds taken; ``at_arrival`` gets the
+    verdicts as first given."""
     duplicate_of: Verdicts = {}
     start = time.perf_counter()
     for i in range(0, len(results), batch_size):
-        outcomes: list[Outcome] = core.process_batch(results[i:i + batch_size])
-        for result, outcome in zip(results[i:i + batch_size], outcomes, strict=True):
+        decisions = core.decide_batch(results[i:i + batch_size])
+        for result, decision in zip(results[i:i + batch_size], decisions, strict=True):
+            outcome = decision.outcome
             if isinstance(outcome, InputError):
                 raise RuntimeError(f"{result.result_id}: {outcome}")
+            assert isinstance(outcome, DuplicateRecord | UniqueResult)
             duplicate_of[result.result_id] = (outcome.duplicate_of if isinstance(outcome, DuplicateRecord)
                                               else None)
-            assert isinstance(outcome, DuplicateRecord | UniqueResult)
+            if at_arrival is not None:
+                at_arrival[result.result_id] = duplicate_of[result.result_id]
+            for late in decision.late:
+                duplicate_of[late.record.result_id] = late.record.duplicate_of
     return duplicate_of, time.perf_counter() - start
 
 
@@ -287,22 +296,24 @@ class RealAccuracy:
     seconds: float
     same_pattern: int = 0  # merged into another set whose window shows the same drawn pattern
     far_beyond: int = 0  # of far_merged: into a clip whose window lies more than 16 px away
-    set_recall: float = 0.0  # recall counting only a merge into an earlier member of the set itself
-    same_layout_hits: int = 0  # later members merged into another clip of the same layout (counted as hits)
-    near: int = 0  # later members with an earlier member of their set at most 16 px away
+    set_recall: float = 0.0  # recall counting only a merge into a member of the set itself
+    same_layout_hits: int = 0  # members merged into another clip of the same layout (counted as hits)
+    near: int = 0  # results to merge in the sets whose later members each have an earlier one <= 16 px away
     near_recall: float = 0.0  # recall over those: what the strict rule can reach
 
 
 def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, seconds: float,
                same_pattern: Callable[[RealClip, RealClip], bool]) -> RealAccuracy:
-    """Recall over every member but the first to arrive of each window set (original and three
-    re-simulations, in arrival order): it must point at an earlier clip of the same layout, a member
-    of its set, or another clip whose window shows this very layout (its set's own 17-31 px window,
-    or a clip that ``same_pattern`` finds is this result's layout under a moved window: a cell
-    repeating the pattern). ``set_recall`` counts only merges into the set itself; ``near_recall``
-    only members with an earlier member of their set at most 16 px away (a member whose earlier
-    ones all lie 17-32 px away shows what a window moved that far shows). A merge into
-    another set is a false merge unless ``same_pattern`` holds."""
+    """Recall over each window set (original and three re-simulations): of its four results, all but
+    one (the one kept) must end merged into a clip of the same layout: a member of its set, or
+    another clip whose window shows this very layout (its set's own 17-31 px window, or a clip that
+    ``same_pattern`` finds is this result's layout under a moved window: a cell repeating the
+    pattern). Without late duplicates the one kept is the first to arrive; a late duplicate can
+    make the first a duplicate of a later one, which is then the one kept. ``set_recall`` counts
+    only merges into the set itself; ``near_recall`` only the sets each of whose later members has
+    an earlier member at most 16 px away (in the others a copy arrives when only copies moved the
+    other way, 17-32 px from it, came before it). A merge into another set is a false merge unless
+    ``same_pattern`` holds."""
     by_id = {c.result_id: c for c in stream}
     position = {c.result_id: i for i, c in enumerate(stream)}
     sets: dict[str, list[RealClip]] = {}
@@ -312,20 +323,23 @@ def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, second
     hits = set_hits = total = near = near_hits = 0
     for members in sets.values():
         ordered = sorted(members, key=lambda c: position[c.result_id])
-        for k, later in enumerate(ordered[1:], 1):
-            total += 1
-            reachable = any(max(abs(e.window_x_nm - later.window_x_nm),
-                                abs(e.window_y_nm - later.window_y_nm)) <= 16.5 * 4.0 for e in ordered[:k])
-            near += reachable
-            of = duplicate_of.get(later.result_id)
+        found = in_set = 0
+        for clip in ordered:
+            of = duplicate_of.get(clip.result_id)
             if of is None:
                 continue
             into = by_id[of]
-            in_set = into.group == later.group
-            hit = in_set or into.group == f"{later.group}-far" or same_pattern(into, later)
-            set_hits += in_set
-            hits += hit
-            near_hits += hit and reachable
+            own = into.group == clip.group
+            in_set += own
+            found += own or into.group == f"{clip.group}-far" or same_pattern(into, clip)
+        wanted = len(ordered) - 1  # one result of the set is kept (the first to arrive, or the root)
+        total += wanted
+        hits += min(found, wanted)
+        set_hits += min(in_set, wanted)
+        if all(any(max(abs(e.window_x_nm - later.window_x_nm), abs(e.window_y_nm - later.window_y_nm))
+                   <= 16.5 * 4.0 for e in ordered[:k]) for k, later in enumerate(ordered[1:], 1)):
+            near += wanted
+            near_hits += min(found, wanted)
     false_merges = far_merged = far_beyond = same = 0
     for rid, of in duplicate_of.items():
         if of is None:
@@ -386,9 +400,14 @@ def run_real(args: argparse.Namespace) -> None:
     judge = pattern_judge(args.seed, args.cells)
     lenient = DedupeSettings(windows_are_duplicates=True)
     for name, settings in (("dedupe core, strict (default)", DedupeSettings()),
+                           ("dedupe core, strict, no bridges", DedupeSettings(bridge_candidates=0)),
                            ("dedupe core, windows_are_duplicates", lenient)):
-        dup_of, seconds = run_core(DedupeCore(InMemoryDedupeStore(), settings), results, args.batch_size)
+        arrival: Verdicts = {}
+        dup_of, seconds = run_core(DedupeCore(InMemoryDedupeStore(), settings), results, args.batch_size,
+                                   arrival)
         rows.append(score_real(name, stream, dup_of, seconds, judge))
+        if settings.bridge_candidates and dup_of != arrival:
+            rows.append(score_real("  the same, verdicts on arrival", stream, arrival, seconds, judge))
     as_items = real_to_bench(stream)
     for which in ("print", "mask"):
         dup_of, seconds = run_phash_baseline(as_items, which, args.phash_radius)
@@ -405,14 +424,18 @@ def run_real(args: argparse.Namespace) -> None:
         print(f"{r.name:44s} {r.recall:8.4f} {r.set_recall:7.4f} {r.near_recall:8.4f} {r.false_merges:12d} "
               f"{r.same_pattern:12d} "
               f"{r.far_merged:>8d} / {r.far:<3d} ({r.far_beyond:3d}) {1000 * r.seconds / len(stream):10.1f}")
-    print(f"(recall over {rows[0].resimulations} later members of a window set: merged into an earlier clip "
-          "of the same layout, a member of the set or another clip showing this layout under a moved window "
-          "(the set's own 17-31 px window, or a cell repeating the pattern, checked by re-rendering the "
-          f"layout); in set: only merges into an earlier member of the set count; <= 16 px: recall over the "
-          f"{rows[0].near} members with an earlier member of their set at most 16 px away; false merges: "
-          "into another set whose layout differs; same pattern: into another set that shows the very same "
-          "drawn pattern under a moved window; far merged: a window moved 17-31 px from its set's original "
-          "merged into a clip of that set, in brackets those merged into a clip more than 16 px away; "
+    print(f"(recall over {rows[0].resimulations} results to merge: in each window set of 4 every result "
+          "but one must end merged into a clip of its layout: a member of the set or another clip showing "
+          "this layout under a moved window (the set's own 17-31 px window, or a cell repeating the pattern, "
+          "checked by re-rendering the layout); final verdicts, a late duplicate record replacing the unique "
+          "verdict given on arrival (bridges: DedupeSettings.bridge_candidates); 'on arrival': the first "
+          "verdicts only; "
+          f"in set: only merges into the set itself count; <= 16 px: recall over the {rows[0].near} results "
+          "to merge in the sets each of whose later members has an earlier one at most 16 px away; "
+          "false merges: into another set whose layout differs; same pattern: into another set that shows "
+          "the very same drawn pattern under a moved window; far merged: a window moved 17-31 px from its "
+          "set's original merged into a clip of that set, in brackets those merged into a clip more than "
+          "16 px away; "
           "in-memory store, one process)")
 
 

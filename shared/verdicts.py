@@ -94,6 +94,22 @@ def duplicate_verdict(duplicate: DuplicateRecord, result: SimResult) -> VerdictR
     )
 
 
+def late_duplicate_verdict(duplicate: DuplicateRecord, job_id: str, clip_id: str) -> VerdictRecord:
+    """The verdict of a result shown to be a duplicate after it was passed on as unique (a *late*
+    duplicate, ``details.late`` on its record): it supersedes the result's earlier verdict."""
+    return VerdictRecord(
+        result_id=duplicate.result_id,
+        outcome="duplicate",
+        stage=duplicate.stage,
+        job_id=job_id,
+        clip_id=clip_id,
+        labels=duplicate.labels,
+        duplicate_of=duplicate.duplicate_of,
+        method=duplicate.method,
+        produced_at=duplicate.produced_at,
+    )
+
+
 def _known_fields(value: bytes | None, labels_max_bytes: int) -> dict[str, Any]:
     """What a dead-lettered message says of its result, read leniently (it may be invalid)."""
     if not value:

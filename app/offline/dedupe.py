@@ -17,7 +17,7 @@ measured details (window shift, mismatching pixels).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm import tqdm
@@ -147,8 +147,9 @@ def find_duplicates(
                     skip(result)
                 else:
                     ready.append((item, result))
-            outcomes = core.process_batch([result for _, result in ready])
-            for (item, result), outcome in zip(ready, outcomes, strict=True):
+            decisions = core.decide_batch([result for _, result in ready])
+            for (item, result), decision in zip(ready, decisions, strict=True):
+                outcome = decision.outcome
                 files = folder.files_of(item)
                 if isinstance(outcome, InputError):
                     skip(Skipped(result.result_id, files, outcome.reason, str(outcome)))
@@ -161,6 +162,12 @@ def find_duplicates(
                     duplicates[result.result_id] = duplicate
                 else:
                     unique += 1
+                for late in decision.late:  # an earlier result this one shows to be a window of its layout
+                    earlier = members.get(late.record.result_id)
+                    if earlier is not None and earlier.duplicate is None:
+                        members[earlier.id] = replace(earlier, duplicate=late.record)
+                        duplicates[earlier.id] = late.record
+                        unique -= 1
             bar.update(len(chunk))
     groups = [
         Group(members[kept], [members[d] for d in found])

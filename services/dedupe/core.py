@@ -44,17 +44,20 @@ back, a different result under a reused id must not).
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from services.dedupe import NAME as STAGE
 from services.dedupe.store import Candidate, DedupeItem, DedupeStore, Verdict
-from shared.contracts import DuplicateRecord, Hashes, ImageRef, SimResult, UniqueResult
+from shared.contracts import DuplicateRecord, Hashes, ImageRef, Labels, SimResult, UniqueResult
 from shared.errors import ConfigError, ImageError, InputError
 from shared.hashing import (
     band_probes,
@@ -101,6 +104,13 @@ class DedupeSettings(BaseModel):
     windows_are_duplicates: bool = False
     resimulation_shift_px: int = Field(16, ge=0, le=MAX_SHIFT_PX)  # a farm's largest window move
     strip_new_max_px: int = Field(4, ge=0)  # drawn pixels of unexplained features tolerated (strict)
+    # a duplicate is verified against up to this many more of its candidates: an earlier result kept as
+    # unique that it matches too becomes its (late) duplicate, see DedupeStore.check_and_insert_batch; 0: off
+    bridge_candidates: int = Field(8, ge=0, le=64)
+    # a bridge must compare at least this many mask pixels drawn in both clips: a window showing one
+    # contact (256 px at 4 nm/px) agrees with any other lone contact, too little to link two results
+    # that did not match each other
+    bridge_min_matched_px: int = Field(400, ge=0)
 
     def namespace(self) -> str:
         kind = f"{self.hash_kind}+centred" if self.centred_keys else self.hash_kind
@@ -138,6 +148,61 @@ def decode_payload(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
     if mask.size != h * w or bits.size * 8 < h * w:
         raise ImageError("dedupe payload size does not match its shape", reason="dedupe_payload")
     return mask.reshape(h, w), np.unpackbits(bits)[: h * w].reshape(h, w).astype(bool)
+
+
+# -- what a late duplicate record needs of a result, kept with its verdict -----------------------
+
+ORIGIN_LABELS_MAX_BYTES = 1024  # labels larger than this (as JSON) are not kept
+
+
+def _origin(result: SimResult) -> str:
+    """The farm's ids, the time produced and (when small) the labels of a result, as JSON."""
+    doc: dict[str, Any] = {"job_id": result.job_id, "clip_id": result.clip_id,
+                           "produced_at": result.produced_at.isoformat()}
+    labels = json.dumps(result.labels)
+    if len(labels) <= ORIGIN_LABELS_MAX_BYTES:
+        doc["labels"] = result.labels
+    return json.dumps(doc)
+
+
+_ORIGIN_FIELDS = TypeAdapter(dict[str, Any])
+_MOMENT = TypeAdapter(datetime)
+_LABELS = TypeAdapter(Labels)
+
+
+def _read_origin(text: str) -> dict[str, Any]:
+    """What :func:`_origin` kept, validated field by field (a field that does not read is left out)."""
+    try:
+        doc = _ORIGIN_FIELDS.validate_json(text) if text else {}
+    except ValidationError:
+        return {}
+    out: dict[str, Any] = {name: doc[name] for name in ("job_id", "clip_id")
+                           if isinstance(doc.get(name), str)}
+    for name, adapter in (("produced_at", _MOMENT), ("labels", _LABELS)):
+        try:
+            if name in doc:
+                out[name] = adapter.validate_python(doc[name])
+        except ValidationError:
+            pass
+    return out
+
+
+@dataclass(frozen=True)
+class LateDuplicate:
+    """A result kept as unique when it came, shown by a later one to be a window of that one's layout:
+    its duplicate record, and the farm's ids kept of it (for its verdict)."""
+
+    record: DuplicateRecord
+    job_id: str = ""
+    clip_id: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One result's outcome, and the late duplicates its verdict brought (:meth:`DedupeCore.decide_batch`)."""
+
+    outcome: Outcome
+    late: list[LateDuplicate] = field(default_factory=list)
 
 
 # -- the core ------------------------------------------------------------------------------------
@@ -203,12 +268,18 @@ class DedupeCore:
             payload=encode_payload(mask_u8, print_binary),
             parts=parts,
             profile=profile_signature(mask) if s.profile_candidates else b"",
+            origin=_origin(result),
         )
         hashes = Hashes(exact=digest, perceptual=kinds)
         return _Prepared(result, item, hashes, mask_u8, print_binary)
 
     def process_batch(self, results: Sequence[SimResult]) -> list[Outcome]:
         """One outcome per result, in order. Store failures propagate (DependencyUnavailable)."""
+        return [decision.outcome for decision in self.decide_batch(results)]
+
+    def decide_batch(self, results: Sequence[SimResult]) -> list[Decision]:
+        """One decision per result, in order: its outcome and the late duplicate records it brings
+        (earlier results kept as unique that this one shows to be windows of its layout)."""
         prepared: list[_Prepared | InputError] = []
         for result in results:
             try:
@@ -232,9 +303,11 @@ class DedupeCore:
                 cache[candidate.result_id] = arrays
             # a candidate found by profile alone (its hash is unrelated) must register at one shift: a lone
             # rail agrees all along itself, and with everything else in the strips any two windows would do
+            evidence_px = s.bridge_min_matched_px if candidate.bridge else 0
             match = verify_window_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
                                         self.tolerances, self.strip_new_max_px, s.resimulation_shift_px,
-                                        unique_shift=candidate.via == "profile")
+                                        unique_shift=candidate.via == "profile",
+                                        min_matched_drawn_px=evidence_px)
             if match is None:
                 return None
             return {"hash_kind": self.settings.hash_kind, "hamming_bits": candidate.distance_bits,
@@ -244,15 +317,34 @@ class DedupeCore:
             [p.item for p in ready], verify,
             hamming_radius=self.settings.hamming_radius, max_candidates=self.settings.max_candidates,
             profile_candidates=self.settings.profile_candidates,
+            bridge_candidates=self.settings.bridge_candidates,
         ) if ready else []
         by_item = {id(p.item): v for p, v in zip(ready, verdicts, strict=True)}
-        outcomes: list[Outcome] = []
+        decisions: list[Decision] = []
         for p in prepared:
             if isinstance(p, InputError):
-                outcomes.append(p)
+                decisions.append(Decision(p))
             else:
-                outcomes.append(self._outcome(p, by_item[id(p.item)]))
-        return outcomes
+                verdict = by_item[id(p.item)]
+                decisions.append(Decision(self._outcome(p, verdict),
+                                          [self._late_record(v, p.result) for v in verdict.late]))
+        return decisions
+
+    def _late_record(self, verdict: Verdict, found_by: SimResult) -> LateDuplicate:
+        """The duplicate record of an earlier result ``found_by`` showed to be a window of its layout
+        (``verdict``, one of its :attr:`Verdict.late`); the farm's ids and time from what was kept of it."""
+        origin = _read_origin(verdict.origin)
+        details = {**verdict.details, "exact_digest": verdict.exact_digest or ""}
+        produced_at = origin.get("produced_at")
+        if produced_at is None:
+            produced_at = found_by.produced_at
+            details["produced_at_unknown"] = True
+        record = DuplicateRecord(
+            result_id=verdict.result_id, duplicate_of=found_by.result_id, method="perceptual",
+            distance=verdict.distance_bits / self.settings.hash_bits, stage=STAGE,
+            labels=origin.get("labels", {}), produced_at=produced_at, details=details,
+        )
+        return LateDuplicate(record, origin.get("job_id", ""), origin.get("clip_id", ""))
 
     def _outcome(self, p: _Prepared, verdict: Verdict) -> Outcome:
         result = p.result
@@ -267,6 +359,8 @@ class DedupeCore:
         details = {**verdict.details, "exact_digest": p.hashes.exact}
         if verdict.replayed:
             details["replayed"] = True
+        if verdict.late:
+            details["late_duplicates"] = [late.result_id for late in verdict.late]
         return DuplicateRecord(
             result_id=result.result_id, duplicate_of=verdict.duplicate_of, method=verdict.status,
             distance=distance, stage=STAGE, labels=dict(result.labels), produced_at=result.produced_at,

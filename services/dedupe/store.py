@@ -87,6 +87,7 @@ Status = Literal["unique", "exact", "perceptual", "reused"]
 BAND_MAX_MEMBERS_DEFAULT = 256
 BAND_TTL_FACTOR = 2  # a band set's expiry, in TTLs, when refreshed
 RECENT_POOL_DEFAULT = 1024  # newest results per namespace ranked by profile when no hash candidate verifies
+BRIDGE_CHAIN_HOPS = 4  # links of a duplicate chain followed before a bridge is made
 _ADDED = struct.Struct(">I")  # the time a band member was added, inside the member
 
 
@@ -108,6 +109,9 @@ class DedupeItem:
     parts: int = 1
     # row and column profile (``shared.hashing.profile_signature``); empty: not in the recent pool
     profile: bytes = b""
+    # what a late duplicate record of this result needs of it (JSON: the farm's ids, produced_at, small
+    # labels), kept with its verdict; empty: nothing kept
+    origin: str = ""
 
     @property
     def part_bytes(self) -> int:
@@ -154,6 +158,7 @@ class Candidate:
     distance_bits: int
     payload: bytes
     via: str = "hash"  # how it was found: "hash" (a shared band) or "profile" (the recent pool)
+    bridge: bool = False  # verified for a bridge, after the result matched another candidate
 
 
 @dataclass(frozen=True)
@@ -165,19 +170,38 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)
     replayed: bool = False  # the stored verdict of an earlier delivery
     exact_digest: str | None = None  # of the pixels the verdict was made for (None: stored before digests)
+    origin: str = ""  # the result's :attr:`DedupeItem.origin`, kept for a late duplicate record
+    # earlier unique results this one showed to be windows of its own layout (see ``bridge_candidates``):
+    # their new verdicts, duplicates of this result, decided *late*; kept here so a redelivery repeats them
+    late: tuple[Verdict, ...] = ()
+
+    def _doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"status": self.status, "duplicate_of": self.duplicate_of,
+                               "distance_bits": self.distance_bits, "details": self.details,
+                               "exact_digest": self.exact_digest}
+        if self.origin:
+            doc["origin"] = self.origin
+        if self.late:
+            doc["late"] = [{"result_id": v.result_id, **v._doc()} for v in self.late]
+        return doc
 
     def to_json(self) -> str:
-        return json.dumps({"status": self.status, "duplicate_of": self.duplicate_of,
-                           "distance_bits": self.distance_bits, "details": self.details,
-                           "exact_digest": self.exact_digest})
+        return json.dumps(self._doc())
+
+    @classmethod
+    def _from_doc(cls, result_id: str, data: dict[str, Any]) -> Verdict:
+        digest = data.get("exact_digest")
+        origin = data.get("origin")
+        late = tuple(cls._from_doc(str(doc["result_id"]), doc) for doc in data.get("late") or ()
+                     if isinstance(doc, dict) and isinstance(doc.get("result_id"), str))
+        return cls(result_id, data["status"], data.get("duplicate_of"), int(data.get("distance_bits", 0)),
+                   dict(data.get("details") or {}), replayed=True,
+                   exact_digest=digest if isinstance(digest, str) else None,
+                   origin=origin if isinstance(origin, str) else "", late=late)
 
     @classmethod
     def from_json(cls, result_id: str, text: str | bytes) -> Verdict:
-        data = json.loads(text)
-        digest = data.get("exact_digest")
-        return cls(result_id, data["status"], data.get("duplicate_of"), int(data.get("distance_bits", 0)),
-                   dict(data.get("details") or {}), replayed=True,
-                   exact_digest=digest if isinstance(digest, str) else None)
+        return cls._from_doc(result_id, json.loads(text))
 
     def answer_for(self, item: DedupeItem) -> Verdict:
         """This stored verdict answering ``item``: replayed for the same pixels, ``reused`` for others."""
@@ -194,7 +218,7 @@ Verifier = Callable[[DedupeItem, Candidate], "dict[str, Any] | None"]
 class DedupeStore(Protocol):
     def check_and_insert_batch(self, items: Sequence[DedupeItem], verify: Verifier, *,
                                hamming_radius: int, max_candidates: int,
-                               profile_candidates: int = 0) -> list[Verdict]: ...
+                               profile_candidates: int = 0, bridge_candidates: int = 0) -> list[Verdict]: ...
 
 
 @dataclass
@@ -282,12 +306,21 @@ class BandDedupeStore(ABC):
 
     def check_and_insert_batch(self, items: Sequence[DedupeItem], verify: Verifier, *,
                                hamming_radius: int, max_candidates: int,
-                               profile_candidates: int = 0) -> list[Verdict]:
+                               profile_candidates: int = 0, bridge_candidates: int = 0) -> list[Verdict]:
         """Verdicts for a batch. A result none of whose ``max_candidates`` nearest hash candidates is a
         duplicate is verified, besides, against the ``profile_candidates`` results nearest by profile
         (:func:`shared.hashing.profile_distances`) among the store's newest ``recent_pool`` of its
         namespace and the batch's earlier results: a sparse clip whose window move brought in or took
-        out much of what it shows, so that neither hash found it."""
+        out much of what it shows, so that neither hash found it.
+
+        Bridges (``bridge_candidates`` > 0): a duplicate is verified against up to that many more of
+        its hash candidates after the one it matched, and as many of those nearest by profile
+        (:attr:`Candidate.bridge`). One that matches too and was judged unique is a window of the same
+        layout that arrived before the result linking the two (two re-simulations moved opposite
+        ways, both before their original, show each other new content): it becomes a duplicate of
+        this result. An earlier result of the same batch is decided so before anything is
+        produced; one decided in an earlier batch gets a *late* verdict (stored over its unique one and
+        returned in this result's :attr:`Verdict.late`, for a late duplicate record)."""
         lookups = self._lookup(items)
         verdicts: list[Verdict | None] = [None] * len(items)
         store_candidates: list[list[tuple[int, str]]] = [[] for _ in items]
@@ -319,6 +352,7 @@ class BandDedupeStore(ABC):
 
         batch_uniques: list[DedupeItem] = []
         unique_indices: list[int] = []
+        bridged: dict[int, list[Verdict]] = {}  # item index -> candidates it also matched, as its duplicates
         for i, item in enumerate(items):
             if verdicts[i] is not None:
                 continue
@@ -332,20 +366,29 @@ class BandDedupeStore(ABC):
                     ranked.append((d, other.result_id, other.payload))
             ranked.sort(key=lambda entry: (entry[0], entry[1]))
             verdict = Verdict(item.result_id, "unique")
-            for d, rid, payload in ranked[:max_candidates]:
+            matched_at = len(ranked)
+            for k, (d, rid, payload) in enumerate(ranked[:max_candidates]):
                 details = verify(item, Candidate(rid, d, payload))
                 if details is not None:
                     verdict = Verdict(item.result_id, "perceptual", rid, d, details)
+                    matched_at = k
                     break
             if verdict.status == "unique" and profile_candidates > 0 and item.profile:
                 tried = {rid for _, rid, _ in ranked[:max_candidates]}
                 verdict = self._verify_by_profile(item, verify, profile_options[i], payloads, batch_uniques,
                                                   tried, profile_candidates) or verdict
+            if verdict.status == "perceptual" and bridge_candidates > 0:
+                seen = {rid for _, rid, _ in ranked[:matched_at + 1]} | {verdict.duplicate_of or ""}
+                later = self._bridge_candidates(item, ranked[matched_at + 1:], profile_options[i], payloads,
+                                                batch_uniques, lookups[i].recent, seen)
+                bridged[i] = self._bridges(item, verify, later[:bridge_candidates])
             verdicts[i] = verdict
             if verdict.status in ("unique", "perceptual"):  # a re-simulation is kept to match later ones
                 batch_uniques.append(item)
                 unique_indices.append(i)
-        decided = [v if v.replayed or v.status == "reused" else replace(v, exact_digest=item.exact_digest)
+        self._resolve_bridges(items, verdicts, bridged)
+        decided = [v if v.replayed or v.status == "reused"
+                   else replace(v, exact_digest=item.exact_digest, origin=item.origin)
                    for item, v in zip(items, filter(None, verdicts), strict=True)]
         fresh = [i for i, v in enumerate(decided) if not v.replayed and v.status != "reused"]
         # a reused id's claim on its pixels' digest (made by the lookup) would name a result decided
@@ -356,7 +399,8 @@ class BandDedupeStore(ABC):
         now = self.clock()
         upkeep = self._upkeep([(items[i], lookups[i]) for i in unique_indices], now)
         new_verdicts = [(items[i], decided[i]) for i in fresh]
-        written = self._commit(batch_uniques, new_verdicts, stale, upkeep, released, now)
+        written = self._commit(batch_uniques, new_verdicts, stale, upkeep, released, now,
+                               [v for i in fresh for v in decided[i].late])
         if written.trimmed and self.on_trimmed is not None:
             self.on_trimmed(written.trimmed)
         for i, raw in zip(fresh, written.stored, strict=True):
@@ -366,6 +410,98 @@ class BandDedupeStore(ABC):
             if text != decided[i].to_json():  # another delivery's verdict was there first: it stands
                 decided[i] = Verdict.from_json(items[i].result_id, text).answer_for(items[i])
         return decided
+
+    def _bridge_candidates(self, item: DedupeItem, hash_left: Sequence[tuple[int, str, bytes]],
+                           options: list[tuple[float, str, int]], payloads: dict[str, bytes],
+                           batch_uniques: Sequence[DedupeItem], recent: list[tuple[str, int, bytes]],
+                           seen: set[str]) -> list[Candidate]:
+        """The candidates a duplicate has not tried (its hash candidates after the one it matched, those
+        nearest by profile), nearest by profile first: a window moved the other way shares little of
+        its hash with this one, and its profile ranks it better than the hash distance does."""
+        by_profile = self._by_profile_ranked(item, options, payloads, batch_uniques, seen, bridge=True)
+        profiles = {rid: profile for rid, _, profile in recent if len(profile) == len(item.profile)}
+        listed = {c.result_id for _, c in by_profile}
+        left = [(d, rid, payload) for d, rid, payload in hash_left if rid not in seen and rid not in listed]
+        known = [entry for entry in left if entry[1] in profiles]
+        ranked = list(by_profile)
+        if known:
+            distances = profile_distances(item.profile, [profiles[rid] for _, rid, _ in known])
+            ranked += [(float(distances[j]), Candidate(rid, d, payload, bridge=True))
+                       for j, (d, rid, payload) in enumerate(known)]
+        ranked.sort(key=lambda entry: (entry[0], entry[1].result_id))
+        return [c for _, c in ranked] + [Candidate(rid, d, payload, bridge=True)
+                                         for d, rid, payload in left if rid not in profiles]
+
+    @staticmethod
+    def _bridges(item: DedupeItem, verify: Verifier, candidates: Sequence[Candidate]) -> list[Verdict]:
+        """The ``candidates`` that ``item`` matches too, each as a verdict making it a duplicate of ``item``
+        (the pixels checked are the same pair)."""
+        found = []
+        for candidate in candidates:
+            details = verify(item, candidate)
+            if details is not None:
+                found.append(Verdict(candidate.result_id, "perceptual", item.result_id,
+                                     candidate.distance_bits, {**details, "bridged_by": item.result_id}))
+        return found
+
+    def _resolve_bridges(self, items: Sequence[DedupeItem], verdicts: list[Verdict | None],
+                         bridged: dict[int, list[Verdict]]) -> None:
+        """Turn the bridged candidates that were judged unique into duplicates: one of this batch in
+        ``verdicts`` (nothing is produced yet), an earlier batch's in the bridging result's
+        :attr:`Verdict.late` (its stored verdict must say unique). A candidate on the chain of what the
+        bridging result duplicates (``duplicate_of`` followed through stored verdicts) is left alone:
+        it is already that layout's first result, and a link to it would close a loop."""
+        if not bridged:
+            return
+        position = {item.result_id: k for k, item in enumerate(items)}
+        known: dict[str, Verdict | None] = {}
+
+        def fetch(result_ids: set[str]) -> None:
+            wanted = sorted(rid for rid in result_ids if rid not in position and rid not in known)
+            if wanted:
+                found = self._verdicts(wanted)
+                known.update({rid: found.get(rid) for rid in wanted})
+
+        def verdict_of(rid: str) -> Verdict | None:
+            k = position.get(rid)
+            return verdicts[k] if k is not None else known.get(rid)
+
+        fetch({v.result_id for found in bridged.values() for v in found})
+        chains: dict[int, list[str]] = {}
+        for i in bridged:
+            first = verdicts[i]
+            chains[i] = [first.duplicate_of] if first is not None and first.duplicate_of is not None else []
+        for _ in range(BRIDGE_CHAIN_HOPS):  # one read per hop, for every bridging result at once
+            fetch({chain[-1] for chain in chains.values() if chain})
+            for chain in chains.values():
+                link = verdict_of(chain[-1]) if chain else None
+                if link is not None and link.duplicate_of is not None and link.duplicate_of not in chain:
+                    chain.append(link.duplicate_of)
+        done: set[str] = set()
+        for i in sorted(bridged):
+            end = verdict_of(chains[i][-1]) if chains[i] else None
+            if end is not None and end.duplicate_of is not None:
+                continue  # a chain longer than the hops followed: no bridge rather than a possible loop
+            late: list[Verdict] = []
+            for verdict in bridged[i]:
+                rid = verdict.result_id
+                if rid in done or rid in chains[i]:
+                    continue
+                k = position.get(rid)
+                current = verdict_of(rid)
+                if current is None or current.status != "unique" or current.late:
+                    continue
+                if k is not None:
+                    if k < i and not current.replayed:
+                        verdicts[k] = verdict
+                        done.add(rid)
+                    continue
+                late.append(replace(verdict, details={**verdict.details, "late": True},
+                                    exact_digest=current.exact_digest, origin=current.origin))
+                done.add(rid)
+            current_i = verdicts[i]
+            if late and current_i is not None:
+                verdicts[i] = replace(current_i, late=tuple(late))
 
     @staticmethod
     def _by_profile(item: DedupeItem, recent: list[tuple[str, int, bytes]], nearest: list[tuple[int, str]],
@@ -382,24 +518,33 @@ class BandDedupeStore(ABC):
         return [(float(distances[j]), pool[j][0], item.distance_bits(pool[j][1])) for j in order]
 
     @staticmethod
-    def _verify_by_profile(item: DedupeItem, verify: Verifier, options: list[tuple[float, str, int]],
-                           payloads: dict[str, bytes], batch_uniques: Sequence[DedupeItem], tried: set[str],
-                           limit: int) -> Verdict | None:
-        """The first of the ``limit`` results nearest by profile (stored ones and the batch's earlier ones)
-        that ``verify`` confirms, as a verdict; None when none does."""
+    def _by_profile_ranked(item: DedupeItem, options: list[tuple[float, str, int]],
+                           payloads: dict[str, bytes], batch_uniques: Sequence[DedupeItem], skip: set[str],
+                           bridge: bool = False) -> list[tuple[float, Candidate]]:
+        """The stored results in ``options`` and the batch's earlier ones, nearest by profile first, as
+        (profile distance, candidate found by profile), leaving out those in ``skip``."""
         ranked = [(d, rid, bits, payloads[rid]) for d, rid, bits in options
-                  if rid in payloads and rid not in tried]
-        batch = [o for o in batch_uniques if o.result_id not in tried and o.result_id != item.result_id
+                  if rid in payloads and rid not in skip]
+        batch = [o for o in batch_uniques if o.result_id not in skip and o.result_id != item.result_id
                  and len(o.profile) == len(item.profile)]
         if batch:
             distances = profile_distances(item.profile, [o.profile for o in batch])
             ranked += [(float(distances[j]), o.result_id, item.distance_bits(o.perceptual), o.payload)
                        for j, o in enumerate(batch)]
         ranked.sort(key=lambda entry: (entry[0], entry[1]))
-        for _, rid, bits, payload in ranked[:limit]:
-            details = verify(item, Candidate(rid, bits, payload, via="profile"))
+        return [(d, Candidate(rid, bits, payload, via="profile", bridge=bridge))
+                for d, rid, bits, payload in ranked]
+
+    def _verify_by_profile(self, item: DedupeItem, verify: Verifier, options: list[tuple[float, str, int]],
+                           payloads: dict[str, bytes], batch_uniques: Sequence[DedupeItem], tried: set[str],
+                           limit: int) -> Verdict | None:
+        """The first of the ``limit`` results nearest by profile (stored ones and the batch's earlier ones)
+        that ``verify`` confirms, as a verdict; None when none does."""
+        for _, candidate in self._by_profile_ranked(item, options, payloads, batch_uniques, tried)[:limit]:
+            details = verify(item, candidate)
             if details is not None:
-                return Verdict(item.result_id, "perceptual", rid, bits, details)
+                return Verdict(item.result_id, "perceptual", candidate.result_id, candidate.distance_bits,
+                               details)
         return None
 
     def _upkeep(self, uniques: Sequence[tuple[DedupeItem, _Lookup]], now: float) -> _Upkeep:
@@ -437,13 +582,17 @@ class BandDedupeStore(ABC):
         """Payloads of the given unique results that still exist."""
 
     @abstractmethod
+    def _verdicts(self, result_ids: Sequence[str]) -> dict[str, Verdict]:
+        """The stored verdicts of the given results that have one."""
+
+    @abstractmethod
     def _commit(self, uniques: Sequence[DedupeItem], verdicts: Sequence[tuple[DedupeItem, Verdict]],
                 stale: Sequence[tuple[str, bytes]], upkeep: _Upkeep, released: Sequence[str],
-                now: float) -> _Written:
+                now: float, late: Sequence[Verdict] = ()) -> _Written:
         """Store unique results' payloads and band members (scored ``now``; the sets in ``upkeep``
         trimmed to their newest ``band_max_members`` or given a new expiry), every new verdict with
-        SET NX (reporting what is stored after it); drop stale members and the exact-digest claims
-        in ``released``."""
+        SET NX (reporting what is stored after it), then the ``late`` verdicts over the stored ones of
+        their results; drop stale members and the exact-digest claims in ``released``."""
 
 
 def check_prefix(prefix: str) -> str:

@@ -109,9 +109,13 @@ class InMemoryDedupeStore(BandDedupeStore):
         found = {rid: self._get(f"e:{rid}") for rid in result_ids}
         return {rid: value for rid, value in found.items() if isinstance(value, bytes)}
 
+    def _verdicts(self, result_ids: Sequence[str]) -> dict[str, Verdict]:
+        found = {rid: self._get(f"v:{rid}") for rid in result_ids}
+        return {rid: Verdict.from_json(rid, raw) for rid, raw in found.items() if raw is not None}
+
     def _commit(self, uniques: Sequence[DedupeItem], verdicts: Sequence[tuple[DedupeItem, Verdict]],
                 stale: Sequence[tuple[str, bytes]], upkeep: _Upkeep, released: Sequence[str],
-                now: float) -> _Written:
+                now: float, late: Sequence[Verdict] = ()) -> _Written:
         for key, member in stale:
             self._zset(key).pop(member, None)
         for digest in released:
@@ -144,4 +148,6 @@ class InMemoryDedupeStore(BandDedupeStore):
                 pool = dict(self._newest(pool, self.recent_pool))
             self._zsets[key] = (self.clock() + BAND_TTL_FACTOR * self.ttl_seconds, pool)
         stored = [self._set_nx(f"v:{item.result_id}", verdict.to_json()) for item, verdict in verdicts]
+        for verdict in late:
+            self._set(f"v:{verdict.result_id}", verdict.to_json())
         return _Written(trimmed, list(stored))

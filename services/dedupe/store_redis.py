@@ -129,10 +129,19 @@ class RedisDedupeStore(BandDedupeStore):
         pairs = zip(result_ids, replies, strict=True)
         return {rid: bytes(value) for rid, value in pairs if value is not None}
 
+    def _verdicts(self, result_ids: Sequence[str]) -> dict[str, Verdict]:
+        def build(pipe: Any) -> None:
+            for rid in result_ids:
+                pipe.get(self._verdict_key(rid))
+
+        replies = self._execute(build, "verdict read")
+        return {rid: Verdict.from_json(rid, raw) for rid, raw in zip(result_ids, replies, strict=True)
+                if raw is not None}
+
     def _commit(self, uniques: Sequence[DedupeItem], verdicts: Sequence[tuple[DedupeItem, Verdict]],
                 stale: Sequence[tuple[str, bytes]], upkeep: _Upkeep, released: Sequence[str],
-                now: float) -> _Written:
-        if not uniques and not verdicts and not stale and not released:
+                now: float, late: Sequence[Verdict] = ()) -> _Written:
+        if not uniques and not verdicts and not stale and not released and not late:
             return _Written(0, [])
         pooled = [item for item in uniques if item.profile] if self.recent_pool else []
         pool_keys = sorted({self._pool_key(item.namespace) for item in pooled})
@@ -169,8 +178,11 @@ class RedisDedupeStore(BandDedupeStore):
                 key = self._verdict_key(item.result_id)
                 pipe.set(key, verdict.to_json(), nx=True, ex=self.ttl_seconds)
                 pipe.get(key)
+            for verdict in late:  # after the verdicts, as their replies are counted from the end
+                pipe.set(self._verdict_key(verdict.result_id), verdict.to_json(), ex=self.ttl_seconds)
 
         replies = self._execute(build, "write")
         trimmed = sum(int(replies[i] or 0) for i in trims)
+        replies = replies[:len(replies) - len(late)]
         stored = replies[len(replies) - 2 * len(verdicts):][1::2] if verdicts else []
         return _Written(trimmed, list(stored))

@@ -70,6 +70,7 @@ class WindowMatch:
     compared_fraction: float
     drawn_compared_fraction: float
     strip: StripFeatures
+    matched_drawn_px: int = 0  # mask pixels drawn in both clips at the shift: the evidence compared
 
     def details(self) -> dict[str, object]:
         return {
@@ -78,6 +79,7 @@ class WindowMatch:
             **self.prints.details(),
             "compared_fraction": round(self.compared_fraction, 4),
             "drawn_compared_fraction": round(self.drawn_compared_fraction, 4),
+            "matched_drawn_px": self.matched_drawn_px,
             "strip_new_px": list(self.strip.new_px),
         }
 
@@ -212,11 +214,14 @@ def window_matches(
     strip_new_max_px: int | None,
     explained_px: int = 0,
     unique_shift: bool = False,
+    min_matched_drawn_px: int = 0,
 ) -> Iterator[WindowMatch]:
     """Each shift (from :func:`candidate_shifts`) at which the masks agree on the overlap, with its prints
     judged and its strips measured (:func:`strip_features` with ``explained_px``); ``strip_new_max_px``
     None: the strips are measured, never refused on. ``unique_shift``: none when the registration is
-    ambiguous (only a rail, or another pattern that agrees all along one axis, was compared)."""
+    ambiguous (only a rail, or another pattern that agrees all along one axis, was compared).
+    ``min_matched_drawn_px``: a shift at which fewer mask pixels are drawn in both clips compared too
+    little to tell two layouts apart (one contact matches any lone contact) and is passed over."""
     if mask_a.shape != mask_b.shape or print_a.shape != mask_a.shape or print_b.shape != mask_b.shape:
         return
     shape = (int(mask_a.shape[0]), int(mask_a.shape[1]))
@@ -237,10 +242,13 @@ def window_matches(
         if strip_new_max_px is not None and strip.total_px > strip_new_max_px:
             continue
         compared = float((in_a[0].stop - in_a[0].start) * (in_a[1].stop - in_a[1].start)) / area
+        matched = int(np.count_nonzero((mask_a[in_a] > 127) & (mask_b[in_b] > 127)))
+        if matched < min_matched_drawn_px:
+            continue
         drawn_compared = min(int(np.count_nonzero(mask_a[in_a] > 127)) / drawn_a,
                              int(np.count_nonzero(mask_b[in_b] > 127)) / drawn_b)
         yield WindowMatch((dx, dy), mismatch, judge_windows(mask_a, print_a, print_b, in_a, in_b, tolerances),
-                          compared, drawn_compared, strip)
+                          compared, drawn_compared, strip, matched)
 
 
 def verify_window_match(
@@ -252,6 +260,7 @@ def verify_window_match(
     strip_new_max_px: int | None = 0,
     explained_px: int = 0,
     unique_shift: bool = False,
+    min_matched_drawn_px: int = 0,
 ) -> WindowMatch | None:
     """The first shift (most drawn area agreeing, then smallest) at which ``b`` is ``a`` seen through a
     moved window, prints accepted and (unless ``strip_new_max_px`` is None) no new feature in a strip;
@@ -260,7 +269,8 @@ def verify_window_match(
         (
             m
             for m in window_matches(
-                mask_a, print_a, mask_b, print_b, tolerances, strip_new_max_px, explained_px, unique_shift
+                mask_a, print_a, mask_b, print_b, tolerances, strip_new_max_px, explained_px, unique_shift,
+                min_matched_drawn_px,
             )
             if m.prints.accepted
         ),

@@ -259,3 +259,38 @@ def test_the_recent_pool_finds_what_no_band_does_and_keeps_only_the_newest(clien
     now[0] += 1
     # the original and its copy have left the pool: a third window of it is unique again
     assert kinds(core.process_batch([result("m2", window(5, "routing", (-8, 7)))])) == [None]
+
+
+def _opposite_copies() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Two windows moved 14 px either way (each showing the other a whole new feature beyond 16 px) and
+    the window between them."""
+    from shared.imaging import to_uint8
+    from shared.verification import strip_features
+
+    for seed in range(40):
+        left, right = window(seed, "routing", (-14, 0)), window(seed, "routing", (14, 0))
+        if strip_features(to_uint8(right[0]), to_uint8(left[0]), (-28, 0), None, 16).total_px > 50:
+            return left, right, window(seed, "routing")
+    raise AssertionError("no layout whose copies show each other new content")
+
+
+def test_a_late_duplicate_is_stored_over_the_unique_verdict_and_repeated_on_redelivery(
+    client: redis.Redis,
+) -> None:
+    left, right, middle = _opposite_copies()
+    core = make_core(client)
+    assert kinds(core.process_batch([result("left", left)]) + core.process_batch([result("right", right)])) \
+        == [None, None]
+    (found,) = make_core(client).decide_batch([result("middle", middle)])  # another replica
+    assert isinstance(found.outcome, DuplicateRecord)
+    (late,) = found.late
+    assert late.record.duplicate_of == "middle" and late.record.details["late"] is True
+    other = late.record.result_id
+    assert {other, found.outcome.duplicate_of} == {"left", "right"}
+    raw = client.get(f"dedupe:v:{{{other}}}")
+    assert isinstance(raw, bytes)
+    stored = Verdict.from_json(other, raw)
+    assert stored.status == "perceptual" and stored.duplicate_of == "middle"
+    (again,) = core.decide_batch([result("middle", middle)])  # a redelivery: the same late record
+    assert [d.record.result_id for d in again.late] == [other]
+    assert kinds(core.process_batch([result(other, left if other == "left" else right)])) == ["middle"]

@@ -134,3 +134,83 @@ def test_the_setting_makes_every_window_of_one_layout_a_duplicate(rows: Rows) ->
     assert outcome.details["shift_px"] == [28, 0]
     assert sum(outcome.details["strip_new_px"]) > 0
     assert outcome.details["compared_fraction"] == pytest.approx((256 - 28) / 256, abs=1e-3)
+
+
+def _opposite_copies(rows: Rows) -> tuple[SimResult, SimResult, SimResult]:
+    """Two re-simulations moved 14 px either way along the row (28 px apart, each showing the other a whole
+    new feature beyond 16 px) and their original."""
+    for i in range(6):
+        origin = (i * WINDOW_NM, rows.window_y())
+        left, right = rows.clip("licon", origin, (-14, 0)), rows.clip("licon", origin, (14, 0))
+        if strip_features(to_uint8(right[0]), to_uint8(left[0]), (-28, 0), None, 16).total_px > 50:
+            return (_result("left", *left).model_copy(update={"job_id": "job-7", "clip_id": "clip-3"}),
+                    _result("right", *right), _result("original", *rows.clip("licon", origin, (0, 0))))
+    raise AssertionError("no window whose copies show each other new content")
+
+
+def test_an_original_arriving_after_two_copies_moved_apart_makes_the_unmatched_one_a_late_duplicate(
+    rows: Rows,
+) -> None:
+    left, right, original = _opposite_copies(rows)
+    core = DedupeCore(InMemoryDedupeStore())
+    first = core.decide_batch([left])[0]
+    second = core.decide_batch([right])[0]
+    assert isinstance(first.outcome, UniqueResult) and isinstance(second.outcome, UniqueResult)
+    (third,) = core.decide_batch([original])
+    assert isinstance(third.outcome, DuplicateRecord)
+    kept = third.outcome.duplicate_of
+    other = "right" if kept == "left" else "left"
+    assert third.outcome.details["late_duplicates"] == [other]
+    (late,) = third.late
+    assert late.record.result_id == other and late.record.duplicate_of == "original"
+    assert late.record.details["late"] is True and late.record.details["bridged_by"] == "original"
+    assert late.record.details["strip_new_px"] == [0, 0]
+    expected = left if other == "left" else right
+    assert late.record.produced_at == expected.produced_at
+    assert (late.job_id, late.clip_id) == ((expected.job_id, expected.clip_id))
+    # a redelivery of the original repeats the late record; one of the late duplicate is now a duplicate
+    (again,) = core.decide_batch([original])
+    assert [d.record.result_id for d in again.late] == [other]
+    redelivered = core.process_batch([expected])[0]
+    assert isinstance(redelivered, DuplicateRecord) and redelivered.duplicate_of == "original"
+
+
+def test_copies_and_their_original_in_one_batch_end_with_one_result_kept(rows: Rows) -> None:
+    left, right, original = _opposite_copies(rows)
+    decisions = DedupeCore(InMemoryDedupeStore()).decide_batch([left, right, original])
+    outcomes = [d.outcome for d in decisions]
+    assert sum(isinstance(o, UniqueResult) for o in outcomes) == 1
+    assert all(not d.late for d in decisions)  # decided before anything was produced
+
+
+def test_without_bridges_the_copy_moved_the_other_way_stays_unique(rows: Rows) -> None:
+    left, right, original = _opposite_copies(rows)
+    core = DedupeCore(InMemoryDedupeStore(), DedupeSettings(bridge_candidates=0))
+    decisions = [core.decide_batch([r])[0] for r in (left, right, original)]
+    kinds = [type(d.outcome).__name__ for d in decisions]
+    assert kinds == ["UniqueResult", "UniqueResult", "DuplicateRecord"]
+    assert not decisions[2].late
+
+
+def test_the_stage_produces_a_late_duplicate_record_and_verdict_with_the_bridging_result(rows: Rows) -> None:
+    from services.dedupe.stage import DedupeStage
+    from shared.contracts import Topics, VerdictRecord
+    from shared.stage import Output
+
+    left, right, original = _opposite_copies(rows)
+    stage = DedupeStage(DedupeCore(InMemoryDedupeStore()))
+    stage.process_batch([left])
+    stage.process_batch([right])
+    (outputs,) = stage.process_batch([original])
+    assert isinstance(outputs, list) and all(isinstance(o, Output) for o in outputs)
+    topics = [(o.topic, o.key) for o in outputs]
+    record = outputs[0].value
+    assert isinstance(record, DuplicateRecord)
+    kept = record.duplicate_of
+    other = "right" if kept == "left" else "left"
+    assert topics == [(Topics.DUPLICATES, "original"), (Topics.VERDICTS, "original"),
+                      (Topics.DUPLICATES, other), (Topics.VERDICTS, other)]
+    verdict = outputs[3].value
+    assert isinstance(verdict, VerdictRecord)
+    assert verdict.outcome == "duplicate" and verdict.duplicate_of == "original"
+    assert verdict.job_id == ("job-7" if other == "left" else "")
