@@ -34,6 +34,9 @@ class DedupeServiceSettings(StageSettings):
     # (sparse clips whose window move changed both hashes); dedupe_profile_candidates of them are verified
     dedupe_recent_pool: int = Field(RECENT_POOL_DEFAULT, ge=0, le=100_000)
     dedupe_profile_candidates: int = Field(12, ge=0, le=64)
+    # a duplicate is also verified against this many more candidates (by hash and by profile each): an
+    # earlier result kept as unique that it matches too becomes its late duplicate; 0: off
+    dedupe_bridge_candidates: int = Field(8, ge=0, le=64)
 
     def core_settings(self) -> DedupeSettings:
         """The core's settings, built from these once."""
@@ -43,6 +46,7 @@ class DedupeServiceSettings(StageSettings):
             windows_are_duplicates=self.dedupe_windows_are_duplicates,
             resimulation_shift_px=self.dedupe_resimulation_shift_px,
             profile_candidates=self.dedupe_profile_candidates if self.dedupe_recent_pool else 0,
+            bridge_candidates=self.dedupe_bridge_candidates,
         )
 
 

@@ -3,6 +3,8 @@ exactly right, also when the service is killed (-9) mid-stream and restarted."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,52 @@ def test_known_duplicates_split_exactly_also_after_kill9(stack: EmbeddedStack) -
     by_id = {r.result_id: r for r in stream}
     for rid, of in dups.items():
         assert by_id[of].labels["group"] == by_id[rid].labels["group"], (rid, of)
+
+
+def test_two_copies_moved_apart_before_their_original_end_as_one_layout_with_a_late_duplicate(
+    stack: EmbeddedStack,
+) -> None:
+    from shared.contracts import VerdictRecord
+    from shared.imageref import make_image_ref
+    from shared.imaging import to_uint8
+    from shared.verification import strip_features
+    from toolkit.litho import generate_layout, rasterize
+
+    def window(seed: int, shift_px: int) -> tuple[np.ndarray, np.ndarray]:
+        layout = generate_layout("routing", np.random.default_rng(seed))
+        mask = rasterize(layout, (512.0 + 4.0 * shift_px, 512.0), 256, 4.0)
+        return mask, (mask > 0.5).astype(np.float32)
+
+    seed = next(s for s in range(40)
+                if strip_features(to_uint8(window(s, 14)[0]), to_uint8(window(s, -14)[0]), (-28, 0), None,
+                                  16).total_px > 50)
+    first = SimResult(result_id="right", job_id="job-1", clip_id="clip-9", nm_per_px=4.0,
+                      mask=make_image_ref(window(seed, 14)[0]), simulated=make_image_ref(window(seed, 14)[1]),
+                      produced_at=datetime.now(UTC))
+    second = first.model_copy(update={"result_id": "left", "job_id": "job-2", "mask": make_image_ref(
+        window(seed, -14)[0]), "simulated": make_image_ref(window(seed, -14)[1])})
+    original = first.model_copy(update={"result_id": "original", "job_id": "job-3", "mask": make_image_ref(
+        window(seed, 0)[0]), "simulated": make_image_ref(window(seed, 0)[1])})
+    pipeline = Pipeline(stack, service_env={"LITHOWATCH_MAX_POLL_INTERVAL_MS": "8000",
+                                            "LITHOWATCH_SESSION_TIMEOUT_MS": "6000"})
+    pipeline.start_service("dedupe")
+    try:
+        pipeline.wait_ready(120)
+        produce(stack.bootstrap, Topics.RESULTS, [first, second])
+        collect(stack.bootstrap, [Topics.UNIQUE], lambda rs: len(rs) >= 2, 120)
+        produce(stack.bootstrap, Topics.RESULTS, [original])
+        records = collect(stack.bootstrap, [Topics.UNIQUE, Topics.DUPLICATES, Topics.VERDICTS],
+                          lambda rs: sum(r.topic == Topics.VERDICTS for r in rs) >= 2, 120)
+    finally:
+        pipeline.stop()
+    unique, dups = split(records)
+    assert unique == {"right", "left"}  # both kept when they came
+    assert set(dups) == {"original", "right", "left"} - {dups["original"]}
+    late_id = next(rid for rid in dups if rid != "original")
+    late = next(DuplicateRecord.model_validate_json(r.value) for r in records
+                if r.topic == Topics.DUPLICATES and r.key == late_id.encode())
+    assert late.duplicate_of == "original" and late.details["late"] is True
+    verdicts = {v.result_id: v for v in (VerdictRecord.model_validate_json(r.value) for r in records
+                                         if r.topic == Topics.VERDICTS)}
+    assert verdicts[late_id].outcome == "duplicate" and verdicts[late_id].duplicate_of == "original"
+    assert verdicts[late_id].job_id == ("job-1" if late_id == "right" else "job-2")
