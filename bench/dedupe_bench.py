@@ -503,6 +503,10 @@ def run_generated(args: argparse.Namespace) -> None:
     dup_of, core_seconds = run_core(DedupeCore(InMemoryDedupeStore(), settings), results, args.batch_size)
     rows = [score("dedupe core (spectral + pixel check)", stream, dup_of)]
     times = {rows[0].name: core_seconds}
+    no_bridges = DedupeCore(InMemoryDedupeStore(), DedupeSettings(bridge_candidates=0))
+    dup_of, seconds = run_core(no_bridges, results, args.batch_size)
+    rows.append(score("dedupe core, no bridges", stream, dup_of))
+    times[rows[-1].name] = seconds
     for which in ("print", "mask"):
         name = f"imagehash.phash of the {which}, <= {args.phash_radius}"
         dup_of, seconds = run_phash_baseline(stream, which, args.phash_radius)
