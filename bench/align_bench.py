@@ -231,6 +231,8 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
         **{f"{kind}-fallback": (f"default, {kind} fallback",
                                 Aligner(AlignSettings(**base, fallback=kind)).register)
            for kind in ("akaze", "orb", "sift", "none")},
+        "no-whole-overlap": ("ncc+ecc, no whole-overlap second look",
+                             Aligner(AlignSettings(**base, whole_overlap=False)).register),
         "no-support-checks": ("ncc+ecc, no spread/stretch checks",
                               Aligner(AlignSettings(**base, similarity_min_spread=0.0,
                                                     similarity_stretch_ratio=0.0)).register),
@@ -290,6 +292,20 @@ def negative_control(pairs: list[Pair], args: argparse.Namespace) -> None:
           f"n={len(bad_q)}: accepted {100 * bad_ok / max(len(bad_q), 1):.1f}%; quality of true pairs "
           f"p5/median {np.percentile(good_q, 5):.3f}/{np.median(good_q):.3f}, of wrong pairs "
           f"median/p95/max {np.median(bad_q):.3f}/{np.percentile(bad_q, 95):.3f}/{np.max(bad_q):.3f}")
+    # The harder control: another window of the same family (same kind of pattern, often the
+    # same rails or pitch), so only what differs between the two windows can refuse it.
+    accepted: dict[str, list[str]] = defaultdict(list)
+    for family in sorted({p.family for p in shift_pairs}):
+        members = [p for p in shift_pairs if p.family == family]
+        for i, pair in enumerate(members):
+            other = members[(i + 1) % len(members)]
+            bad = aligner.register(other.mask, pair.simulated)
+            if bad.ok:
+                accepted[family].append(f"{bad.method} {bad.quality:.3f}")
+    n_accepted = sum(len(v) for v in accepted.values())
+    print(f"print vs another window's mask of the same family, n={len(shift_pairs)}: accepted "
+          f"{100 * n_accepted / max(len(shift_pairs), 1):.1f}%"
+          + "".join(f"\n  {family}: {len(v)} ({', '.join(v)})" for family, v in accepted.items()))
 
 
 def bars(tallies: dict[tuple[str, str, str], Tally], default: str) -> None:

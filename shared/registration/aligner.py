@@ -12,6 +12,9 @@
 5. Quality gate: the correlation of the warped print with the reference must reach
    ``quality_floor``; the registration is also refused when the peak is ambiguous
    (periodic or line-only patterns) or at the edge of the search range.
+6. A print still below the floor gets a second look over the whole overlap of the two
+   images, borders included (``whole_overlap``): a clip whose pattern lies only along its
+   edges (a row's rail contacts) then gets a shift where that shift is unique.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ import numpy as np
 
 from shared.errors import ContractError
 from shared.imaging import validate_image
-from shared.registration.correlation import PeakResult, ncc_translation
+from shared.registration.correlation import (
+    PeakResult,
+    ncc_translation,
+    overlap_ncc_scores,
+    overlap_ncc_translation,
+)
 from shared.registration.images import (
     AerialModel,
     ApproximatePrint,
@@ -92,6 +100,7 @@ class Aligner:
             return not_ok("blank print")
 
         reference = self._reference(mask_f, sim_f)
+        fresh = reference.snapshot()
         sim_smooth = gaussian(sim_f, s.blur_sigma_px)
         inside = interior(mask_f.shape, s.border_px(min(mask_f.shape)))
         peak = ncc_translation(reference.render()[0], sim_smooth, s.max_shift_px, s.ambiguity_radius_px)
@@ -114,8 +123,107 @@ class Aligner:
                 residual_px = fit.residual_px
 
         reason = self._refusal(quality, peak)
+        if quality < s.quality_floor and s.whole_overlap:
+            reference.restore(fresh)
+            rescued = self._whole_overlap(reference, sim_f, sim_smooth)
+            if rescued is not None:
+                matrix, quality, peak = rescued
+                method, residual_px, reason = "overlap+ecc", None, ""
         return Registration(matrix=matrix, method=method, quality=max(0.0, min(1.0, quality)),
                             residual_px=residual_px, ok=not reason, reason=reason)
+
+    def _whole_overlap(self, reference: Reference, sim_f: np.ndarray,
+                       sim_smooth: np.ndarray) -> tuple[np.ndarray, float, PeakResult] | None:
+        """A second look at a print whose correlation stayed below the floor, comparing the
+        whole overlap of the two images, borders included: contacts on the power rails lie
+        along the top and bottom edges of a row's clip, in the border that the first pass
+        leaves out (where an approximate print lacks what lies outside the clip).
+
+        The shift from :func:`overlap_ncc_translation`; then the print is resampled into the
+        mask frame, cut at the clip's edges like the mask and refined there. The answer (a
+        pure shift) is kept when its peak is neither ambiguous nor at the search limit, the
+        clip needs no rotation or scale, its correlation reaches the floor, and it stays
+        unique over every shift the search could have answered; else ``None``. Ambiguous
+        (periodic or line-only) clips are not looked at again: what would tell their repeats
+        apart near the border is mostly line ends, which the approximate print misplaces.
+        """
+        s = self.settings
+        template = reference.render()[0]
+        peak = overlap_ncc_translation(template, sim_smooth, s.max_shift_px, s.ambiguity_radius_px)
+        if self._ambiguous(peak):
+            return None
+        start = translation_matrix(peak.dx_px, peak.dy_px)
+        # The threshold from the printed area where the print covers the clip (a row of rail
+        # contacts may lie in the part it does not), and the reference rendered again.
+        covered = warp_to_mask(np.ones_like(sim_f), start) > 0.999
+        printed = warp_to_mask(sim_f, start) > 0.5
+        n_covered = max(int(np.count_nonzero(covered)), 1)
+        reference.match_area(float(np.count_nonzero(printed & covered)) / n_covered, covered)
+        template = reference.render()[0]
+        resampled, compared = self._resampled(sim_f, start, template)
+        identity = np.eye(3)
+        matrix, quality = identity, correlation_after_warp(template, resampled, identity, compared)
+        if s.use_ecc:
+            # Rotation and scale are fitted only to be ruled out: cut features along the clip's
+            # edges pin a shift, but their outward bias reads as a scale (about 1 % on rail
+            # contacts), so a clip that needs rotation or scale is refused and one that does
+            # not gets a pure shift.
+            refined = self._refine(reference, resampled, identity, compared)
+            if refined is None or not self._small_rotation_scale(refined.matrix, sim_f.shape):
+                return None
+            shift_only = ecc_similarity(reference, resampled, refined.matrix, compared, False,
+                                        s.ecc_max_iterations, s.ecc_tolerance_px, fit_reference=False)
+            if shift_only is not None:
+                matrix, quality = shift_only.matrix, shift_only.correlation
+        matrix = matrix @ start
+        if quality < s.whole_overlap_floor:
+            return None
+        # Checked again like a keypoint answer: the print warped by it must fit best where it
+        # is, and clearly better than one repeat away (a rotation makes repeats score unequally
+        # before it is undone).
+        if not self._unique_in_range(template, sim_f, matrix, peak):
+            return None
+        return matrix, quality, peak
+
+    def _resampled(self, sim_f: np.ndarray, matrix: np.ndarray,
+                   fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The print resampled into the mask frame and cut at its edges, then low-passed like
+        the reference (features the clip's edge cuts are then cut, and reflected by the
+        smoothing, alike in both), and the mask-frame pixels it covers, at least
+        ``blur_sigma_px`` from its own window's edge. Pixels the print does not cover take
+        ``fill`` (the reference) before the low-pass, so that the print's window edge does
+        not show as an edge of its own."""
+        s = self.settings
+        cover = warp_to_mask(np.ones_like(sim_f), matrix)
+        resampled = gaussian(warp_to_mask(sim_f, matrix) + (1.0 - cover) * fill, s.blur_sigma_px)
+        edge_px = math.ceil(2.0 * s.blur_sigma_px)
+        compared = cv2.erode((cover > 0.5).astype(np.uint8), np.ones((3, 3), np.uint8),
+                             iterations=edge_px, borderType=cv2.BORDER_REPLICATE) > 0
+        return resampled, compared
+
+    def _unique_in_range(self, template: np.ndarray, sim_f: np.ndarray, matrix: np.ndarray,
+                         peak: PeakResult) -> bool:
+        """Whether the print warped by ``matrix`` fits best where it is and clearly better than
+        at any other shift the search could have answered (with a rotation undone, repeats that
+        scored unequally before may tie)."""
+        s = self.settings
+        h, w = sim_f.shape
+        reach = min(2 * s.max_shift_px + 1, min(h, w) // 2 - 1)
+        warped, covered = self._resampled(sim_f, matrix, template)
+        scores = overlap_ncc_scores(template, warped, reach, covered)
+        lag = np.arange(-reach, reach + 1, dtype=np.float64)
+        # Residual shift u moves the answer to peak + u: only those within the search range count.
+        in_x = np.abs(lag + peak.dx_px) <= s.max_shift_px + 1
+        in_y = np.abs(lag + peak.dy_px) <= s.max_shift_px + 1
+        scores = np.where(in_y[:, None] & in_x[None, :], scores, -1.0)
+        distance = np.hypot(lag[None, :], lag[:, None])
+        best_here = float(scores[distance <= 1.5].max())
+        elsewhere = float(scores[distance > s.ambiguity_radius_px].max(initial=-1.0))
+        return best_here >= float(scores.max()) - 1e-9 and elsewhere < s.ambiguity_ratio * best_here
+
+    def _ambiguous(self, peak: PeakResult) -> bool:
+        s = self.settings
+        return peak.at_limit or peak.peak <= 0.0 or peak.second_peak >= s.ambiguity_ratio * peak.peak
 
     def _keypoint_fallback(self, reference: Reference, sim_smooth: np.ndarray,
                            inside: np.ndarray) -> tuple[KeypointFit, Refined, PeakResult] | None:

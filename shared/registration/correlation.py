@@ -60,20 +60,74 @@ def ncc_translation(reference: np.ndarray, moving: np.ndarray, max_shift_px: int
     template = np.ascontiguousarray(reference[margin : h - margin, margin : w - margin])
     scores = cv2.matchTemplate(moving, template, cv2.TM_CCOEFF_NORMED)
     scores = np.nan_to_num(scores, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    x, y, found = _subpixel_peak(scores, ambiguity_radius_px)
+    # The template (reference pixel q + margin) sits on print pixel q + (x, y).
+    return PeakResult(margin - x, margin - y, found.peak, found.second_peak, found.at_limit)
+
+
+def _subpixel_peak(scores: np.ndarray, ambiguity_radius_px: float) -> tuple[float, float, PeakResult]:
+    """The best score's (x, y) index refined by a parabola, and a :class:`PeakResult` holding
+    its score, the best far from it and whether it lies on the map's edge (its shift is 0)."""
     flat_index = int(np.argmax(scores))
     iy, ix = flat_index // scores.shape[1], flat_index % scores.shape[1]
     peak = float(scores[iy, ix])
     last_y, last_x = scores.shape[0] - 1, scores.shape[1] - 1
-    at_limit = iy in (0, last_y) or ix in (0, last_x)
     sub_x = 0.0 if ix in (0, last_x) else _parabolic_offset(
         float(scores[iy, ix - 1]), peak, float(scores[iy, ix + 1]))
     sub_y = 0.0 if iy in (0, last_y) else _parabolic_offset(
         float(scores[iy - 1, ix]), peak, float(scores[iy + 1, ix]))
-    # The template (reference pixel q + margin) sits on print pixel q + (ix, iy).
-    return PeakResult(
-        dx_px=margin - (ix + sub_x),
-        dy_px=margin - (iy + sub_y),
-        peak=peak,
-        second_peak=_best_elsewhere(scores, iy, ix, ambiguity_radius_px),
-        at_limit=at_limit,
-    )
+    found = PeakResult(0.0, 0.0, peak, _best_elsewhere(scores, iy, ix, ambiguity_radius_px),
+                       at_limit=iy in (0, last_y) or ix in (0, last_x))
+    return ix + sub_x, iy + sub_y, found
+
+
+def _lagged_sums(padded: np.ndarray, template: np.ndarray, lags: int) -> np.ndarray:
+    """``out[v, u] = sum_q padded[q + (v, u)] * template[q]`` for lags 0..``lags`` - 1 (float64,
+    by FFT: a ``template``-sized sum at every lag costs three transforms)."""
+    shape = padded.shape
+    spectrum = np.fft.rfft2(padded, shape) * np.conj(np.fft.rfft2(template, shape))
+    return np.asarray(np.fft.irfft2(spectrum, shape)[:lags, :lags], dtype=np.float64)
+
+
+def overlap_ncc_scores(reference: np.ndarray, moving: np.ndarray, margin: int,
+                       moving_valid: np.ndarray | None = None) -> np.ndarray:
+    """Correlation coefficient of ``moving`` with ``reference`` over their whole overlap at every
+    shift up to ``margin`` px (index ``[dy + margin, dx + margin]`` for ``moving(p) ~
+    reference(p + (dx, dy))``). ``moving_valid`` (1 where ``moving`` holds the print, 0
+    elsewhere) leaves out what a warp did not cover."""
+    h, w = reference.shape
+    lags = 2 * margin + 1
+    valid = np.ones((h, w)) if moving_valid is None else (moving_valid > 0.999).astype(np.float64)
+    ref = reference.astype(np.float64) - float(reference.mean())
+    mov = (moving.astype(np.float64) - float(moving[valid > 0].mean())) * valid
+    pad = ((margin, margin), (margin, margin))
+    ref_padded, inside_padded = np.pad(ref, pad), np.pad(np.ones_like(ref), pad)
+    # Overlap at lag (v, u): moving pixel q meets reference pixel q + (v, u) - margin.
+    count = np.maximum(_lagged_sums(inside_padded, valid, lags), 1.0)
+    sum_r = _lagged_sums(ref_padded, valid, lags)
+    sum_rr = _lagged_sums(ref_padded * ref_padded, valid, lags)
+    sum_m = _lagged_sums(inside_padded, mov, lags)
+    sum_mm = _lagged_sums(inside_padded, mov * mov, lags)
+    sum_rm = _lagged_sums(ref_padded, mov, lags)
+    cov = sum_rm - sum_r * sum_m / count
+    var = np.maximum(sum_rr - sum_r * sum_r / count, 0.0) * np.maximum(sum_mm - sum_m * sum_m / count, 0.0)
+    tiny = 1e-12 * max(float((ref * ref).sum()) * float((mov * mov).sum()), 1e-30)
+    return np.asarray(np.where(var > tiny, cov / np.sqrt(np.maximum(var, tiny)), -1.0))
+
+
+def overlap_ncc_translation(reference: np.ndarray, moving: np.ndarray, max_shift_px: int,
+                            ambiguity_radius_px: float) -> PeakResult:
+    """Like :func:`ncc_translation`, but each shift is scored over the whole overlap of the two
+    images, borders included (:func:`overlap_ncc_scores`).
+
+    The central crop that ``ncc_translation`` slides holds nothing of a clip whose pattern
+    lies along its edges (contacts on the power rails at the top and bottom of a cell row),
+    and the content near the border can also tell apart shifts that the interior cannot.
+    The price: the overlap, and so the pixels compared, changes with the shift, and the
+    reference's border is used where an approximate print lacks the neighbours outside the
+    clip.
+    """
+    margin = search_margin_px((reference.shape[0], reference.shape[1]), max_shift_px)
+    scores = overlap_ncc_scores(reference, moving, margin)
+    x, y, found = _subpixel_peak(scores, ambiguity_radius_px)
+    return PeakResult(x - margin, y - margin, found.peak, found.second_peak, found.at_limit)

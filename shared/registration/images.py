@@ -122,11 +122,19 @@ class ApproximatePrint:
     def n_params(self) -> int:
         return len(self.basis)
 
-    def _area_threshold(self, printed_fraction: float) -> float:
+    def _area_threshold(self, printed_fraction: float, region: np.ndarray | None = None) -> float:
         fraction = min(max(printed_fraction, 1e-4), 1.0 - 1e-4)
-        flat = self.aerial.ravel()
+        flat = self.aerial.ravel() if region is None else self.aerial[region]
         k = round((1.0 - fraction) * (flat.size - 1))
         return float(np.partition(flat, k)[k])
+
+    def match_area(self, printed_fraction: float, region: np.ndarray) -> None:
+        """Set the threshold so that the printed share of ``region`` (a boolean mask-frame
+        mask) is ``printed_fraction``: where the print covers only part of the mask's clip,
+        its printed area says nothing about the rest."""
+        if np.any(region):
+            self.threshold = self._area_threshold(printed_fraction, region)
+            self._rendered = {}
 
     def sharp(self) -> np.ndarray:
         """The approximate print itself (float32 [0, 1], not low-passed)."""
@@ -206,6 +214,9 @@ class FixedReference:
 
     def restore(self, state: tuple[float, np.ndarray, np.ndarray]) -> None:
         """Nothing to restore."""
+
+    def match_area(self, printed_fraction: float, region: np.ndarray) -> None:
+        """No threshold to set."""
 
     def update(self, deltas: np.ndarray, trust: float = 1.0) -> None:
         """Nothing to adjust."""

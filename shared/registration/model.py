@@ -42,7 +42,13 @@ class AlignSettings(BaseModel):
     shift lies beyond the search range): ``sift`` (the default: on prints of real cell
     rows it answers more and better than ORB and AKAZE, see ``docs/alignment.md``, and
     it is in OpenCV's main package, where OpenCV 5 moved AKAZE to contrib), ``orb``,
-    ``akaze`` or ``none``.
+    ``akaze`` or ``none``. With ``whole_overlap``, a print whose correlation stays below the
+    floor is looked at again over the whole overlap of the two images, borders included
+    (contacts on a row's power rails lie along the clip's edges, where the first pass does
+    not look); such an answer is a pure shift, given only when it is unique within the
+    search range, the clip needs no rotation or scale and the correlation reaches
+    ``whole_overlap_floor`` (higher than ``quality_floor``: over a clip of a few contacts
+    one contact more or less costs the correlation only a tenth; see ``docs/alignment.md``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,6 +72,8 @@ class AlignSettings(BaseModel):
     ambiguity_ratio: float = Field(0.97, gt=0.0, le=1.0)
     ambiguity_radius_px: float = Field(16.0, gt=0.0)
     fallback: Fallback = "sift"
+    whole_overlap: bool = True
+    whole_overlap_floor: float = Field(0.95, ge=0.0, le=1.0)
     min_size_px: int = Field(16, ge=8)
 
     def border_px(self, size_px: int) -> int:

@@ -39,6 +39,8 @@ class Reference(Protocol):
 
     def restore(self, state: tuple[float, np.ndarray, np.ndarray]) -> None: ...
 
+    def match_area(self, printed_fraction: float, region: np.ndarray) -> None: ...
+
 
 @dataclass(frozen=True)
 class Refined:

@@ -234,3 +234,25 @@ def test_settings_are_frozen_and_checked() -> None:
         AlignSettings(quality_floor=1.5)
     with pytest.raises(ValidationError):
         AlignSettings(fallback="surf")  # type: ignore[arg-type]
+
+
+def test_whole_overlap_correlation_uses_the_border() -> None:
+    """Pattern only within the border that the central-crop correlation leaves out: the
+    whole-overlap correlation still finds the shift, and agrees with it where both see."""
+    from shared.registration.correlation import ncc_translation, overlap_ncc_translation
+
+    rng = np.random.default_rng(7)
+    big = np.zeros((SIZE_PX + 2 * PAD_PX, SIZE_PX + 2 * PAD_PX), np.float32)
+    for x in rng.integers(0, big.shape[1] - 12, 12):  # blobs in two bands, along the window's top and bottom
+        big[PAD_PX - 4 : PAD_PX + 8, x : x + 10] = 1.0
+    for x in rng.integers(0, big.shape[1] - 12, 12):
+        big[PAD_PX + SIZE_PX - 8 : PAD_PX + SIZE_PX + 4, x : x + 10] = 1.0
+    smooth = cv2.GaussianBlur(big, (0, 0), 4.0)
+    reference = smooth[PAD_PX:-PAD_PX, PAD_PX:-PAD_PX]
+    # moving(p) = reference(p + (6, -3))
+    moving = smooth[PAD_PX - 3 : PAD_PX - 3 + SIZE_PX, PAD_PX + 6 : PAD_PX + 6 + SIZE_PX]
+    found = overlap_ncc_translation(reference, moving, 24, 16.0)
+    assert not found.at_limit
+    assert abs(found.dx_px - 6.0) < 0.2 and abs(found.dy_px + 3.0) < 0.2
+    interior_only = ncc_translation(reference, moving, 24, 16.0)
+    assert interior_only.peak < 0.9 or abs(interior_only.dx_px - 6.0) > 1.0

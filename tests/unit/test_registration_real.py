@@ -124,6 +124,55 @@ def test_rail_contacts_alone_are_refused_not_guessed(row_layouts: RowLayouts) ->
     assert checked >= 2
 
 
+def rail_only_windows(row_layouts: RowLayouts, truth: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(mask, print) of every contact window that shows only the rails' contacts."""
+    _, windows, _ = row_layouts["mcon"]
+    pairs = [row_print(row_layouts, "mcon", index).pair(truth) for index in range(len(windows))]
+    return [(mask, printed) for mask, printed in pairs if not mask[40:-40].any()]
+
+
+def test_rail_contacts_within_one_repeat_of_the_search_are_answered(row_layouts: RowLayouts) -> None:
+    """Shifted by less than the search range's distance to the next repeat (a site pitch,
+    42.5 px, beyond a 32 px search), the rails' contacts have one answer: they lie along
+    the clip's top and bottom edges, left out of the first comparison, and are found by the
+    second look over the whole overlap."""
+    truth = rotation_scale_shift(SIZE_PX, (4.0, -5.0))
+    pairs = rail_only_windows(row_layouts, truth)
+    assert len(pairs) >= 2
+    for mask, printed in pairs:
+        reg = Aligner(AlignSettings()).register(mask, printed)
+        assert reg.ok, reg.reason
+        assert reg.method == "overlap+ecc"
+        assert max_corner_error(reg.matrix, truth) < 1.0
+        assert not Aligner(AlignSettings(whole_overlap=False)).register(mask, printed).ok
+
+
+def test_a_rails_only_mask_does_not_take_a_print_with_a_contact_inside(row_layouts: RowLayouts) -> None:
+    """The second look compares a dozen contacts at the clip's edges: a print showing one
+    printed contact more than its mask still correlates about 0.9 there, so it must reach
+    the stricter ``whole_overlap_floor`` to be answered."""
+    truth = rotation_scale_shift(SIZE_PX, (4.0, -5.0))
+    for mask, printed in rail_only_windows(row_layouts, truth):
+        band = printed[:32]  # the top rail's contacts, whole in this print
+        columns = np.flatnonzero(band.max(axis=0) > 0.5)
+        first, last = int(columns[0]), int(columns[np.flatnonzero(np.diff(columns) > 1)[0]])
+        lo, hi = max(first - 6, 0), last + 7
+        extra = printed.copy()  # one of them printed again in the middle of the clip
+        extra[112:144, lo + 60 : hi + 60] = np.maximum(extra[112:144, lo + 60 : hi + 60], band[:, lo:hi])
+        assert not Aligner(AlignSettings()).register(mask, extra).ok
+        at_the_first_floor = Aligner(AlignSettings(whole_overlap_floor=0.9)).register(mask, extra)
+        assert at_the_first_floor.ok and at_the_first_floor.quality < 0.95
+
+
+def test_rail_contacts_rotated_are_refused_not_half_answered(row_layouts: RowLayouts) -> None:
+    """Half-cut contacts along the clip's edges pin a shift, not rotation and scale: a
+    rotated rails-only clip is refused rather than answered a pixel or two off."""
+    truth = rotation_scale_shift(SIZE_PX, (4.0, -5.0), angle_deg=1.5, scale=1.01)
+    for mask, printed in rail_only_windows(row_layouts, truth):
+        reg = Aligner(AlignSettings()).register(mask, printed)
+        assert not reg.ok or max_corner_error(reg.matrix, truth) < 1.0
+
+
 @pytest.mark.parametrize("index", [7, 8])
 def test_sparse_contact_window_shifted(row_layouts: RowLayouts, index: int) -> None:
     """Windows with a few contacts inside the cells besides the rails'."""
