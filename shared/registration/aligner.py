@@ -11,7 +11,8 @@
 4. Keypoints (ORB, AKAZE or SIFT + RANSAC: ``fallback``) only when the correlation result is weak.
 5. Quality gate: the correlation of the warped print with the reference must reach
    ``quality_floor``; the registration is also refused when the peak is ambiguous
-   (periodic or line-only patterns) or at the edge of the search range.
+   (periodic or line-only patterns) or at the edge of the search range, and when the
+   print needs a rotation or scale that its (compact) pattern cannot pin down.
 6. A print still below the floor gets a second look over the whole overlap of the two
    images, borders included (``whole_overlap``): a clip whose pattern lies only along its
    edges (a row's rail contacts) then gets a shift where that shift is unique.
@@ -123,6 +124,10 @@ class Aligner:
                 residual_px = fit.residual_px
 
         reason = self._refusal(quality, peak)
+        if (not reason and method == "ncc+ecc" and s.refuse_unpinned_rotation
+                and self._unpinned_rotation_scale(reference, sim_smooth, matrix, inside)):
+            reason = ("the print needs rotation or scale, but the pattern is too compact to pin them down "
+                      "(a few contacts close together)")
         if quality < s.quality_floor and s.whole_overlap:
             reference.restore(fresh)
             rescued = self._whole_overlap(reference, sim_f, sim_smooth)
@@ -306,6 +311,29 @@ class Aligner:
         if not self._near(refined.matrix, start, shape):
             return None
         return refined
+
+    def _unpinned_rotation_scale(self, reference: Reference, sim_smooth: np.ndarray, matrix: np.ndarray,
+                                 inside: np.ndarray) -> bool:
+        """Whether a pure-shift answer was given because the pattern is too compact for
+        rotation and scale (see ``_spread_supports_rotation_scale``) while a similarity fit
+        from it moves the corners by ``SHIFT_ONLY_MAX_CORNER_PX`` or more and explains at
+        least ``similarity_min_gain`` of the shift's misfit: the print is rotated or scaled
+        by an amount the clip cannot measure, so the shift alone would be wrong at the
+        corners."""
+        s = self.settings
+        shape = (sim_smooth.shape[0], sim_smooth.shape[1])
+        if s.ecc_motion != "similarity" or not np.allclose(matrix[:2, :2], np.eye(2), atol=1e-12):
+            return False
+        template = reference.render()[0]
+        if self._spread_supports_rotation_scale(template, inside):
+            return False
+        shift_quality = correlation_after_warp(template, sim_smooth, matrix, inside)
+        free = ecc_similarity(reference, sim_smooth, matrix, inside, True, s.ecc_max_iterations,
+                              s.ecc_tolerance_px, fit_reference=False)
+        if free is None or self._small_rotation_scale(free.matrix, shape):
+            return False
+        gain = (free.correlation - shift_quality) / max(1.0 - shift_quality, 1e-9)
+        return gain >= s.similarity_min_gain
 
     def _spread_supports_rotation_scale(self, template: np.ndarray, inside: np.ndarray) -> bool:
         """Whether the compared pattern is spread enough to pin rotation and scale down.

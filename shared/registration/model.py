@@ -49,6 +49,9 @@ class AlignSettings(BaseModel):
     search range, the clip needs no rotation or scale and the correlation reaches
     ``whole_overlap_floor`` (higher than ``quality_floor``: over a clip of a few contacts
     one contact more or less costs the correlation only a tenth; see ``docs/alignment.md``).
+    With ``refuse_unpinned_rotation``, a clip too compact for rotation and scale (the
+    spread check) is refused when a similarity fitted from its shift moves the corners by
+    2 px or more: its shift alone would be right at the clump and pixels off at the corners.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -73,6 +76,7 @@ class AlignSettings(BaseModel):
     ambiguity_radius_px: float = Field(16.0, gt=0.0)
     fallback: Fallback = "sift"
     whole_overlap: bool = True
+    refuse_unpinned_rotation: bool = True
     whole_overlap_floor: float = Field(0.95, ge=0.0, le=1.0)
     min_size_px: int = Field(16, ge=8)
 

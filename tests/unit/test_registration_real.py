@@ -198,6 +198,21 @@ def test_clumped_contacts_get_a_shift_not_a_fitted_scale(row_layouts: RowLayouts
     assert max_corner_error(unchecked.matrix, truth) > 1.0
 
 
+@pytest.mark.parametrize(("angle_deg", "scale"), [(1.8, 1.0), (-1.5, 1.015), (1.2, 0.985)])
+def test_clumped_contacts_rotated_are_refused_not_answered_by_a_shift(
+        row_layouts: RowLayouts, angle_deg: float, scale: float) -> None:
+    """Too compact to pin rotation and scale down, a rotated or scaled clump of contacts
+    would get a shift that is right at the clump and pixels off at the corners: since a
+    similarity fitted from it moves the corners by 2 px or more, the clip is refused."""
+    truth = rotation_scale_shift(SIZE_PX, (-11.0, 7.5), angle_deg=angle_deg, scale=scale)
+    mask, printed = row_print(row_layouts, "mcon", 8).pair(truth)
+    reg = Aligner(AlignSettings()).register(mask, printed)
+    assert not reg.ok
+    assert "compact" in reg.reason
+    answered = Aligner(AlignSettings(refuse_unpinned_rotation=False)).register(mask, printed)
+    assert answered.ok and max_corner_error(answered.matrix, truth) > 2.0
+
+
 PULLED_BACK_ENDS = pytest.mark.xfail(
     strict=True, reason="known weakness: gate ends pulled back read as a 1.7 % shrink, 3 px at the corners, "
     "too large for the pure-shift check to be considered")
