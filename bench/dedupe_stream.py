@@ -185,6 +185,14 @@ def main() -> int:
         print(f"{r.name:32s} {r.recall:8.4f} {r.false_merges:12d} {r.same_pattern:12d} "
               f"{r.far_merged:>8d} / {r.far:<3d} ({r.far_beyond:3d})")
     print(f"(recall over {rows[0].resimulations} results to merge, counted as in bench/dedupe_bench.py)")
+    by_id = {c.result_id: c for c in stream}
+    for message in records:  # every merge between window sets whose layouts differ, with what was compared
+        if message.topic() != Topics.DUPLICATES:
+            continue
+        record = DuplicateRecord.model_validate_json(message.value())
+        a, b = by_id[back[record.duplicate_of]], by_id[back[record.result_id]]
+        if a.group.removesuffix("-far") != b.group.removesuffix("-far") and not judge(a, b):
+            print(f"false merge: {b.result_id} into {a.result_id} ({record.details})")
     return 0
 
 
