@@ -11,17 +11,34 @@ from services.align.stage import AlignStage
 from shared.blobstore import LocalBlobStore
 from shared.imageref import ImageLoader
 from shared.registration import AlignSettings
+from shared.registration.model import EccMotion
 from shared.runtime import StageRunner
 from shared.settings import StageSettings, load_settings
 
 
 class AlignServiceSettings(StageSettings):
+    """The align service's settings: ``LITHOWATCH_ALIGN_<FIELD>`` for each field of
+    :class:`AlignSettings` a deployment may need to change (defaults are the same; see
+    ``docs/configuration.md`` and ``docs/alignment.md``), and what to do with a refusal.
+
+    ``align_optics_sigma_px`` and ``align_blur_sigma_px`` are in pixels of the delivered
+    images: at a pixel size other than 4 nm they scale with it."""
+
     align_quality_floor: float = Field(0.9, ge=0.0, le=1.0)
     align_max_shift_px: int = Field(32, ge=0)
     align_fallback: Literal["orb", "akaze", "sift", "none"] = "sift"
     align_on_failure: Literal["flag", "dlq"] = "flag"
     align_use_ecc: bool = True
     align_ecc_max_iterations: int = Field(30, ge=1, le=1000)
+    align_ecc_motion: EccMotion = "similarity"
+    align_optics_sigma_px: float = Field(7.0, gt=0.0, le=64.0)
+    align_blur_sigma_px: float = Field(4.0, ge=0.5, le=64.0)
+    align_ambiguity_ratio: float = Field(0.97, gt=0.0, le=1.0)
+    align_max_rotation_deg: float = Field(10.0, gt=0.0, le=90.0)
+    align_max_scale_change: float = Field(0.1, gt=0.0, lt=1.0)
+    align_whole_overlap: bool = True
+    align_whole_overlap_floor: float = Field(0.95, ge=0.0, le=1.0)
+    align_refuse_unpinned_rotation: bool = True
 
     def registration(self) -> AlignSettings:
         """The core's registration settings, built from these once."""
@@ -29,8 +46,17 @@ class AlignServiceSettings(StageSettings):
             quality_floor=self.align_quality_floor,
             use_ecc=self.align_use_ecc,
             ecc_max_iterations=self.align_ecc_max_iterations,
+            ecc_motion=self.align_ecc_motion,
             max_shift_px=self.align_max_shift_px,
             fallback=self.align_fallback,
+            optics_sigma_px=self.align_optics_sigma_px,
+            blur_sigma_px=self.align_blur_sigma_px,
+            ambiguity_ratio=self.align_ambiguity_ratio,
+            max_rotation_deg=self.align_max_rotation_deg,
+            max_scale_change=self.align_max_scale_change,
+            whole_overlap=self.align_whole_overlap,
+            whole_overlap_floor=self.align_whole_overlap_floor,
+            refuse_unpinned_rotation=self.align_refuse_unpinned_rotation,
         )
 
 

@@ -233,7 +233,7 @@ def test_settings_are_frozen_and_checked() -> None:
     with pytest.raises(ValidationError):
         AlignSettings(quality_floor=1.5)
     with pytest.raises(ValidationError):
-        AlignSettings(fallback="surf")  # type: ignore[arg-type]
+        AlignSettings(fallback="surf")
 
 
 def test_whole_overlap_correlation_uses_the_border() -> None:
