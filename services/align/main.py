@@ -11,7 +11,7 @@ from services.align.stage import AlignStage
 from shared.blobstore import LocalBlobStore
 from shared.imageref import ImageLoader
 from shared.registration import AlignSettings
-from shared.registration.model import EccMotion
+from shared.registration.model import EccMotion, PrintModel
 from shared.runtime import StageRunner
 from shared.settings import StageSettings, load_settings
 
@@ -32,6 +32,7 @@ class AlignServiceSettings(StageSettings):
     align_ecc_max_iterations: int = Field(30, ge=1, le=1000)
     align_ecc_motion: EccMotion = "similarity"
     align_optics_sigma_px: float = Field(7.0, gt=0.0, le=64.0)
+    align_print_model: PrintModel = "gaussian"
     align_blur_sigma_px: float = Field(4.0, ge=0.5, le=64.0)
     align_ambiguity_ratio: float = Field(0.97, gt=0.0, le=1.0)
     align_max_rotation_deg: float = Field(10.0, gt=0.0, le=90.0)
@@ -50,6 +51,7 @@ class AlignServiceSettings(StageSettings):
             max_shift_px=self.align_max_shift_px,
             fallback=self.align_fallback,
             optics_sigma_px=self.align_optics_sigma_px,
+            print_model=self.align_print_model,
             blur_sigma_px=self.align_blur_sigma_px,
             ambiguity_ratio=self.align_ambiguity_ratio,
             max_rotation_deg=self.align_max_rotation_deg,

@@ -44,7 +44,8 @@ from shared.registration.images import (
     is_blank,
 )
 from shared.registration.keypoints import KeypointFit, keypoint_homography
-from shared.registration.model import AlignSettings, Registration, not_ok, translation_matrix
+from shared.registration.model import AlignSettings, PrintModel, Registration, not_ok, translation_matrix
+from shared.registration.projection import projection_basis
 from shared.registration.refine import (
     Reference,
     Refined,
@@ -129,7 +130,12 @@ class Aligner:
             reason = ("the print needs rotation or scale, but the pattern is too compact to pin them down "
                       "(a few contacts close together)")
         if quality < s.quality_floor and s.whole_overlap:
-            reference.restore(fresh)
+            # The second look compares cut features along the clip's edges, where the
+            # projection model's reflected surroundings ring: it keeps the Gaussian model.
+            if s.print_model == "gaussian" or self.aerial_model is not None:
+                reference.restore(fresh)
+            else:
+                reference = self._reference(mask_f, sim_f, "gaussian")
             rescued = self._whole_overlap(reference, sim_f, sim_smooth)
             if rescued is not None:
                 matrix, quality, peak = rescued
@@ -252,12 +258,16 @@ class Aligner:
             return None
         return fit, refined, PeakResult(0.0, 0.0, again.peak, again.second_peak, at_limit=False)
 
-    def _reference(self, mask: np.ndarray, simulated: np.ndarray) -> Reference:
-        """What the print is registered against: its approximate print, or the mask itself."""
+    def _reference(self, mask: np.ndarray, simulated: np.ndarray,
+                   print_model: PrintModel | None = None) -> Reference:
+        """What the print is registered against: its approximate print (under the settings'
+        ``print_model`` unless another is named), or the mask itself."""
         s = self.settings
         if not s.approx_print:
             return FixedReference(mask, s.blur_sigma_px)
-        if self.aerial_model is None:
+        if self.aerial_model is None and (print_model or s.print_model) == "projection":
+            basis = projection_basis(mask, s.optics_sigma_px, s.fit_psf_shape)
+        elif self.aerial_model is None:
             basis = gaussian_basis(mask, s.optics_sigma_px, s.fit_psf_shape)
         else:
             aerial = np.asarray(self.aerial_model(mask), dtype=np.float32)

@@ -27,11 +27,13 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("LITHOWATCH_ALIGN_WHOLE_OVERLAP_FLOOR", "0.97")
     monkeypatch.setenv("LITHOWATCH_ALIGN_ECC_MOTION", "translation")
     monkeypatch.setenv("LITHOWATCH_ALIGN_OPTICS_SIGMA_PX", "3.5")
+    monkeypatch.setenv("LITHOWATCH_ALIGN_PRINT_MODEL", "projection")
     registration = load_settings(AlignServiceSettings, connection=False).registration()
     assert not registration.whole_overlap and not registration.refuse_unpinned_rotation
     assert registration.whole_overlap_floor == 0.97
     assert registration.ecc_motion == "translation"
     assert registration.optics_sigma_px == 3.5
+    assert registration.print_model == "projection"
 
 
 def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
