@@ -223,6 +223,18 @@ def phase_correlation(mask: np.ndarray, simulated: np.ndarray) -> Registration:
                         ok=True, reason="")
 
 
+def better_of(first: Method, second: Method) -> Method:
+    """Both registrations; the accepted one of higher quality (the first when neither is accepted)."""
+
+    def register(mask: np.ndarray, simulated: np.ndarray) -> Registration:
+        a, b = first(mask, simulated), second(mask, simulated)
+        if b.ok and (not a.ok or b.quality > a.quality):
+            return b
+        return a
+
+    return register
+
+
 def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
     """Every method by its short key (for ``--methods``): (printed name, register)."""
     base = {"max_shift_px": args.search_px}
@@ -247,6 +259,9 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
                    Aligner(AlignSettings(**base), aerial_model=known_optics.aerial).register),
         "projection": ("ncc+ecc, projection print model",
                        Aligner(AlignSettings(**base, print_model="projection")).register),
+        "better-model": ("ncc+ecc, better-fitting of gaussian and projection",
+                         better_of(Aligner(AlignSettings(**base)).register,
+                                   Aligner(AlignSettings(**base, print_model="projection")).register)),
         "projection-focus": ("ncc+ecc, projection model, focus not fitted",
                              Aligner(AlignSettings(**base, print_model="projection",
                                                    fit_psf_shape=False)).register),
