@@ -32,7 +32,7 @@ class AlignServiceSettings(StageSettings):
     align_ecc_max_iterations: int = Field(30, ge=1, le=1000)
     align_ecc_motion: EccMotion = "similarity"
     align_optics_sigma_px: float = Field(7.0, gt=0.0, le=64.0)
-    align_print_model: PrintModel = "gaussian"
+    align_print_model: PrintModel = "projection"
     align_blur_sigma_px: float = Field(4.0, ge=0.5, le=64.0)
     align_ambiguity_ratio: float = Field(0.97, gt=0.0, le=1.0)
     align_max_rotation_deg: float = Field(10.0, gt=0.0, le=90.0)

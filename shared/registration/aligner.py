@@ -1,11 +1,11 @@
 """Register a simulated print to its mask: correlation, ECC refinement, keypoint fallback.
 
-1. The print is compared with an approximate print of the mask (see ``images``), both
-   low-passed, so what did not print does not pull the answer.
+1. The print is compared with an approximate print of the mask (see ``images`` and
+   ``projection``), both low-passed, so what did not print does not pull the answer.
 2. Translation: normalised cross-correlation over shifts up to ``max_shift_px`` with a
    subpixel peak.
 3. ECC refinement from that peak (similarity by default), fitting the approximate
-   print's threshold and PSF shape too. Small rotation and scale are kept only when they
+   print's threshold and focus (or PSF shape) too. Small rotation and scale are kept only when they
    explain a real share of the misfit; otherwise a pure shift is refitted, since there
    they mostly fit the approximate print's errors.
 4. Keypoints (ORB, AKAZE or SIFT + RANSAC: ``fallback``) only when the correlation result is weak.
@@ -75,10 +75,11 @@ class Aligner:
     """Registers prints to masks under one set of :class:`AlignSettings`.
 
     ``aerial_model`` maps a mask to an image that increases with exposure, from which
-    the approximate print is thresholded. By default it is a Gaussian of
-    ``optics_sigma_px`` whose shape the refinement adjusts per result (two more Gaussian
-    terms); where the farm's optics are known, its aerial image (e.g.
-    ``LithoSimulator.aerial``) can be given instead.
+    the approximate print is thresholded. By default it is the settings' ``print_model``:
+    a projection scanner's image whose focus the refinement fits per result, or a
+    Gaussian of ``optics_sigma_px`` whose shape it adjusts (two more Gaussian terms);
+    where the farm's optics are known, its aerial image (e.g. ``LithoSimulator.aerial``)
+    can be given instead.
     """
 
     def __init__(self, settings: AlignSettings | None = None,

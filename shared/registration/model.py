@@ -51,15 +51,15 @@ class AlignSettings(BaseModel):
     ``whole_overlap_floor`` (higher than ``quality_floor``: over a clip of a few contacts
     one contact more or less costs the correlation only a tenth; see ``docs/alignment.md``).
     ``print_model`` names the aerial image the approximate print is thresholded from:
-    ``gaussian`` (the mask blurred at ``optics_sigma_px``, with the PSF shape fitted) or
-    ``projection`` (a scanner's image through a circular pupil from an annular ring of
-    source points, cutoff from ``optics_sigma_px``, focus fitted per result: see
-    ``projection``); the projection model predicts pulled-back line ends better (real
-    poly gates with rotation and scale), the Gaussian one does better on the generated
-    layouts (``docs/alignment.md``). With ``refuse_unpinned_rotation``, a clip too compact
-    for rotation and scale (the spread check) is refused when a similarity fitted from its
-    shift moves the corners by 2 px or more: its shift alone would be right at the clump
-    and pixels off at the corners.
+    ``projection`` (a scanner's image through a circular pupil from an annular source,
+    cutoff from ``optics_sigma_px``, focus fitted per result: see ``projection``; it
+    predicts pulled-back line ends, which the Gaussian reads as a scale on real poly
+    gates) or ``gaussian`` (the mask blurred at ``optics_sigma_px``, PSF shape fitted;
+    half the CPU). The second look over the whole overlap always uses the Gaussian.
+    With ``refuse_unpinned_rotation``, a clip too compact for rotation and scale (the
+    spread check) is refused when a similarity fitted from its shift moves the corners by
+    2 px or more: its shift alone would be right at the clump and pixels off at the
+    corners.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -67,7 +67,7 @@ class AlignSettings(BaseModel):
     quality_floor: float = Field(0.9, ge=0.0, le=1.0)
     approx_print: bool = True
     optics_sigma_px: float = Field(7.0, gt=0.0, le=64.0)
-    print_model: PrintModel = "gaussian"
+    print_model: PrintModel = "projection"
     fit_psf_shape: bool = True
     blur_sigma_px: float = Field(4.0, ge=0.5, le=64.0)
     max_shift_px: int = Field(32, ge=0, le=4096)

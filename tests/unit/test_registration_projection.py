@@ -67,8 +67,8 @@ def projection_pair(seed: int, truth: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def test_projection_model_fits_projection_prints_better() -> None:
     """Prints imaged through a pupil (defocused, a slightly different cutoff than the model's),
-    rotated and scaled: the projection model's corner errors are smaller than the Gaussian
-    model's, and within a pixel but for one window of five (on a synthetic pattern)."""
+    rotated and scaled: the projection model answers every window within a pixel, the
+    Gaussian model misses some (it misreads the line ends' pull-back as a scale)."""
     truth = homography((-9.0, 6.0), 1.5, 1.015)
     errors: dict[str, list[float]] = {"gaussian": [], "projection": []}
     for seed in range(11, 16):
@@ -77,9 +77,9 @@ def test_projection_model_fits_projection_prints_better() -> None:
             reg = Aligner(AlignSettings(print_model=model)).register(mask, printed)
             assert reg.ok, reg.reason
             found.append(max_corner_error(reg, truth))
-    assert np.median(errors["projection"]) < 0.6 < np.median(errors["gaussian"])
-    assert sum(e > 1.0 for e in errors["projection"]) <= 1
-    assert sum(e > 1.0 for e in errors["gaussian"]) >= 3
+    assert max(errors["projection"]) < 1.0
+    assert np.median(errors["projection"]) < np.median(errors["gaussian"])
+    assert sum(e > 1.0 for e in errors["gaussian"]) >= 2
 
 
 def test_shifts_with_the_projection_model() -> None:
