@@ -79,34 +79,30 @@ def scored_verdict(score: ScoreRecord, stage: str, alert_id: str | None = None) 
 def duplicate_verdict(duplicate: DuplicateRecord, result: SimResult) -> VerdictRecord:
     """The verdict of a result found to be a duplicate (``result`` is the input it was found for)."""
     flagged, reason = _alignment(result)
-    return VerdictRecord(
-        result_id=duplicate.result_id,
-        outcome="duplicate",
-        stage=duplicate.stage,
-        job_id=result.job_id,
-        clip_id=result.clip_id,
-        labels=duplicate.labels or result.labels,
-        alignment_flagged=flagged,
-        alignment_reason=reason,
-        duplicate_of=duplicate.duplicate_of,
-        method=duplicate.method,
-        produced_at=result.produced_at,
-    )
+    return _duplicate(duplicate, result.job_id, result.clip_id, duplicate.labels or result.labels, flagged,
+                      reason, result.produced_at)
 
 
 def late_duplicate_verdict(duplicate: DuplicateRecord, job_id: str, clip_id: str) -> VerdictRecord:
     """The verdict of a result shown to be a duplicate after it was passed on as unique (a *late*
     duplicate, ``details.late`` on its record): it supersedes the result's earlier verdict."""
+    return _duplicate(duplicate, job_id, clip_id, duplicate.labels, None, "", duplicate.produced_at)
+
+
+def _duplicate(duplicate: DuplicateRecord, job_id: str, clip_id: str, labels: Labels, flagged: bool | None,
+               reason: str, produced_at: datetime) -> VerdictRecord:
     return VerdictRecord(
         result_id=duplicate.result_id,
         outcome="duplicate",
         stage=duplicate.stage,
         job_id=job_id,
         clip_id=clip_id,
-        labels=duplicate.labels,
+        labels=labels,
+        alignment_flagged=flagged,
+        alignment_reason=reason,
         duplicate_of=duplicate.duplicate_of,
         method=duplicate.method,
-        produced_at=duplicate.produced_at,
+        produced_at=produced_at,
     )
 
 
