@@ -16,6 +16,7 @@ the approximate print mixes per result).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -45,27 +46,59 @@ def projection_aerial(mask: np.ndarray, cutoff_per_px: float, defocus_rad: float
     taken as periodic. The fields pass only frequencies up to ``1 + annulus[1]`` times
     the cutoff, so they and their intensities are computed on a coarse grid that holds
     the intensity's band, then brought to full resolution by zero-padding its spectrum."""
-    pad = min(math.ceil(1.5 / cutoff_per_px), max(mask.shape))
-    padded = cv2.copyMakeBorder(np.ascontiguousarray(mask, dtype=np.float32), pad, pad, pad, pad,
-                                cv2.BORDER_REFLECT)
-    h, w = padded.shape
-    band = 2.0 * (1.0 + annulus[1]) * cutoff_per_px  # intensity band, cycles per px
-    small_h = min(scipy.fft.next_fast_len(2 * math.ceil(band * h) + 2), h)
-    small_w = min(scipy.fft.next_fast_len(2 * math.ceil(band * w) + 2), w)
-    ky = _band_indices(small_h)
-    kx = _band_indices(small_w)
-    spectrum = scipy.fft.fft2(padded, workers=1)[np.ix_(ky % h, kx % w)].astype(np.complex64)
-    spectrum *= np.float32(small_h * small_w / (h * w))
-    fy = (ky / h).astype(np.float32)[:, None]
-    fx = (kx / w).astype(np.float32)[None, :]
-    # In focus the pupil is real and even, so source points s and -s give the same image.
+    return _Imaging(mask, cutoff_per_px, annulus).aerial(defocus_rad)
+
+
+class _Imaging:
+    """One mask's band-limited spectrum, from which aerial images at several foci are made."""
+
+    def __init__(self, mask: np.ndarray, cutoff_per_px: float, annulus: tuple[float, float]) -> None:
+        self.cutoff, self.annulus, self.shape = cutoff_per_px, annulus, mask.shape
+        self.pad = min(math.ceil(1.5 / cutoff_per_px), max(mask.shape))
+        pad = self.pad
+        padded = cv2.copyMakeBorder(np.ascontiguousarray(mask, dtype=np.float32), pad, pad, pad, pad,
+                                    cv2.BORDER_REFLECT)
+        h, w = padded.shape
+        band = 2.0 * (1.0 + annulus[1]) * cutoff_per_px  # intensity band, cycles per px
+        small_h = min(scipy.fft.next_fast_len(2 * math.ceil(band * h) + 2), h)
+        small_w = min(scipy.fft.next_fast_len(2 * math.ceil(band * w) + 2), w)
+        self.full_shape, self.small_shape = (h, w), (small_h, small_w)
+        self.rows, self.cols = _band_indices(small_h) % h, _band_indices(small_w) % w
+        spectrum = scipy.fft.fft2(padded, workers=1)[np.ix_(self.rows, self.cols)].astype(np.complex64)
+        # Standard FFT order on the coarse grid, scaled so that a clear field stays 1.
+        self.spectrum = np.fft.ifftshift(spectrum * np.float32(small_h * small_w / (h * w)))
+
+    def aerial(self, defocus_rad: float) -> np.ndarray:
+        """The aerial image at ``defocus_rad`` (see :func:`projection_aerial`)."""
+        pupils, weights = _pupils(self.full_shape, self.small_shape, self.cutoff, defocus_rad, self.annulus)
+        fields = scipy.fft.ifft2(self.spectrum[None] * pupils, axes=(-2, -1), workers=1)
+        intensity = fields.real * fields.real + fields.imag * fields.imag
+        small = np.tensordot(weights, intensity, axes=1).astype(np.float32)
+        h, w = self.full_shape
+        full = np.zeros((h, w), np.complex64)
+        full[np.ix_(self.rows, self.cols)] = np.fft.fftshift(scipy.fft.fft2(small, workers=1)) * np.float32(
+            h * w / (small.shape[0] * small.shape[1]))
+        image = scipy.fft.ifft2(full, workers=1).real.astype(np.float32)
+        top, (rows, cols) = self.pad, self.shape
+        return np.ascontiguousarray(image[top : top + rows, top : top + cols])
+
+
+@lru_cache(maxsize=16)
+def _pupils(full_shape: tuple[int, int], small_shape: tuple[int, int], cutoff_per_px: float,
+            defocus_rad: float, annulus: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The shifted pupils of every source point on the coarse grid (standard FFT order,
+    ``(points, h, w)`` complex64) and the points' weights (summing to 1). In focus the
+    pupil is real and even, so source points s and -s give the same image and half of
+    them do."""
+    (h, w), (small_h, small_w) = full_shape, small_shape
+    fy = np.fft.ifftshift(_band_indices(small_h) / h).astype(np.float32)[:, None]
+    fx = np.fft.ifftshift(_band_indices(small_w) / w).astype(np.float32)[None, :]
     symmetric = defocus_rad == 0.0 and SOURCE_POINTS % 2 == 0
     angles = np.arange(SOURCE_POINTS // 2 if symmetric else SOURCE_POINTS) * (2.0 * math.pi / SOURCE_POINTS)
     width = (annulus[1] - annulus[0]) / SOURCE_RINGS
     radii = annulus[0] + width * (np.arange(SOURCE_RINGS) + 0.5)
-    small = np.zeros((small_h, small_w), np.float32)
+    pupils, weights = [], []
     for radius in radii:
-        ring = np.zeros((small_h, small_w), np.float32)
         for angle in angles:
             sx = float(radius) * cutoff_per_px * math.cos(angle)
             sy = float(radius) * cutoff_per_px * math.sin(angle)
@@ -73,14 +106,12 @@ def projection_aerial(mask: np.ndarray, cutoff_per_px: float, defocus_rad: float
             pupil = (rho2 <= 1.0).astype(np.complex64)
             if defocus_rad != 0.0:
                 pupil = pupil * np.exp(1j * defocus_rad * rho2).astype(np.complex64)
-            field = scipy.fft.ifft2(np.fft.ifftshift(spectrum * pupil), workers=1)
-            ring += (field.real * field.real + field.imag * field.imag).astype(np.float32)
-        small += ring * np.float32(radius / (len(angles) * float(radii.sum())))
-    full = np.zeros((h, w), np.complex64)
-    full[np.ix_(ky % h, kx % w)] = np.fft.fftshift(scipy.fft.fft2(small, workers=1)) * np.float32(
-        h * w / (small_h * small_w))
-    image = scipy.fft.ifft2(full, workers=1).real.astype(np.float32)
-    return np.ascontiguousarray(image[pad : pad + mask.shape[0], pad : pad + mask.shape[1]])
+            pupils.append(pupil)
+            weights.append(float(radius))
+    weight = np.asarray(weights, dtype=np.float64)
+    stacked = np.stack(pupils)
+    stacked.setflags(write=False)
+    return stacked, weight / weight.sum()
 
 
 def _band_indices(n_small: int) -> np.ndarray:
@@ -91,8 +122,8 @@ def _band_indices(n_small: int) -> np.ndarray:
 def projection_basis(mask: np.ndarray, optics_sigma_px: float, fit_shape: bool) -> list[np.ndarray]:
     """The approximate print's basis under the projection model: the in-focus aerial image,
     then (to fit focus per result) a defocused one."""
-    cutoff = cutoff_from_sigma(optics_sigma_px)
-    basis = [projection_aerial(mask, cutoff)]
+    imaging = _Imaging(mask, cutoff_from_sigma(optics_sigma_px), ANNULUS_SIGMA)
+    basis = [imaging.aerial(0.0)]
     if fit_shape:
-        basis.append(projection_aerial(mask, cutoff, DEFOCUS_PHASE_RAD))
+        basis.append(imaging.aerial(DEFOCUS_PHASE_RAD))
     return basis
