@@ -83,7 +83,7 @@ class _Imaging:
         return np.ascontiguousarray(image[top : top + rows, top : top + cols])
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=4)  # a few clip sizes; each entry holds every source point's pupil (up to 5 MB at 256 px)
 def _pupils(full_shape: tuple[int, int], small_shape: tuple[int, int], cutoff_per_px: float,
             defocus_rad: float, annulus: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """The shifted pupils of every source point on the coarse grid (standard FFT order,
