@@ -265,6 +265,8 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
         "better-model": ("ncc+ecc, better-fitting of gaussian and projection",
                          better_of(Aligner(AlignSettings(**base, print_model="gaussian")).register,
                                    Aligner(AlignSettings(**base)).register)),
+        "min-gain-0.3": ("ncc+ecc, small rotation/scale kept from gain 0.3",
+                         Aligner(AlignSettings(**base, similarity_min_gain=0.3)).register),
         "projection-focus": ("ncc+ecc, projection model, focus not fitted",
                              Aligner(AlignSettings(**base, fit_psf_shape=False)).register),
         "ncc": ("ncc only (no ECC)", Aligner(AlignSettings(**base, use_ecc=False)).register),
