@@ -34,7 +34,10 @@ def test_stream_through_every_stage(pipeline: Pipeline, e2e_assets: DemoAssets) 
         watcher.stop()
     assert summary["accounted"] == summary["results"]
     assert summary["dlq"] == 0
-    assert not set(watcher.scores) & set(watcher.duplicates), "a result was both scored and a duplicate"
+    # a late duplicate (a result passed on as unique, shown later to be a window of a known layout) was
+    # scored when it came; any other duplicate never reaches novelty
+    on_arrival = {rid for rid, record in watcher.duplicates.items() if not record.details.get("late")}
+    assert not set(watcher.scores) & on_arrival, "a result was both scored and a duplicate"
     missed = {
         rid: (
             watcher.scores.get(rid),
