@@ -165,7 +165,6 @@ def _origin(result: SimResult) -> str:
     return json.dumps(doc)
 
 
-_ORIGIN_FIELDS = TypeAdapter(dict[str, Any])
 _MOMENT = TypeAdapter(datetime)
 _LABELS = TypeAdapter(Labels)
 
@@ -173,8 +172,10 @@ _LABELS = TypeAdapter(Labels)
 def _read_origin(text: str) -> dict[str, Any]:
     """What :func:`_origin` kept, validated field by field (a field that does not read is left out)."""
     try:
-        doc = _ORIGIN_FIELDS.validate_json(text) if text else {}
-    except ValidationError:
+        doc = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict):
         return {}
     out: dict[str, Any] = {name: doc[name] for name in ("job_id", "clip_id")
                            if isinstance(doc.get(name), str)}

@@ -381,7 +381,9 @@ class BandDedupeStore(ABC):
                 seen = {rid for _, rid, _ in ranked[:matched_at + 1]} | {verdict.duplicate_of or ""}
                 later = self._bridge_candidates(item, ranked[matched_at + 1:], profile_options[i], payloads,
                                                 batch_uniques, lookups[i].recent, seen)
-                bridged[i] = self._bridges(item, verify, later[:bridge_candidates])
+                links = self._bridges(item, verify, later[:bridge_candidates])
+                if links:  # the chain reads in _resolve_bridges are for results that bridge something
+                    bridged[i] = links
             verdicts[i] = verdict
             if verdict.status in ("unique", "perceptual"):  # a re-simulation is kept to match later ones
                 batch_uniques.append(item)
@@ -489,7 +491,7 @@ class BandDedupeStore(ABC):
                     continue
                 k = position.get(rid)
                 current = verdict_of(rid)
-                if current is None or current.status != "unique" or current.late:
+                if current is None or current.status != "unique":
                     continue
                 if k is not None:
                     if k < i and not current.replayed:
