@@ -62,15 +62,9 @@ def format_collection(result: BlobCollection, root: str, now: float) -> list[str
 def library_blob_keys(settings: CommonSettings) -> tuple[set[str], int, list[str]]:
     """The blob keys (``<sha256>.<ext>``) the live entries of every library topic point at, with
     how many entries were read and from which topics."""
-    from services.novelty.curation import read_library
-    from shared.index.topics import is_library_topic
-    from shared.kafka_io import make_admin
+    from services.novelty.curation import library_topics, read_library
 
-    admin = make_admin(settings)
-    try:
-        topics = sorted(t for t in admin.list_topics() if is_library_topic(t))
-    finally:
-        admin.close()
+    topics = library_topics(settings)
     keys: set[str] = set()
     entries = 0
     for topic in topics:
