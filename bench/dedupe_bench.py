@@ -48,10 +48,9 @@ from app.launcher import free_port, wait_for_port
 from bench.dedupe_baselines import Clip, baselines, timed
 from bench.dedupe_real import (
     RealClip,
+    cached_png_pairs,
     load_or_generate_real,
-    read_png_pairs,
     shows_moved_window,
-    write_png_pairs,
 )
 from services.dedupe.core import DedupeCore, DedupeSettings
 from services.dedupe.store import DedupeStore
@@ -131,17 +130,12 @@ def generate_items(n_layouts: int, n_defects: int, max_shift_px: int, seed: int)
 def load_or_generate(cache_dir: Path, n_layouts: int, n_defects: int, max_shift_px: int,
                      seed: int) -> list[BenchItem]:
     """The item set, read from a cache file when one exists (raw PNG bytes, no pickle)."""
-    name = f"dedupe_bench_v{CACHE_VERSION}_{n_layouts}_{n_defects}_{max_shift_px}_{seed}"
-    meta_path, blob_path = cache_dir / f"{name}.jsonl", cache_dir / f"{name}.bin"
-    cached = read_png_pairs(meta_path, blob_path, BenchItem)
-    if cached is not None:
-        return cached
     from tqdm import tqdm
 
-    items = list(tqdm(generate_items(n_layouts, n_defects, max_shift_px, seed),
-                      total=2 * (n_layouts + n_defects), desc="simulating", unit="result"))
-    write_png_pairs(meta_path, blob_path, items)
-    return items
+    name = f"dedupe_bench_v{CACHE_VERSION}_{n_layouts}_{n_defects}_{max_shift_px}_{seed}"
+    return cached_png_pairs(cache_dir, name, BenchItem, lambda: tqdm(
+        generate_items(n_layouts, n_defects, max_shift_px, seed), total=2 * (n_layouts + n_defects),
+        desc="simulating", unit="result"))
 
 
 def _ref(png: bytes, bits: int) -> ImageRef:

@@ -26,7 +26,7 @@ arrive before its original.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -226,14 +226,22 @@ def write_png_pairs(meta_path: Path, blob_path: Path, clips: Sequence[Any]) -> N
             meta_file.write(json.dumps({**row, "offsets": [a, b, c]}) + "\n")
 
 
+def cached_png_pairs(cache_dir: Path, name: str, make: Callable[..., PngPair],
+                     generate: Callable[[], Iterable[PngPair]]) -> list[PngPair]:
+    """The clip set ``name``, read from ``cache_dir`` when cached (:func:`read_png_pairs`), else generated
+    and cached."""
+    meta_path, blob_path = cache_dir / f"{name}.jsonl", cache_dir / f"{name}.bin"
+    cached = read_png_pairs(meta_path, blob_path, make)
+    if cached is not None:
+        return cached
+    clips = list(generate())
+    write_png_pairs(meta_path, blob_path, clips)
+    return clips
+
+
 def load_or_generate_real(cache_dir: Path, windows_per_layer: int, far_share: float, seed: int,
                           cells_dir: Path) -> list[RealClip]:
     """The real-layout clip set, read from the cache when there (JSON lines + one blob of PNG bytes)."""
     name = f"dedupe_real_v{REAL_CACHE_VERSION}_{windows_per_layer}_{far_share}_{seed}"
-    meta_path, blob_path = cache_dir / f"{name}.jsonl", cache_dir / f"{name}.bin"
-    cached = read_png_pairs(meta_path, blob_path, RealClip)
-    if cached is not None:
-        return cached
-    clips = list(generate_real(windows_per_layer, far_share, seed, cells_dir))
-    write_png_pairs(meta_path, blob_path, clips)
-    return clips
+    return cached_png_pairs(cache_dir, name, RealClip,
+                            lambda: generate_real(windows_per_layer, far_share, seed, cells_dir))
