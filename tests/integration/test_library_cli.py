@@ -12,11 +12,22 @@ from app.cli import main
 from app.launcher import EmbeddedStack
 from services.novelty.library_cli import read_library
 from shared.contracts import Topics
+from shared.dataset import DatasetWriter
 from shared.kafka_io import read_to_end
 from shared.settings import CommonSettings
 from shared.testing import library_entry, produce
 
 pytestmark = pytest.mark.integration
+
+
+def labelled_set(folder: Path, embeddings: np.ndarray) -> None:
+    """A small labelled data set (``folder/data``: 12 layouts x 4 results) and its embeddings
+    (``folder/emb.npy``), for ``lithowatch calibrate``."""
+    with DatasetWriter(folder / "data") as writer:
+        for i in range(len(embeddings)):
+            image = np.full((8, 8), i / len(embeddings), dtype=np.float32)
+            writer.add(f"item-{i}", image, image, 4.0, {"group": f"g{i // 4}"})
+    np.save(folder / "emb.npy", embeddings.astype(np.float32))
 
 
 def test_promote_and_drop(stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,7 +76,6 @@ def test_promote_and_drop_record_who_and_why_and_calibrate_reads_them(
     """Decisions land on the feedback topic (the dropped entry's vector too, though the entry is
     gone), and ``calibrate --feedback`` of that topic counts them as known / novel labels."""
     from shared.contracts import FeedbackRecord
-    from shared.dataset import DatasetWriter
 
     rng = np.random.default_rng(2)
     dim = 8
@@ -98,12 +108,7 @@ def test_promote_and_drop_record_who_and_why_and_calibrate_reads_them(
     assert dropped.status == "provisional" and dropped.model_version == "m-fb"
 
     # a small labelled data set of the same embedding space: 12 layouts x 4 results
-    embeddings = np.repeat(centres, 4, axis=0) + 0.05 * rng.standard_normal((48, dim))
-    with DatasetWriter(tmp_path / "data") as writer:
-        for i in range(48):
-            image = np.full((8, 8), i / 48, dtype=np.float32)
-            writer.add(f"item-{i}", image, image, 4.0, {"group": f"g{i // 4}"})
-    np.save(tmp_path / "emb.npy", embeddings.astype(np.float32))
+    labelled_set(tmp_path, np.repeat(centres, 4, axis=0) + 0.05 * rng.standard_normal((48, dim)))
     out = tmp_path / "thresholds.json"
     summary_path = tmp_path / "summary.json"
     argv = ["calibrate", "--dataset", str(tmp_path / "data"), "--embeddings", str(tmp_path / "emb.npy")]
@@ -128,7 +133,6 @@ def test_a_models_library_is_curated_with_model_and_feedback_calibrates_that_mod
     --feedback`` of the new model counts only the decisions taken on the new model's library."""
     from services.novelty.reembed import ensure_library_topic
     from shared.contracts import FeedbackRecord
-    from shared.dataset import DatasetWriter
     from shared.index import library_topic
 
     rng = np.random.default_rng(3)
@@ -186,12 +190,7 @@ def test_a_models_library_is_curated_with_model_and_feedback_calibrates_that_mod
     ]
 
     # calibrating the new model: its two decisions, the old model's two left out
-    embeddings = np.repeat(centres, 4, axis=0) + 0.05 * rng.standard_normal((48, new_dim))
-    with DatasetWriter(tmp_path / "data") as writer:
-        for i in range(48):
-            image = np.full((8, 8), i / 48, dtype=np.float32)
-            writer.add(f"item-{i}", image, image, 4.0, {"group": f"g{i // 4}"})
-    np.save(tmp_path / "emb.npy", embeddings.astype(np.float32))
+    labelled_set(tmp_path, np.repeat(centres, 4, axis=0) + 0.05 * rng.standard_normal((48, new_dim)))
     summary_path = tmp_path / "summary.json"
     argv = ["calibrate", "--dataset", str(tmp_path / "data"), "--embeddings", str(tmp_path / "emb.npy")]
     argv += ["--model-version", "enc-v2/abc", "--out", str(tmp_path / "thresholds.json")]
