@@ -260,6 +260,8 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
                                                     refuse_unpinned_rotation=False)).register),
         "aerial": ("ncc+ecc, approx from litho aerial",
                    Aligner(AlignSettings(**base), aerial_model=known_optics.aerial).register),
+        "repeats-in-range": ("ncc+ecc, repeats beyond the range count (previous default)",
+                             Aligner(AlignSettings(**base, ignore_repeats_beyond_range=False)).register),
         "gaussian-print": ("ncc+ecc, gaussian print model (previous default)",
                            Aligner(AlignSettings(**base, print_model="gaussian")).register),
         "better-model": ("ncc+ecc, better-fitting of gaussian and projection",

@@ -30,6 +30,7 @@ from shared.imaging import validate_image
 from shared.registration.correlation import (
     PeakResult,
     ncc_translation,
+    outside_flanks,
     overlap_ncc_scores,
     overlap_ncc_translation,
 )
@@ -161,7 +162,8 @@ class Aligner:
         """
         s = self.settings
         template = reference.render()[0]
-        peak = overlap_ncc_translation(template, sim_smooth, s.max_shift_px, s.ambiguity_radius_px)
+        peak = overlap_ncc_translation(template, sim_smooth, s.max_shift_px, s.ambiguity_radius_px,
+                                       s.ignore_repeats_beyond_range)
         if self._ambiguous(peak):
             return None
         start = translation_matrix(peak.dx_px, peak.dy_px)
@@ -217,7 +219,8 @@ class Aligner:
                          peak: PeakResult) -> bool:
         """Whether the print warped by ``matrix`` fits best where it is and clearly better than
         at any other shift the search could have answered (with a rotation undone, repeats that
-        scored unequally before may tie)."""
+        scored unequally before may tie). A repeat beyond the search range does not count, nor
+        does its flank inside it."""
         s = self.settings
         h, w = sim_f.shape
         reach = min(2 * s.max_shift_px + 1, min(h, w) // 2 - 1)
@@ -227,7 +230,13 @@ class Aligner:
         # Residual shift u moves the answer to peak + u: only those within the search range count.
         in_x = np.abs(lag + peak.dx_px) <= s.max_shift_px + 1
         in_y = np.abs(lag + peak.dy_px) <= s.max_shift_px + 1
-        scores = np.where(in_y[:, None] & in_x[None, :], scores, -1.0)
+        # The flank of a repeat that lies beyond the range is no answer the search could give.
+        peak_x, peak_y = np.abs(np.round(lag + peak.dx_px)), np.abs(np.round(lag + peak.dy_px))
+        inside = (peak_y[:, None] <= s.max_shift_px) & (peak_x[None, :] <= s.max_shift_px)
+        counted = in_y[:, None] & in_x[None, :]
+        if s.ignore_repeats_beyond_range:
+            counted &= ~outside_flanks(scores, inside, s.ambiguity_radius_px)
+        scores = np.where(counted, scores, -1.0)
         distance = np.hypot(lag[None, :], lag[:, None])
         best_here = float(scores[distance <= 1.5].max())
         elsewhere = float(scores[distance > s.ambiguity_radius_px].max(initial=-1.0))

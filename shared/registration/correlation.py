@@ -9,6 +9,7 @@ real pattern there). The peak is refined by a parabola through its neighbours.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -70,15 +71,21 @@ def _subpixel_peak(scores: np.ndarray, ambiguity_radius_px: float) -> tuple[floa
     its score, the best far from it and whether it lies on the map's edge (its shift is 0)."""
     flat_index = int(np.argmax(scores))
     iy, ix = flat_index // scores.shape[1], flat_index % scores.shape[1]
+    last_y, last_x = scores.shape[0] - 1, scores.shape[1] - 1
+    found = PeakResult(0.0, 0.0, float(scores[iy, ix]), _best_elsewhere(scores, iy, ix, ambiguity_radius_px),
+                       at_limit=iy in (0, last_y) or ix in (0, last_x))
+    return (*_subpixel_at(scores, iy, ix), found)
+
+
+def _subpixel_at(scores: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
+    """(x, y) of cell ``(iy, ix)`` refined by a parabola through its neighbours (none on the map's edge)."""
     peak = float(scores[iy, ix])
     last_y, last_x = scores.shape[0] - 1, scores.shape[1] - 1
     sub_x = 0.0 if ix in (0, last_x) else _parabolic_offset(
         float(scores[iy, ix - 1]), peak, float(scores[iy, ix + 1]))
     sub_y = 0.0 if iy in (0, last_y) else _parabolic_offset(
         float(scores[iy - 1, ix]), peak, float(scores[iy + 1, ix]))
-    found = PeakResult(0.0, 0.0, peak, _best_elsewhere(scores, iy, ix, ambiguity_radius_px),
-                       at_limit=iy in (0, last_y) or ix in (0, last_x))
-    return ix + sub_x, iy + sub_y, found
+    return ix + sub_x, iy + sub_y
 
 
 def _lagged_sums(padded: np.ndarray, template: np.ndarray, lags: int) -> np.ndarray:
@@ -115,8 +122,43 @@ def overlap_ncc_scores(reference: np.ndarray, moving: np.ndarray, margin: int,
     return np.asarray(np.where(var > tiny, cov / np.sqrt(np.maximum(var, tiny)), -1.0))
 
 
+def climbed_peaks(scores: np.ndarray) -> np.ndarray:
+    """For every cell of a score map, the flat index of the local maximum that steepest ascent
+    over its eight neighbours reaches from it (a maximum maps to itself)."""
+    h, w = scores.shape
+    padded = np.pad(scores.astype(np.float64), 1, constant_values=-np.inf)
+    index = np.pad(np.arange(h * w).reshape(h, w), 1, constant_values=-1)
+    best, step = scores.astype(np.float64).copy(), np.arange(h * w).reshape(h, w)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == dx == 0:
+                continue
+            value = padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+            better = value > best
+            best = np.where(better, value, best)
+            step = np.where(better, index[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w], step)
+    pointer = step.ravel()
+    while True:  # pointer jumping: every cell ends on the maximum of its climb
+        jumped = pointer[pointer]
+        if np.array_equal(jumped, pointer):
+            return pointer.reshape(h, w)
+        pointer = jumped
+
+
+def outside_flanks(scores: np.ndarray, in_range: np.ndarray, radius_px: float) -> np.ndarray:
+    """Cells on the flank of a peak that lies outside ``in_range``: their climb ends on a
+    maximum outside it, less than ``radius_px`` away. A pattern that repeats just beyond the
+    search range raises the map's edge there without offering a shift inside it; a ridge
+    (lines crossing the clip) stays a competitor farther than ``radius_px`` from its end."""
+    peaks = climbed_peaks(scores)
+    peak_y, peak_x = np.divmod(peaks, scores.shape[1])
+    yy, xx = np.indices(scores.shape)
+    near = (peak_y - yy) ** 2 + (peak_x - xx) ** 2 < radius_px**2
+    return np.asarray(~in_range.ravel()[peaks] & near)
+
+
 def overlap_ncc_translation(reference: np.ndarray, moving: np.ndarray, max_shift_px: int,
-                            ambiguity_radius_px: float) -> PeakResult:
+                            ambiguity_radius_px: float, repeats_beyond_range: bool = True) -> PeakResult:
     """Like :func:`ncc_translation`, but each shift is scored over the whole overlap of the two
     images, borders included (:func:`overlap_ncc_scores`).
 
@@ -126,8 +168,28 @@ def overlap_ncc_translation(reference: np.ndarray, moving: np.ndarray, max_shift
     The price: the overlap, and so the pixels compared, changes with the shift, and the
     reference's border is used where an approximate print lacks the neighbours outside the
     clip.
+
+    The map reaches ``ambiguity_radius_px`` beyond the search range, so that a repeat lying
+    just outside the range (a row's rail contacts, one site pitch away) shows as its own peak
+    there: its flank inside the range (:func:`outside_flanks`) is neither an answer nor a
+    competitor, since the range bounds the farm's offsets. Without ``repeats_beyond_range``
+    the map ends one pixel past the range and every cell in it counts.
     """
-    margin = search_margin_px((reference.shape[0], reference.shape[1]), max_shift_px)
-    scores = overlap_ncc_scores(reference, moving, margin)
-    x, y, found = _subpixel_peak(scores, ambiguity_radius_px)
-    return PeakResult(x - margin, y - margin, found.peak, found.second_peak, found.at_limit)
+    h, w = reference.shape
+    margin = search_margin_px((h, w), max_shift_px)
+    wide = margin
+    if repeats_beyond_range:
+        wide = max(margin, min(margin + math.ceil(ambiguity_radius_px), min(h, w) // 2 - 1))
+    scores = overlap_ncc_scores(reference, moving, wide)
+    lag = np.abs(np.arange(-wide, wide + 1))
+    in_range = (lag[:, None] <= margin) & (lag[None, :] <= margin)
+    inside_peak = (lag[:, None] <= max_shift_px) & (lag[None, :] <= max_shift_px)
+    candidate = in_range
+    if repeats_beyond_range:
+        candidate = in_range & ~outside_flanks(scores, inside_peak, ambiguity_radius_px)
+    ranked = np.where(candidate, scores, -np.inf)
+    iy, ix = (int(i) for i in np.unravel_index(int(np.argmax(ranked)), scores.shape))
+    x, y = _subpixel_at(scores, iy, ix)
+    second = _best_elsewhere(np.where(candidate, scores, -1.0), iy, ix, ambiguity_radius_px)
+    at_limit = abs(iy - wide) == margin or abs(ix - wide) == margin
+    return PeakResult(x - wide, y - wide, float(scores[iy, ix]), second, at_limit)

@@ -59,7 +59,10 @@ class AlignSettings(BaseModel):
     With ``refuse_unpinned_rotation``, a clip too compact for rotation and scale (the
     spread check) is refused when a similarity fitted from its shift moves the corners by
     2 px or more: its shift alone would be right at the clump and pixels off at the
-    corners.
+    corners. With ``ignore_repeats_beyond_range``, the second look treats ``max_shift_px``
+    as the bound of the farm's offsets: a repeat of the pattern just beyond it (a row's
+    rail contacts one site pitch away) shows as a peak of its own there, and neither it
+    nor its flank inside the range is an answer or a competitor.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -86,6 +89,7 @@ class AlignSettings(BaseModel):
     fallback: Fallback = "sift"
     whole_overlap: bool = True
     refuse_unpinned_rotation: bool = True
+    ignore_repeats_beyond_range: bool = True
     whole_overlap_floor: float = Field(0.95, ge=0.0, le=1.0)
     min_size_px: int = Field(16, ge=8)
 

@@ -238,6 +238,51 @@ def test_settings_are_frozen_and_checked() -> None:
         AlignSettings(fallback="surf")
 
 
+def test_a_peak_beyond_the_range_lends_its_flank_to_no_answer() -> None:
+    """Cells climbing to a maximum outside the range, and near it, are its flank; a ridge
+    rising out of the range stays a competitor farther than the radius from its end."""
+    from shared.registration.correlation import climbed_peaks, outside_flanks
+
+    lag = np.arange(-40, 41, dtype=np.float64)
+    yy, xx = np.meshgrid(lag, lag, indexing="ij")
+    inside = (np.abs(yy) <= 32) & (np.abs(xx) <= 32)
+    bumps = np.exp(-((xx - 5) ** 2 + yy**2) / 50.0) + 0.99 * np.exp(-((xx + 36) ** 2 + yy**2) / 50.0)
+    peaks = climbed_peaks(bumps)
+    assert np.unravel_index(int(peaks[40, 40 + 2]), bumps.shape) == (40, 45)  # climbs to its own peak
+    assert np.unravel_index(int(peaks[40, 40 - 30]), bumps.shape) == (40, 4)  # to the one beyond -32
+    flank = outside_flanks(bumps, inside, 16.0)
+    assert flank[40, 40 - 30] and flank[40, 40 - 28] and not flank[40, 40 + 5]
+    ridge = np.exp(-(yy**2) / 8.0) * (1.0 + 0.001 * xx)  # lines across the clip: rising to x = +40
+    ridge_flank = outside_flanks(ridge, inside, 16.0)
+    assert ridge_flank[40, 40 + 30] and not ridge_flank[40, 40]  # 40 px from the ridge's end
+
+
+def test_whole_overlap_correlation_skips_the_flank_of_a_repeat_beyond_the_range() -> None:
+    """Contacts one pitch (44 px) apart along both edges, shifted 9.5 px: their next repeat lies
+    at -34.5 px, just beyond a 32 px search. Before, the edge of the map there outscored the
+    true peak; now the repeat is seen as a peak of its own, out of range, and 10 px is unique."""
+    from shared.registration.correlation import overlap_ncc_translation
+
+    big = np.zeros((SIZE_PX + 2 * PAD_PX, SIZE_PX + 2 * PAD_PX), np.float32)
+    for x in range(3, big.shape[1] - 12, 44):
+        big[PAD_PX - 5 : PAD_PX + 5, x : x + 10] = 1.0
+        big[PAD_PX + SIZE_PX - 5 : PAD_PX + SIZE_PX + 5, x : x + 10] = 1.0
+    smooth = cv2.GaussianBlur(big, (0, 0), 4.0)
+    reference = smooth[PAD_PX:-PAD_PX, PAD_PX:-PAD_PX]
+
+    def moved(dx: float) -> np.ndarray:  # moving(p) = reference(p + (dx, 0)), resampled
+        warp = np.array([[1.0, 0.0, PAD_PX + dx], [0.0, 1.0, PAD_PX]], np.float32)
+        return np.asarray(cv2.warpAffine(smooth, warp, (SIZE_PX, SIZE_PX),
+                                         flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP), np.float32)
+
+    for dx in (9.5, -9.5):
+        found = overlap_ncc_translation(reference, moved(dx), 32, 16.0)
+        assert not found.at_limit and found.second_peak < 0.97 * found.peak
+        assert abs(found.dx_px - dx) < 0.3 and abs(found.dy_px) < 0.3
+    tied = overlap_ncc_translation(reference, moved(14.0), 32, 16.0)  # its repeat at -30 px: in range
+    assert tied.second_peak >= 0.97 * tied.peak
+
+
 def test_whole_overlap_correlation_uses_the_border() -> None:
     """Pattern only within the border that the central-crop correlation leaves out: the
     whole-overlap correlation still finds the shift, and agrees with it where both see."""

@@ -131,12 +131,16 @@ def rail_only_windows(row_layouts: RowLayouts, truth: np.ndarray) -> list[tuple[
     return [(mask, printed) for mask, printed in pairs if not mask[40:-40].any()]
 
 
-def test_rail_contacts_within_one_repeat_of_the_search_are_answered(row_layouts: RowLayouts) -> None:
+@pytest.mark.parametrize("shift", [(4.0, -5.0), (9.7, 6.0)])
+def test_rail_contacts_within_one_repeat_of_the_search_are_answered(
+        row_layouts: RowLayouts, shift: tuple[float, float]) -> None:
     """Shifted by less than the search range's distance to the next repeat (a site pitch,
     42.5 px, beyond a 32 px search), the rails' contacts have one answer: they lie along
     the clip's top and bottom edges, left out of the first comparison, and are found by the
-    second look over the whole overlap."""
-    truth = rotation_scale_shift(SIZE_PX, (4.0, -5.0))
+    second look over the whole overlap. At 9.7 px the repeat lies 32.8 px the other way,
+    just out of range, where the map's edge scores higher than the answer: its flank is
+    no answer."""
+    truth = rotation_scale_shift(SIZE_PX, shift)
     pairs = rail_only_windows(row_layouts, truth)
     assert len(pairs) >= 2
     for mask, printed in pairs:
@@ -145,6 +149,8 @@ def test_rail_contacts_within_one_repeat_of_the_search_are_answered(row_layouts:
         assert reg.method == "overlap+ecc"
         assert max_corner_error(reg.matrix, truth) < 1.0
         assert not Aligner(AlignSettings(whole_overlap=False)).register(mask, printed).ok
+        if shift[0] > 42.5 - 33:  # the repeat's flank at the range's edge: refused when it counts
+            assert not Aligner(AlignSettings(ignore_repeats_beyond_range=False)).register(mask, printed).ok
 
 
 def test_a_rails_only_mask_does_not_take_a_print_with_a_contact_inside(row_layouts: RowLayouts) -> None:
