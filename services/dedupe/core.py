@@ -106,7 +106,7 @@ class DedupeSettings(BaseModel):
     strip_new_max_px: int = Field(4, ge=0)  # drawn pixels of unexplained features tolerated (strict)
     # a duplicate is verified against up to this many more of its candidates: an earlier result kept as
     # unique that it matches too becomes its (late) duplicate, see DedupeStore.check_and_insert_batch; 0: off
-    bridge_candidates: int = Field(8, ge=0, le=64)
+    bridge_candidates: int = Field(16, ge=0, le=64)
     # a bridge must compare at least this many mask pixels drawn in both clips: a window showing one
     # contact (256 px at 4 nm/px) agrees with any other lone contact, too little to link two results
     # that did not match each other

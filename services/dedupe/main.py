@@ -36,7 +36,7 @@ class DedupeServiceSettings(StageSettings):
     dedupe_profile_candidates: int = Field(12, ge=0, le=64)
     # a duplicate is also verified against this many more candidates (by hash and by profile each): an
     # earlier result kept as unique that it matches too becomes its late duplicate; 0: off
-    dedupe_bridge_candidates: int = Field(8, ge=0, le=64)
+    dedupe_bridge_candidates: int = Field(16, ge=0, le=64)
 
     def core_settings(self) -> DedupeSettings:
         """The core's settings, built from these once."""
