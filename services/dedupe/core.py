@@ -72,6 +72,8 @@ from shared.imaging import to_uint8
 from shared.verification import MASK_TOLERANCE_LEVELS, MAX_SHIFT_PX, PixelTolerances, verify_window_match
 
 PAYLOAD_MAGIC = b"LWD1"
+#: more candidates a duplicate is verified against for late duplicates (``DedupeSettings.bridge_candidates``)
+BRIDGE_CANDIDATES_DEFAULT = 16
 ImageLoadFn = Callable[[ImageRef], np.ndarray]
 Outcome = UniqueResult | DuplicateRecord | InputError
 
@@ -106,7 +108,7 @@ class DedupeSettings(BaseModel):
     strip_new_max_px: int = Field(4, ge=0)  # drawn pixels of unexplained features tolerated (strict)
     # a duplicate is verified against up to this many more of its candidates: an earlier result kept as
     # unique that it matches too becomes its (late) duplicate, see DedupeStore.check_and_insert_batch; 0: off
-    bridge_candidates: int = Field(16, ge=0, le=64)
+    bridge_candidates: int = Field(BRIDGE_CANDIDATES_DEFAULT, ge=0, le=64)
     # a bridge must compare at least this many mask pixels drawn in both clips: a window showing one
     # contact (256 px at 4 nm/px) agrees with any other lone contact, too little to link two results
     # that did not match each other

@@ -8,7 +8,7 @@ import redis
 from pydantic import Field
 
 from services.dedupe import NAME
-from services.dedupe.core import DedupeCore, DedupeSettings
+from services.dedupe.core import BRIDGE_CANDIDATES_DEFAULT, DedupeCore, DedupeSettings
 from services.dedupe.stage import DedupeStage
 from services.dedupe.store import BAND_MAX_MEMBERS_DEFAULT, RECENT_POOL_DEFAULT
 from services.dedupe.store_redis import RedisDedupeStore
@@ -34,9 +34,10 @@ class DedupeServiceSettings(StageSettings):
     # (sparse clips whose window move changed both hashes); dedupe_profile_candidates of them are verified
     dedupe_recent_pool: int = Field(RECENT_POOL_DEFAULT, ge=0, le=100_000)
     dedupe_profile_candidates: int = Field(12, ge=0, le=64)
-    # a duplicate is also verified against this many more candidates (by hash and by profile each): an
-    # earlier result kept as unique that it matches too becomes its late duplicate; 0: off
-    dedupe_bridge_candidates: int = Field(16, ge=0, le=64)
+    # a duplicate is also verified against this many more candidates (by hash and by profile together,
+    # nearest by profile first): an earlier result kept as unique that it matches too becomes its late
+    # duplicate; 0: off
+    dedupe_bridge_candidates: int = Field(BRIDGE_CANDIDATES_DEFAULT, ge=0, le=64)
 
     def core_settings(self) -> DedupeSettings:
         """The core's settings, built from these once."""
