@@ -443,7 +443,9 @@ def real_orders(clips: list[RealClip], args: argparse.Namespace,
     settings = {"strict (default)": DedupeSettings(),
                 "strict, 8 bridge candidates": DedupeSettings(bridge_candidates=8),
                 "strict, no bridges": DedupeSettings(bridge_candidates=0),
-                "windows_are_duplicates": DedupeSettings(windows_are_duplicates=True)}
+                "windows_are_duplicates": DedupeSettings(windows_are_duplicates=True),
+                "strict, profile 24 + 256 px": DedupeSettings(profile_candidates=24,
+                                                              profile_min_matched_px=256)}
     if args.retrieval_bound:  # every stored result within reach verified: what better retrieval could give
         settings["strict, every candidate"] = DedupeSettings(hamming_radius=256, profile_candidates=64,
                                                              bridge_candidates=64)

@@ -113,6 +113,10 @@ class DedupeSettings(BaseModel):
     # contact (256 px at 4 nm/px) agrees with any other lone contact, too little to link two results
     # that did not match each other
     bridge_min_matched_px: int = Field(400, ge=0)
+    # a candidate found by profile alone (its hash unrelated) must compare at least this many mask pixels
+    # drawn in both clips; 0: no floor. 256 (one contact at 4 nm/px) refuses a lone contact matched to a
+    # lone contact of another layout, at a cost in recall (docs/dedupe.md, "Fewer false merges")
+    profile_min_matched_px: int = Field(0, ge=0)
 
     def namespace(self) -> str:
         kind = f"{self.hash_kind}+centred" if self.centred_keys else self.hash_kind
@@ -306,7 +310,8 @@ class DedupeCore:
                 cache[candidate.result_id] = arrays
             # a candidate found by profile alone (its hash is unrelated) must register at one shift: a lone
             # rail agrees all along itself, and with everything else in the strips any two windows would do
-            evidence_px = s.bridge_min_matched_px if candidate.bridge else 0
+            evidence_px = max(s.bridge_min_matched_px if candidate.bridge else 0,
+                              s.profile_min_matched_px if candidate.via == "profile" else 0)
             match = verify_window_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
                                         self.tolerances, self.strip_new_max_px, s.resimulation_shift_px,
                                         unique_shift=candidate.via == "profile",

@@ -38,6 +38,9 @@ class DedupeServiceSettings(StageSettings):
     # nearest by profile first): an earlier result kept as unique that it matches too becomes its late
     # duplicate; 0: off
     dedupe_bridge_candidates: int = Field(BRIDGE_CANDIDATES_DEFAULT, ge=0, le=64)
+    # a candidate found by profile alone must compare at least this many mask pixels drawn in both clips
+    # (256: no lone contact matched to a lone contact); 0: no floor
+    dedupe_profile_min_matched_px: int = Field(0, ge=0)
 
     def core_settings(self) -> DedupeSettings:
         """The core's settings, built from these once."""
@@ -48,6 +51,7 @@ class DedupeServiceSettings(StageSettings):
             resimulation_shift_px=self.dedupe_resimulation_shift_px,
             profile_candidates=self.dedupe_profile_candidates if self.dedupe_recent_pool else 0,
             bridge_candidates=self.dedupe_bridge_candidates,
+            profile_min_matched_px=self.dedupe_profile_min_matched_px,
         )
 
 

@@ -119,3 +119,22 @@ def test_a_copy_whose_move_took_most_of_its_contacts_out_is_judged() -> None:
     assert match.strip.total_px == 0
     # without the strip check nothing vouches for the uncompared part: the quarter still holds
     assert verify_window_match(*args, None, 16) is None
+
+
+def test_a_floor_on_what_a_profile_candidate_compares_refuses_thinner_evidence(
+    row_end: tuple[SimResult, SimResult],
+) -> None:
+    found = _run(DedupeSettings(), *row_end)[1]
+    assert isinstance(found, DuplicateRecord) and found.details["found_by"] == "profile"
+    matched = int(found.details["matched_drawn_px"])
+    at_floor = _run(DedupeSettings(profile_min_matched_px=matched), *row_end)[1]
+    assert isinstance(at_floor, DuplicateRecord) and at_floor.duplicate_of == "original"
+    assert isinstance(_run(DedupeSettings(profile_min_matched_px=matched + 1), *row_end)[1], UniqueResult)
+
+
+def test_the_service_passes_the_profile_floor_to_the_core() -> None:
+    from services.dedupe.main import DedupeServiceSettings
+
+    assert DedupeServiceSettings().core_settings().profile_min_matched_px == 0
+    chosen = DedupeServiceSettings(dedupe_profile_min_matched_px=256).core_settings()
+    assert chosen.profile_min_matched_px == 256
