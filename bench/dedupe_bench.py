@@ -392,11 +392,8 @@ def run_real(args: argparse.Namespace) -> None:
           f"{sparse} print under 10 % of the clip; shuffled (a copy may arrive before its original)")
     rows: list[RealAccuracy] = []
     judge = pattern_judge(args.seed, args.cells)
-    lenient = DedupeSettings(windows_are_duplicates=True)
-    for name, settings in (("dedupe core, strict (default)", DedupeSettings()),
-                           ("dedupe core, strict, 8 bridge candidates", DedupeSettings(bridge_candidates=8)),
-                           ("dedupe core, strict, no bridges", DedupeSettings(bridge_candidates=0)),
-                           ("dedupe core, windows_are_duplicates", lenient)):
+    for variant, settings in core_variants().items():
+        name = f"dedupe core, {variant}"
         arrival: Verdicts = {}
         dup_of, seconds = run_core(DedupeCore(InMemoryDedupeStore(), settings), results, args.batch_size,
                                    arrival)
@@ -436,16 +433,22 @@ def run_real(args: argparse.Namespace) -> None:
         real_orders(clips, args, judge)
 
 
+def core_variants() -> dict[str, DedupeSettings]:
+    """The dedupe core's settings run on the real set: the default beside the previous bridge default,
+    no bridges, and the lenient mode."""
+    return {"strict (default)": DedupeSettings(),
+            "strict, 8 bridge candidates": DedupeSettings(bridge_candidates=8),
+            "strict, no bridges": DedupeSettings(bridge_candidates=0),
+            "windows_are_duplicates": DedupeSettings(windows_are_duplicates=True)}
+
+
 def real_orders(clips: list[RealClip], args: argparse.Namespace,
                 judge: Callable[[RealClip, RealClip], bool]) -> None:
     """The dedupe core's rows over ``--real-orders`` arrival orders of the same set (shuffle seeds
     seed .. seed + n - 1): which layouts a sparse window is merged with depends on what came first."""
-    settings = {"strict (default)": DedupeSettings(),
-                "strict, 8 bridge candidates": DedupeSettings(bridge_candidates=8),
-                "strict, no bridges": DedupeSettings(bridge_candidates=0),
-                "windows_are_duplicates": DedupeSettings(windows_are_duplicates=True),
-                "strict, profile 24 + 256 px": DedupeSettings(profile_candidates=24,
-                                                              profile_min_matched_px=256)}
+    settings = core_variants()
+    settings["strict, profile 24 + 256 px"] = DedupeSettings(profile_candidates=24,
+                                                             profile_min_matched_px=256)
     if args.retrieval_bound:  # every stored result within reach verified: what better retrieval could give
         settings["strict, every candidate"] = DedupeSettings(hamming_radius=256, profile_candidates=64,
                                                              bridge_candidates=64)
@@ -462,7 +465,7 @@ def real_orders(clips: list[RealClip], args: argparse.Namespace,
     for name, rows in found.items():
         recalls = " ".join(f"{r.recall:.4f}" for r in rows)
         merges = " ".join(str(r.false_merges) for r in rows)
-        print(f"  {name:26s} recall mean {np.mean([r.recall for r in rows]):.4f} min "
+        print(f"  {name:28s} recall mean {np.mean([r.recall for r in rows]):.4f} min "
               f"{min(r.recall for r in rows):.4f} ({recalls}); "
               f"false merges {sum(r.false_merges for r in rows)} ({merges}); "
               f"{1000 * np.mean([r.seconds for r in rows]) / len(clips):.1f} ms/result")
