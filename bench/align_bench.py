@@ -262,6 +262,8 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
                    Aligner(AlignSettings(**base), aerial_model=known_optics.aerial).register),
         "repeats-in-range": ("ncc+ecc, repeats beyond the range count (previous default)",
                              Aligner(AlignSettings(**base, ignore_repeats_beyond_range=False)).register),
+        "overlap-shift-only": ("ncc+ecc, second look answers a pure shift only (previous default)",
+                               Aligner(AlignSettings(**base, whole_overlap_similarity=False)).register),
         "gaussian-print": ("ncc+ecc, gaussian print model (previous default)",
                            Aligner(AlignSettings(**base, print_model="gaussian")).register),
         "better-model": ("ncc+ecc, better-fitting of gaussian and projection",

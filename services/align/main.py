@@ -41,6 +41,7 @@ class AlignServiceSettings(StageSettings):
     align_whole_overlap_floor: float = Field(0.95, ge=0.0, le=1.0)
     align_refuse_unpinned_rotation: bool = True
     align_ignore_repeats_beyond_range: bool = True
+    align_whole_overlap_similarity: bool = True
 
     def registration(self) -> AlignSettings:
         """The core's registration settings, built from these once."""
@@ -61,6 +62,7 @@ class AlignServiceSettings(StageSettings):
             whole_overlap_floor=self.align_whole_overlap_floor,
             refuse_unpinned_rotation=self.align_refuse_unpinned_rotation,
             ignore_repeats_beyond_range=self.align_ignore_repeats_beyond_range,
+            whole_overlap_similarity=self.align_whole_overlap_similarity,
         )
 
 

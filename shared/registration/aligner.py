@@ -13,9 +13,10 @@
    ``quality_floor``; the registration is also refused when the peak is ambiguous
    (periodic or line-only patterns) or at the edge of the search range, and when the
    print needs a rotation or scale that its (compact) pattern cannot pin down.
-6. A print still below the floor gets a second look over the whole overlap of the two
-   images, borders included (``whole_overlap``): a clip whose pattern lies only along its
-   edges (a row's rail contacts) then gets a shift where that shift is unique.
+6. A print still below the floor, or refused as too compact for rotation and scale, gets
+   a second look over the whole overlap of the two images, borders included
+   (``whole_overlap``): a clip whose pattern lies along its edges (a row's rail contacts)
+   then gets an answer where it is unique, rotation and scale included.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ from shared.registration.refine import (
 MAX_REFINE_DRIFT_PX = 4.0  # refinement may move the image centre this far from the peak
 SHIFT_ONLY_MAX_CORNER_PX = 2.0  # rotation/scale moving corners farther is never a fitting artefact
 COARSE_STRIDE = 4  # sampling of the coarse ECC pass (the fine pass uses every other pixel)
+RECUT_ROUNDS = 5  # second look: re-cuts of the print under the estimate before it must have settled
+RECUT_SETTLED_PX = 0.02  # a re-cut moving the image centre less than this has settled
+HERE_PX = 1.5  # the uniqueness check: how near the answer the best score must lie
+AXIS_SCALE_AGREEMENT = 0.005  # second look: the largest scale residual of the better-fitting axis
 
 
 def warp_to_mask(simulated: np.ndarray, matrix: np.ndarray, border: float = 0.0) -> np.ndarray:
@@ -127,11 +132,15 @@ class Aligner:
                 residual_px = fit.residual_px
 
         reason = self._refusal(quality, peak)
+        unpinned = False
         if (not reason and method == "ncc+ecc" and s.refuse_unpinned_rotation
                 and self._unpinned_rotation_scale(reference, sim_smooth, matrix, inside)):
             reason = ("the print needs rotation or scale, but the pattern is too compact to pin them down "
                       "(a few contacts close together)")
-        if quality < s.quality_floor and s.whole_overlap:
+            # Compact inside the border, but the whole overlap may be spread: a row's rail
+            # contacts along the clip's edges pin rotation and scale.
+            unpinned = s.whole_overlap_similarity
+        if (quality < s.quality_floor or unpinned) and s.whole_overlap:
             # The second look compares cut features along the clip's edges, where the
             # projection model's reflected surroundings ring: it keeps the Gaussian model.
             if s.print_model == "gaussian" or self.aerial_model is not None:
@@ -153,10 +162,13 @@ class Aligner:
         leaves out (where an approximate print lacks what lies outside the clip).
 
         The shift from :func:`overlap_ncc_translation`; then the print is resampled into the
-        mask frame, cut at the clip's edges like the mask and refined there. The answer (a
-        pure shift) is kept when its peak is neither ambiguous nor at the search limit, the
-        clip needs no rotation or scale, its correlation reaches the floor, and it stays
-        unique over every shift the search could have answered; else ``None``. Ambiguous
+        mask frame, cut at the clip's edges like the mask and refined there: a pure shift
+        where rotation and scale move the corners by under 2 px (cut features' outward bias
+        reads as a scale of about 1 % there), else the similarity, re-cut until it settles
+        (:meth:`_recut_similarity`; refused without ``whole_overlap_similarity``). The answer
+        is kept when its peak is neither ambiguous nor at the search limit, its correlation
+        reaches the floor, and it stays unique over every shift the search could have
+        answered; else ``None``. Ambiguous
         (periodic or line-only) clips are not looked at again: what would tell their repeats
         apart near the border is mostly line ends, which the approximate print misplaces.
         """
@@ -178,17 +190,21 @@ class Aligner:
         identity = np.eye(3)
         matrix, quality = identity, correlation_after_warp(template, resampled, identity, compared)
         if s.use_ecc:
-            # Rotation and scale are fitted only to be ruled out: cut features along the clip's
-            # edges pin a shift, but their outward bias reads as a scale (about 1 % on rail
-            # contacts), so a clip that needs rotation or scale is refused and one that does
-            # not gets a pure shift.
             refined = self._refine(reference, resampled, identity, compared)
-            if refined is None or not self._small_rotation_scale(refined.matrix, sim_f.shape):
+            if refined is None:
                 return None
-            shift_only = ecc_similarity(reference, resampled, refined.matrix, compared, False,
-                                        s.ecc_max_iterations, s.ecc_tolerance_px, fit_reference=False)
-            if shift_only is not None:
-                matrix, quality = shift_only.matrix, shift_only.correlation
+            if self._small_rotation_scale(refined.matrix, sim_f.shape):
+                shift_only = ecc_similarity(reference, resampled, refined.matrix, compared, False,
+                                            s.ecc_max_iterations, s.ecc_tolerance_px, fit_reference=False)
+                if shift_only is not None:
+                    matrix, quality = shift_only.matrix, shift_only.correlation
+            elif not s.whole_overlap_similarity:
+                return None
+            else:
+                settled = self._recut_similarity(reference, sim_f, refined.matrix @ start, template)
+                if settled is None:
+                    return None
+                start, (matrix, quality) = identity, settled
         matrix = matrix @ start
         if quality < s.whole_overlap_floor:
             return None
@@ -198,6 +214,45 @@ class Aligner:
         if not self._unique_in_range(template, sim_f, matrix, peak):
             return None
         return matrix, quality, peak
+
+    def _recut_similarity(self, reference: Reference, sim_f: np.ndarray, matrix: np.ndarray,
+                          template: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """A second-look answer that needs rotation or scale, refined until it settles: the
+        print is resampled and cut at the clip's edges under the current estimate and
+        refined again, up to ``RECUT_ROUNDS`` times. Cut once under the first pass's pure
+        shift, a rotated row's edge contacts are cut along a line the mask does not cut them
+        on, and the refinement reads that as up to a pixel of shift and a scale; cut under
+        the estimate, the cuts agree once it is right. ``None`` when a round does not refine
+        or the estimate has not settled (moves the centre by ``RECUT_SETTLED_PX`` or more)."""
+        identity = np.eye(3)
+        shape = (sim_f.shape[0], sim_f.shape[1])
+        for _ in range(RECUT_ROUNDS):
+            resampled, compared = self._resampled(sim_f, matrix, template)
+            refined = self._refine(reference, resampled, identity, compared)
+            if refined is None:
+                return None
+            matrix = refined.matrix @ matrix
+            if float(np.hypot(*similarity_params(refined.matrix, shape)[:2])) < RECUT_SETTLED_PX:
+                if not self._scale_seen_on_an_axis(reference, resampled, refined.matrix, compared):
+                    return None
+                return matrix, refined.correlation
+        return None
+
+    def _scale_seen_on_an_axis(self, reference: Reference, resampled: np.ndarray, matrix: np.ndarray,
+                               compared: np.ndarray) -> bool:
+        """Whether the x or the y scale fitted apart (a stretch, from ``matrix``) agrees with the
+        similarity's scale within ``AXIS_SCALE_AGREEMENT``. A row's rail contacts pin the x
+        scale through the site pitch and the y scale only through contacts cut at the clip's
+        edges, so on a true answer the y scale may wander while the x scale stays; a scale
+        that neither axis confirms is a compromise between two wrong ones (a sparse window's
+        pure shift read as a 1.7 % shrink, 4 px off at the corners)."""
+        s = self.settings
+        stretched = ecc_similarity(reference, resampled, matrix, compared, True, s.ecc_max_iterations,
+                                   s.ecc_tolerance_px, fit_reference=False, stretch=True)
+        if stretched is None:
+            return False
+        residual = np.linalg.inv(stretched.matrix)[:2, :2] @ matrix[:2, :2]
+        return min(abs(float(residual[0, 0]) - 1.0), abs(float(residual[1, 1]) - 1.0)) <= AXIS_SCALE_AGREEMENT
 
     def _resampled(self, sim_f: np.ndarray, matrix: np.ndarray,
                    fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +293,7 @@ class Aligner:
             counted &= ~outside_flanks(scores, inside, s.ambiguity_radius_px)
         scores = np.where(counted, scores, -1.0)
         distance = np.hypot(lag[None, :], lag[:, None])
-        best_here = float(scores[distance <= 1.5].max())
+        best_here = float(scores[distance <= HERE_PX].max())
         elsewhere = float(scores[distance > s.ambiguity_radius_px].max(initial=-1.0))
         return best_here >= float(scores.max()) - 1e-9 and elsewhere < s.ambiguity_ratio * best_here
 

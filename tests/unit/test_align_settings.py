@@ -18,7 +18,7 @@ def test_every_align_setting_reaches_the_registration() -> None:
     """Each ``align_*`` field but the failure policy is a field of :class:`AlignSettings`."""
     names = {n for n in AlignServiceSettings.model_fields if n.startswith("align_")} - {"align_on_failure"}
     assert {"align_whole_overlap", "align_refuse_unpinned_rotation", "align_whole_overlap_floor",
-            "align_ignore_repeats_beyond_range"} <= names
+            "align_ignore_repeats_beyond_range", "align_whole_overlap_similarity"} <= names
     assert all(n.removeprefix("align_") in AlignSettings.model_fields for n in names)
 
 
@@ -26,6 +26,7 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("LITHOWATCH_ALIGN_WHOLE_OVERLAP", "false")
     monkeypatch.setenv("LITHOWATCH_ALIGN_REFUSE_UNPINNED_ROTATION", "false")
     monkeypatch.setenv("LITHOWATCH_ALIGN_IGNORE_REPEATS_BEYOND_RANGE", "false")
+    monkeypatch.setenv("LITHOWATCH_ALIGN_WHOLE_OVERLAP_SIMILARITY", "false")
     monkeypatch.setenv("LITHOWATCH_ALIGN_WHOLE_OVERLAP_FLOOR", "0.97")
     monkeypatch.setenv("LITHOWATCH_ALIGN_ECC_MOTION", "translation")
     monkeypatch.setenv("LITHOWATCH_ALIGN_OPTICS_SIGMA_PX", "3.5")
@@ -33,6 +34,7 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     registration = load_settings(AlignServiceSettings, connection=False).registration()
     assert not registration.whole_overlap and not registration.refuse_unpinned_rotation
     assert not registration.ignore_repeats_beyond_range
+    assert not registration.whole_overlap_similarity
     assert registration.whole_overlap_floor == 0.97
     assert registration.ecc_motion == "translation"
     assert registration.optics_sigma_px == 3.5
