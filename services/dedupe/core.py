@@ -69,7 +69,14 @@ from shared.hashing import (
 )
 from shared.imageref import ImageLoader
 from shared.imaging import to_uint8
-from shared.verification import MASK_TOLERANCE_LEVELS, MAX_SHIFT_PX, PixelTolerances, verify_window_match
+from shared.verification import (
+    MASK_TOLERANCE_LEVELS,
+    MAX_SHIFT_PX,
+    MaskSums,
+    PixelTolerances,
+    search_reach,
+    verify_window_match,
+)
 
 PAYLOAD_MAGIC = b"LWD1"
 #: more candidates a duplicate is verified against for late duplicates (``DedupeSettings.bridge_candidates``)
@@ -295,19 +302,28 @@ class DedupeCore:
                 prepared.append(exc)
         ready = [p for p in prepared if isinstance(p, _Prepared)]
         queries = {id(p.item): p for p in ready}
-        cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # Decoded once per batch, with what the shift search needs of each mask (see MaskSums): a
+        # result is verified against many candidates, and a candidate against many results.
+        cache: dict[str, tuple[np.ndarray, np.ndarray, MaskSums]] = {}
+        query_sums: dict[int, MaskSums] = {}
 
         s = self.settings
+
+        def sums_of(mask: np.ndarray) -> MaskSums:
+            return MaskSums.of(mask, search_reach(mask.shape, self.tolerances))
 
         def verify(item: DedupeItem, candidate: Candidate) -> dict[str, Any] | None:
             query = queries[id(item)]
             arrays = cache.get(candidate.result_id)
             if arrays is None:
                 try:
-                    arrays = decode_payload(candidate.payload)
+                    mask, printed = decode_payload(candidate.payload)
                 except ImageError:
                     return None
+                arrays = (mask, printed, sums_of(mask))
                 cache[candidate.result_id] = arrays
+            if id(item) not in query_sums:
+                query_sums[id(item)] = sums_of(query.mask_u8)
             # a candidate found by profile alone (its hash is unrelated) must register at one shift: a lone
             # rail agrees all along itself, and with everything else in the strips any two windows would do
             evidence_px = max(s.bridge_min_matched_px if candidate.bridge else 0,
@@ -315,7 +331,8 @@ class DedupeCore:
             match = verify_window_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
                                         self.tolerances, self.strip_new_max_px, s.resimulation_shift_px,
                                         unique_shift=candidate.via == "profile",
-                                        min_matched_drawn_px=evidence_px)
+                                        min_matched_drawn_px=evidence_px,
+                                        sums=(arrays[2], query_sums[id(item)]))
             if match is None:
                 return None
             return {"hash_kind": self.settings.hash_kind, "hamming_bits": candidate.distance_bits,

@@ -58,13 +58,21 @@ from shared.verification.shifted_match import (
     verify_shifted_match,
 )
 from shared.verification.topology import Topology, edge_distance, marginal_components, topology_change
-from shared.verification.windows import StripFeatures, WindowMatch, strip_features, verify_window_match
+from shared.verification.windows import (
+    MaskSums,
+    StripFeatures,
+    WindowMatch,
+    search_reach,
+    strip_features,
+    verify_window_match,
+)
 
 __all__ = [
     "MASK_TOLERANCE_LEVELS",
     "MAX_SHIFT_PX",
     "DescriptorParams",
     "DescriptorRegistration",
+    "MaskSums",
     "PixelTolerances",
     "PrintJudgement",
     "ShiftedMatch",
@@ -90,6 +98,7 @@ __all__ = [
     "print_phash",
     "refine_shift",
     "register_by_descriptors",
+    "search_reach",
     "shifted_matches",
     "sliver_free_mismatch",
     "strip_features",

@@ -96,21 +96,54 @@ def _box_sums(values: np.ndarray, max_shift_px: int) -> np.ndarray:
             - integral[np.ix_(y1, x0)] + integral[np.ix_(y0, x0)])
 
 
-def overlap_scores(mask_a: np.ndarray, mask_b: np.ndarray, max_shift_px: int) -> dict[str, np.ndarray]:
+@dataclass(frozen=True, eq=False)
+class MaskSums:
+    """One 8-bit mask's share of :func:`overlap_scores` at one reach, computed once and reused against
+    every mask it is compared with (a result is verified against many candidates): the mask in [0, 1],
+    zero-padded by the reach, its drawn area, and per shift ``(dx, dy)`` (index ``[dy + S, dx + S]``)
+    its sum and its sum of squares over its part of the overlap with the other window moved so."""
+
+    max_shift_px: int
+    values: np.ndarray
+    padded: np.ndarray
+    total: float
+    drawn: np.ndarray
+    squares: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray, max_shift_px: int) -> MaskSums:
+        s = max_shift_px
+        values = mask.astype(np.float32) / 255.0
+        return cls(s, values, cv2.copyMakeBorder(values, s, s, s, s, cv2.BORDER_CONSTANT, value=0.0),
+                   float(mask.astype(np.float64).sum()) / 255.0, _box_sums(values, s),
+                   _box_sums(values * values, s))
+
+    def fits(self, mask: np.ndarray, max_shift_px: int) -> bool:
+        return self.max_shift_px == max_shift_px and self.values.shape == mask.shape
+
+
+def search_reach(shape: tuple[int, ...], tolerances: PixelTolerances) -> int:
+    """The largest shift scored between two windows of ``shape`` (at most half the window)."""
+    return min(tolerances.max_shift_px, min(shape[0], shape[1]) // 2 - 1)
+
+
+def _sums(mask: np.ndarray, max_shift_px: int, known: MaskSums | None) -> MaskSums:
+    return known if known is not None and known.fits(mask, max_shift_px) else MaskSums.of(mask, max_shift_px)
+
+
+def overlap_scores(mask_a: np.ndarray, mask_b: np.ndarray, max_shift_px: int,
+                   sums: tuple[MaskSums | None, MaskSums | None] = (None, None)) -> dict[str, np.ndarray]:
     """Per shift within ``max_shift_px`` (index ``[dy + S, dx + S]``, ``b[y, x] == a[y + dy, x + dx]``):
     ``ssd`` (squared differences of the [0, 1] masks over the overlap), ``matched`` (sum of ``a * b``
-    there, the drawn area both show), ``drawn_a`` / ``drawn_b`` (each mask's sum over its part of it)."""
+    there, the drawn area both show), ``drawn_a`` / ``drawn_b`` (each mask's sum over its part of it).
+    ``sums``: either mask's :class:`MaskSums` at this reach where already computed."""
     s = max_shift_px
-    a = mask_a.astype(np.float32) / 255.0
-    b = mask_b.astype(np.float32) / 255.0
-    padded = cv2.copyMakeBorder(a, s, s, s, s, cv2.BORDER_CONSTANT, value=0.0)
-    matched = cv2.matchTemplate(padded, b, cv2.TM_CCORR).astype(np.float64)  # [dy + S, dx + S]
-    in_a = _box_sums(a, s)  # a over its part of the overlap at (dx, dy)
-    in_b = _box_sums(b, s)[::-1, ::-1]  # b's part of the overlap is a's at (-dx, -dy)
-    sq_a = _box_sums(a * a, s)
-    sq_b = _box_sums(b * b, s)[::-1, ::-1]
-    ssd = np.maximum(sq_a + sq_b - 2.0 * matched, 0.0)
-    return {"ssd": ssd, "matched": matched, "drawn_a": in_a, "drawn_b": in_b}
+    a = _sums(mask_a, s, sums[0])
+    b = _sums(mask_b, s, sums[1])
+    matched = cv2.matchTemplate(a.padded, b.values, cv2.TM_CCORR).astype(np.float64)  # [dy + S, dx + S]
+    # b's part of the overlap at (dx, dy) is a's at (-dx, -dy)
+    ssd = np.maximum(a.squares + b.squares[::-1, ::-1] - 2.0 * matched, 0.0)
+    return {"ssd": ssd, "matched": matched, "drawn_a": a.drawn, "drawn_b": b.drawn[::-1, ::-1]}
 
 
 def candidate_shifts(
@@ -123,7 +156,11 @@ def candidate_shifts(
 
 
 def _shift_search(
-    mask_a: np.ndarray, mask_b: np.ndarray, tolerances: PixelTolerances, min_other: float = MIN_DRAWN_COMPARED
+    mask_a: np.ndarray,
+    mask_b: np.ndarray,
+    tolerances: PixelTolerances,
+    min_other: float = MIN_DRAWN_COMPARED,
+    sums: tuple[MaskSums | None, MaskSums | None] = (None, None),
 ) -> tuple[list[tuple[int, int]], np.ndarray, bool]:
     """Shifts to judge, every shift at which the masks agree (an ``(n, 2)`` array of ``(dx, dy)``), and
     whether the registration is ambiguous: more than one agreeing shift matches nearly as much drawn
@@ -133,13 +170,12 @@ def _shift_search(
     mismatch limit; a shift is judged when, besides, the overlap holds at least ``MIN_DRAWN_COMPARED``
     of one clip's drawn area and ``min_other`` of the other's. Judged first: the most drawn area
     agreeing, then the smallest shift; at most ``MAX_JUDGED_SHIFTS``."""
-    h, w = mask_a.shape
-    s = min(tolerances.max_shift_px, min(h, w) // 2 - 1)
+    s = search_reach(mask_a.shape, tolerances)
     if s < 0:
         return [], np.zeros((0, 2), dtype=np.int64), True
-    scores = overlap_scores(mask_a, mask_b, s)
-    total_a = float(mask_a.astype(np.float64).sum()) / 255.0
-    total_b = float(mask_b.astype(np.float64).sum()) / 255.0
+    known = (_sums(mask_a, s, sums[0]), _sums(mask_b, s, sums[1]))
+    scores = overlap_scores(mask_a, mask_b, s, known)
+    total_a, total_b = known[0].total, known[1].total
     share_a = scores["drawn_a"] / max(total_a, 1e-9)
     share_b = scores["drawn_b"] / max(total_b, 1e-9)
     compared = ((np.maximum(share_a, share_b) >= MIN_DRAWN_COMPARED)
@@ -215,13 +251,15 @@ def window_matches(
     explained_px: int = 0,
     unique_shift: bool = False,
     min_matched_drawn_px: int = 0,
+    sums: tuple[MaskSums | None, MaskSums | None] = (None, None),
 ) -> Iterator[WindowMatch]:
     """Each shift (from :func:`candidate_shifts`) at which the masks agree on the overlap, with its prints
     judged and its strips measured (:func:`strip_features` with ``explained_px``); ``strip_new_max_px``
     None: the strips are measured, never refused on. ``unique_shift``: none when the registration is
     ambiguous (only a rail, or another pattern that agrees all along one axis, was compared).
     ``min_matched_drawn_px``: a shift at which fewer mask pixels are drawn in both clips compared too
-    little to tell two layouts apart (one contact matches any lone contact) and is passed over."""
+    little to tell two layouts apart (one contact matches any lone contact) and is passed over. ``sums``:
+    the masks' :class:`MaskSums` where already computed (see :func:`search_reach`)."""
     if mask_a.shape != mask_b.shape or print_a.shape != mask_a.shape or print_b.shape != mask_b.shape:
         return
     shape = (int(mask_a.shape[0]), int(mask_a.shape[1]))
@@ -229,7 +267,7 @@ def window_matches(
     drawn_a = max(int(np.count_nonzero(mask_a > 127)), 1)
     drawn_b = max(int(np.count_nonzero(mask_b > 127)), 1)
     min_other = MIN_DRAWN_COMPARED if strip_new_max_px is None else MIN_DRAWN_COMPARED_OTHER
-    judged, agreeing, ambiguous = _shift_search(mask_a, mask_b, tolerances, min_other)
+    judged, agreeing, ambiguous = _shift_search(mask_a, mask_b, tolerances, min_other, sums)
     if unique_shift and ambiguous:
         return
     for dx, dy in judged:
@@ -261,16 +299,17 @@ def verify_window_match(
     explained_px: int = 0,
     unique_shift: bool = False,
     min_matched_drawn_px: int = 0,
+    sums: tuple[MaskSums | None, MaskSums | None] = (None, None),
 ) -> WindowMatch | None:
     """The first shift (most drawn area agreeing, then smallest) at which ``b`` is ``a`` seen through a
     moved window, prints accepted and (unless ``strip_new_max_px`` is None) no new feature in a strip;
-    ``unique_shift``: only when no other shift agrees nearly as well (see :func:`window_matches`)."""
+    ``unique_shift``: only when no other shift agrees nearly as well; ``sums``: see :func:`window_matches`."""
     return next(
         (
             m
             for m in window_matches(
                 mask_a, print_a, mask_b, print_b, tolerances, strip_new_max_px, explained_px, unique_shift,
-                min_matched_drawn_px,
+                min_matched_drawn_px, sums,
             )
             if m.prints.accepted
         ),

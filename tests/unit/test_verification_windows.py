@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shared.verification import PixelTolerances, overlap_windows, strip_features, verify_window_match
-from shared.verification.windows import overlap_scores
+from shared.verification.windows import MaskSums, overlap_scores
 
 TOLERANCES = PixelTolerances(max_shift_px=32, mask_mismatch_max_px=4, print_tolerance_px=2,
                              print_mismatch_max_px=4, mask_tolerance_levels=2)
@@ -31,6 +31,26 @@ def test_overlap_scores_match_a_direct_sum(shift: tuple[int, int]) -> None:
     assert scores["matched"][index] == pytest.approx((fa * fb).sum(), abs=1e-6)
     assert scores["drawn_a"][index] == pytest.approx(fa.sum(), abs=1e-6)
     assert scores["drawn_b"][index] == pytest.approx(fb.sum(), abs=1e-6)
+
+
+def test_mask_sums_computed_once_give_the_same_scores_and_verdicts() -> None:
+    """A mask's share of the scores (computed once per result, reused against every candidate)
+    changes nothing; sums made at another reach are not used."""
+    sheet = _sheet(1)
+    a, b = sheet[50:306, 60:316], sheet[41:297, 70:326]
+    fresh = overlap_scores(a, b, 32)
+    reused = overlap_scores(a, b, 32, (MaskSums.of(a, 32), MaskSums.of(b, 32)))
+    wrong_reach = overlap_scores(a, b, 32, (MaskSums.of(a, 16), None))
+    for key in fresh:
+        np.testing.assert_array_equal(reused[key], fresh[key])
+        np.testing.assert_array_equal(wrong_reach[key], fresh[key])
+    printed = (cv2.GaussianBlur(sheet, (0, 0), 2.0) > 127).astype(np.uint8) * 255
+    pa, pb = printed[50:306, 60:316], printed[41:297, 70:326]
+    plain = verify_window_match(a, pa, b, pb, TOLERANCES, 0, 16)
+    sums = (MaskSums.of(a, 32), MaskSums.of(b, 32))
+    with_sums = verify_window_match(a, pa, b, pb, TOLERANCES, 0, 16, sums=sums)
+    assert plain is not None and with_sums is not None
+    assert with_sums.details() == plain.details()
 
 
 def test_a_sparse_clip_registers_where_its_centre_is_empty() -> None:
