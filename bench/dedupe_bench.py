@@ -449,6 +449,7 @@ def real_orders(clips: list[RealClip], args: argparse.Namespace,
     settings = core_variants()
     settings["strict, profile 24 + 256 px"] = DedupeSettings(profile_candidates=24,
                                                              profile_min_matched_px=256)
+    settings["strict, profile 24, bridges 32"] = DedupeSettings(profile_candidates=24, bridge_candidates=32)
     if args.retrieval_bound:  # every stored result within reach verified: what better retrieval could give
         settings["strict, every candidate"] = DedupeSettings(hamming_radius=256, profile_candidates=64,
                                                              bridge_candidates=64)
@@ -465,7 +466,7 @@ def real_orders(clips: list[RealClip], args: argparse.Namespace,
     for name, rows in found.items():
         recalls = " ".join(f"{r.recall:.4f}" for r in rows)
         merges = " ".join(str(r.false_merges) for r in rows)
-        print(f"  {name:28s} recall mean {np.mean([r.recall for r in rows]):.4f} min "
+        print(f"  {name:30s} recall mean {np.mean([r.recall for r in rows]):.4f} min "
               f"{min(r.recall for r in rows):.4f} ({recalls}); "
               f"false merges {sum(r.false_merges for r in rows)} ({merges}); "
               f"{1000 * np.mean([r.seconds for r in rows]) / len(clips):.1f} ms/result")
