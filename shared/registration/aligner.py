@@ -13,10 +13,10 @@
    ``quality_floor``; the registration is also refused when the peak is ambiguous
    (periodic or line-only patterns) or at the edge of the search range, and when the
    print needs a rotation or scale that its (compact) pattern cannot pin down.
-6. A print still below the floor, or refused as too compact for rotation and scale, gets
-   a second look over the whole overlap of the two images, borders included
-   (``whole_overlap``): a clip whose pattern lies along its edges (a row's rail contacts)
-   then gets an answer where it is unique, rotation and scale included.
+6. A print still below the floor, or answered by a shift because it is too compact for
+   rotation and scale, gets a second look over the whole overlap of the two images,
+   borders included (``whole_overlap``): a clip whose pattern lies along its edges (a row's
+   rail contacts) then gets an answer where it is unique, rotation and scale included.
 """
 
 from __future__ import annotations
@@ -132,15 +132,15 @@ class Aligner:
                 residual_px = fit.residual_px
 
         reason = self._refusal(quality, peak)
-        unpinned = False
-        if (not reason and method == "ncc+ecc" and s.refuse_unpinned_rotation
+        compact = not reason and method == "ncc+ecc" and self._compact_shift(reference, matrix, inside)
+        if (compact and s.refuse_unpinned_rotation
                 and self._unpinned_rotation_scale(reference, sim_smooth, matrix, inside)):
             reason = ("the print needs rotation or scale, but the pattern is too compact to pin them down "
                       "(a few contacts close together)")
-            # Compact inside the border, but the whole overlap may be spread: a row's rail
-            # contacts along the clip's edges pin rotation and scale.
-            unpinned = s.whole_overlap_similarity
-        if (quality < s.quality_floor or unpinned) and s.whole_overlap:
+        # A pure shift for a clip compact inside the border: the whole overlap may be spread (a
+        # row's rail contacts along the clip's edges), and pins rotation and scale where the
+        # clump cannot, so its answer, where it gives one, is preferred.
+        if (quality < s.quality_floor or (compact and s.whole_overlap_similarity)) and s.whole_overlap:
             # The second look compares cut features along the clip's edges, where the
             # projection model's reflected surroundings ring: it keeps the Gaussian model.
             if s.print_model == "gaussian" or self.aerial_model is not None:
@@ -387,6 +387,13 @@ class Aligner:
             return None
         return refined
 
+    def _compact_shift(self, reference: Reference, matrix: np.ndarray, inside: np.ndarray) -> bool:
+        """Whether ``matrix`` is a pure shift given because the pattern compared is too compact
+        for rotation and scale (see ``_spread_supports_rotation_scale``)."""
+        if self.settings.ecc_motion != "similarity" or not np.allclose(matrix[:2, :2], np.eye(2), atol=1e-12):
+            return False
+        return not self._spread_supports_rotation_scale(reference.render()[0], inside)
+
     def _unpinned_rotation_scale(self, reference: Reference, sim_smooth: np.ndarray, matrix: np.ndarray,
                                  inside: np.ndarray) -> bool:
         """Whether a pure-shift answer was given because the pattern is too compact for
@@ -397,11 +404,9 @@ class Aligner:
         corners."""
         s = self.settings
         shape = (sim_smooth.shape[0], sim_smooth.shape[1])
-        if s.ecc_motion != "similarity" or not np.allclose(matrix[:2, :2], np.eye(2), atol=1e-12):
+        if not self._compact_shift(reference, matrix, inside):
             return False
         template = reference.render()[0]
-        if self._spread_supports_rotation_scale(template, inside):
-            return False
         shift_quality = correlation_after_warp(template, sim_smooth, matrix, inside)
         free = ecc_similarity(reference, sim_smooth, matrix, inside, True, s.ecc_max_iterations,
                               s.ecc_tolerance_px, fit_reference=False)

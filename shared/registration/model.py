@@ -46,15 +46,15 @@ class AlignSettings(BaseModel):
     ``akaze`` or ``none``. With ``whole_overlap``, a print whose correlation stays below the
     floor is looked at again over the whole overlap of the two images, borders included
     (contacts on a row's power rails lie along the clip's edges, where the first pass does
-    not look), and so is one that the first pass refuses as too compact to pin rotation
-    and scale (a clump of contacts inside the border, the rails' contacts along it); such an
-    answer is given only when it is unique within the search range and the correlation
-    reaches ``whole_overlap_floor`` (higher than ``quality_floor``: over a clip of a few
+    not look); such an answer is given only when it is unique within the search range and
+    the correlation reaches ``whole_overlap_floor`` (higher than ``quality_floor``: over a clip of a few
     contacts one contact more or less costs the correlation only a tenth; see
     ``docs/alignment.md``). With ``whole_overlap_similarity`` it keeps rotation and scale
     where they move the corners by 2 px or more, the print re-cut at the clip's edges under
-    each estimate until the estimate settles; without, such a clip is refused and the
-    second look answers pure shifts only.
+    each estimate until the estimate settles, and a clip the first pass answers by a shift
+    because it is too compact inside the border for rotation and scale (a clump of contacts,
+    the rails' contacts along the edges) gets the second look too, whose answer is then
+    preferred; without, the second look answers pure shifts only, to prints below the floor.
     ``print_model`` names the aerial image the approximate print is thresholded from:
     ``projection`` (a scanner's image through a circular pupil from an annular source,
     cutoff from ``optics_sigma_px``, focus fitted per result: see ``projection``; it

@@ -1,6 +1,6 @@
 """Second-look registration of rails-only contact windows from the bench's real set.
 
-Both pairs are sparse mcon windows of SKY130 rows (see ``tests/unit/data/README.md``):
+The pairs are sparse mcon windows of SKY130 rows (see ``tests/unit/data/README.md``):
 what they show lies mostly along the clip's top and bottom edges (the rails' contacts),
 cut by them, where the first pass does not look.
 """
@@ -52,3 +52,18 @@ def test_a_scale_no_axis_confirms_is_not_answered(monkeypatch: pytest.MonkeyPatc
     unchecked = Aligner(AlignSettings()).register(mask, printed)
     assert unchecked.ok and unchecked.method == "overlap+ecc"
     assert corner_error(unchecked.matrix, truth) > 2.0
+
+
+def test_a_shift_read_off_a_few_contacts_gives_way_to_the_whole_overlap() -> None:
+    """Inside the border the clip shows two contacts: too compact for rotation and scale, and
+    a similarity fitted there does not see the 1.1 deg rotation either, so the first pass
+    answers a shift, right at the contacts and 5.5 px off at the corners. The rails' contacts
+    along the edges pin the rotation: the second look's answer is preferred."""
+    mask, printed, truth = load_pair("sky130_mcon_contacts_rst.npz")
+    reg = Aligner(AlignSettings()).register(mask, printed)
+    assert reg.ok, reg.reason
+    assert reg.method == "overlap+ecc"
+    assert corner_error(reg.matrix, truth) < 1.0
+    first_pass = Aligner(AlignSettings(whole_overlap_similarity=False)).register(mask, printed)
+    assert first_pass.ok and first_pass.method == "ncc+ecc"
+    assert corner_error(first_pass.matrix, truth) > 5.0
