@@ -104,7 +104,6 @@ class MaskSums:
     its sum and its sum of squares over its part of the overlap with the other window moved so."""
 
     max_shift_px: int
-    values: np.ndarray
     padded: np.ndarray
     total: float
     drawn: np.ndarray
@@ -114,9 +113,16 @@ class MaskSums:
     def of(cls, mask: np.ndarray, max_shift_px: int) -> MaskSums:
         s = max_shift_px
         values = mask.astype(np.float32) / 255.0
-        return cls(s, values, cv2.copyMakeBorder(values, s, s, s, s, cv2.BORDER_CONSTANT, value=0.0),
+        return cls(s, cv2.copyMakeBorder(values, s, s, s, s, cv2.BORDER_CONSTANT, value=0.0),
                    float(mask.astype(np.float64).sum()) / 255.0, _box_sums(values, s),
                    _box_sums(values * values, s))
+
+    @property
+    def values(self) -> np.ndarray:
+        """The mask in [0, 1] (a view of the padded copy)."""
+        s = self.max_shift_px
+        h, w = self.padded.shape
+        return self.padded[s : h - s, s : w - s]
 
     def fits(self, mask: np.ndarray, max_shift_px: int) -> bool:
         return self.max_shift_px == max_shift_px and self.values.shape == mask.shape
