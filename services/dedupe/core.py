@@ -124,6 +124,11 @@ class DedupeSettings(BaseModel):
     # drawn in both clips; 0: no floor. 256 (one contact at 4 nm/px) refuses a lone contact matched to a
     # lone contact of another layout, at a cost in recall (docs/dedupe.md, "Fewer false merges")
     profile_min_matched_px: int = Field(0, ge=0)
+    # every match, however it was found, must compare at least this many mask pixels drawn in both
+    # clips; 0: no floor. Clips that show less are kept unique: a farm that would rather score a sparse
+    # re-simulation again than merge two layouts that agree on a few contacts (docs/dedupe.md, "No
+    # false merges: an evidence floor on every match")
+    min_matched_px: int = Field(0, ge=0)
 
     def namespace(self) -> str:
         kind = f"{self.hash_kind}+centred" if self.centred_keys else self.hash_kind
@@ -326,7 +331,7 @@ class DedupeCore:
                 query_sums[id(item)] = sums_of(query.mask_u8)
             # a candidate found by profile alone (its hash is unrelated) must register at one shift: a lone
             # rail agrees all along itself, and with everything else in the strips any two windows would do
-            evidence_px = max(s.bridge_min_matched_px if candidate.bridge else 0,
+            evidence_px = max(s.min_matched_px, s.bridge_min_matched_px if candidate.bridge else 0,
                               s.profile_min_matched_px if candidate.via == "profile" else 0)
             match = verify_window_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
                                         self.tolerances, self.strip_new_max_px, s.resimulation_shift_px,

@@ -41,6 +41,9 @@ class DedupeServiceSettings(StageSettings):
     # a candidate found by profile alone must compare at least this many mask pixels drawn in both clips
     # (256: no lone contact matched to a lone contact); 0: no floor
     dedupe_profile_min_matched_px: int = Field(0, ge=0)
+    # every match must compare at least this many mask pixels drawn in both clips; clips showing less stay
+    # unique (no lone contacts or sparse rows merged across layouts, at a cost in recall); 0: no floor
+    dedupe_min_matched_px: int = Field(0, ge=0)
 
     def core_settings(self) -> DedupeSettings:
         """The core's settings, built from these once."""
@@ -52,6 +55,7 @@ class DedupeServiceSettings(StageSettings):
             profile_candidates=self.dedupe_profile_candidates if self.dedupe_recent_pool else 0,
             bridge_candidates=self.dedupe_bridge_candidates,
             profile_min_matched_px=self.dedupe_profile_min_matched_px,
+            min_matched_px=self.dedupe_min_matched_px,
         )
 
 

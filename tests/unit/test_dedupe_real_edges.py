@@ -138,3 +138,23 @@ def test_the_service_passes_the_profile_floor_to_the_core() -> None:
     assert DedupeServiceSettings().core_settings().profile_min_matched_px == 0
     chosen = DedupeServiceSettings(dedupe_profile_min_matched_px=256).core_settings()
     assert chosen.profile_min_matched_px == 256
+
+
+def test_an_evidence_floor_on_every_match_keeps_thinner_clips_unique() -> None:
+    # a li1 window inside a row and the same window moved (3, -2) px: found by hash, not by profile, so
+    # only the floor on every match applies to it
+    pair = (_result("original", "li1", (8000.0, 25151.2)), _result("copy", "li1", (8012.0, 25143.2)))
+    found = _run(DedupeSettings(), *pair)[1]
+    assert isinstance(found, DuplicateRecord) and found.details["found_by"] != "profile"
+    matched = int(found.details["matched_drawn_px"])
+    assert isinstance(_run(DedupeSettings(profile_min_matched_px=matched + 1), *pair)[1], DuplicateRecord)
+    at_floor = _run(DedupeSettings(min_matched_px=matched), *pair)[1]
+    assert isinstance(at_floor, DuplicateRecord) and at_floor.duplicate_of == "original"
+    assert isinstance(_run(DedupeSettings(min_matched_px=matched + 1), *pair)[1], UniqueResult)
+
+
+def test_the_service_passes_the_evidence_floor_to_the_core() -> None:
+    from services.dedupe.main import DedupeServiceSettings
+
+    assert DedupeServiceSettings().core_settings().min_matched_px == 0
+    assert DedupeServiceSettings(dedupe_min_matched_px=1280).core_settings().min_matched_px == 1280
