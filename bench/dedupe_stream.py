@@ -59,10 +59,20 @@ def write_dataset(stream: list[RealClip], folder: Path) -> None:
             writer.add(opaque(clip.result_id), decode_image(clip.mask_png), decode_image(clip.print_png), 4.0)
 
 
-def user_env() -> dict[str, str]:
+def user_env(settings: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the commands run: none of this shell's ``LITHOWATCH_*`` settings, only
+    ``settings`` (given with ``--setting``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LITHOWATCH_")}
     env["PYTHONPATH"] = str(ROOT)
-    return env
+    return {**env, **(settings or {})}
+
+
+def setting(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of a ``LITHOWATCH_*`` setting (``--setting``)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("LITHOWATCH_"):
+        raise argparse.ArgumentTypeError(f"expected LITHOWATCH_NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def read_decisions(bootstrap: str, wanted: set[str], timeout_seconds: float,
@@ -141,7 +151,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="results per second (0: as fast as possible)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--setting", type=setting, action="append", default=[],
+                        metavar="LITHOWATCH_NAME=VALUE",
+                        help="a setting for the services (repeatable), e.g. "
+                             "LITHOWATCH_DEDUPE_MIN_MATCHED_PX=1280")
     args = parser.parse_args()
+    settings = dict(args.setting)
 
     clips = load_or_generate_real(args.cache_dir, args.real_windows, args.far_share, args.seed, args.cells)
     stream = list(clips)
@@ -152,7 +167,7 @@ def main() -> int:
         write_dataset(stream, folder / "data")
         up = ChildProcess("up", [*LITHOWATCH, "up", "--services", "dedupe", "--no-library",
                                  "--partitions", str(args.partitions), "--workdir", str(folder / "run")],
-                          folder / "up.log", env=user_env(), cwd=folder).start()
+                          folder / "up.log", env=user_env(settings), cwd=folder).start()
         try:
             if not wait_until(lambda: "services ready" in up.log_tail(40) or not up.alive(), 300):
                 raise RuntimeError(f"lithowatch up did not get ready:\n{up.log_tail()}")
@@ -176,7 +191,8 @@ def main() -> int:
     rows = [score_real("dedupe service, final", stream, final, seconds, judge),
             score_real("dedupe service, on arrival", stream, arrival, seconds, judge)]
     print(f"\n{len(stream)} results replayed through lithowatch up --services dedupe ({args.partitions} "
-          f"partitions), read back with librdkafka: {len(records)} records, {late} late duplicates; "
+          f"partitions; settings: {' '.join(f'{k}={v}' for k, v in settings.items()) or 'the defaults'}), "
+          f"read back with librdkafka: {len(records)} records, {late} late duplicates; "
           f"every result decided {seconds:.1f} s after the replay began "
           f"({len(stream) / seconds:.1f} results/s, replay included; the machine was shared with other work)")
     print(f"{'':32s} {'recall':>8s} {'false merges':>12s} {'same pattern':>12s} "
