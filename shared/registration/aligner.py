@@ -396,16 +396,13 @@ class Aligner:
 
     def _unpinned_rotation_scale(self, reference: Reference, sim_smooth: np.ndarray, matrix: np.ndarray,
                                  inside: np.ndarray) -> bool:
-        """Whether a pure-shift answer was given because the pattern is too compact for
-        rotation and scale (see ``_spread_supports_rotation_scale``) while a similarity fit
-        from it moves the corners by ``SHIFT_ONLY_MAX_CORNER_PX`` or more and explains at
-        least ``similarity_min_gain`` of the shift's misfit: the print is rotated or scaled
-        by an amount the clip cannot measure, so the shift alone would be wrong at the
-        corners."""
+        """Whether a pure-shift answer given because the pattern is too compact for rotation and
+        scale (``matrix``, for which :meth:`_compact_shift` holds: the caller checks) is wrong at
+        the corners: a similarity fit from it moves the corners by ``SHIFT_ONLY_MAX_CORNER_PX`` or
+        more and explains at least ``similarity_min_gain`` of the shift's misfit, so the print is
+        rotated or scaled by an amount the clip cannot measure."""
         s = self.settings
         shape = (sim_smooth.shape[0], sim_smooth.shape[1])
-        if not self._compact_shift(reference, matrix, inside):
-            return False
         template = reference.render()[0]
         shift_quality = correlation_after_warp(template, sim_smooth, matrix, inside)
         free = ecc_similarity(reference, sim_smooth, matrix, inside, True, s.ecc_max_iterations,
