@@ -361,8 +361,11 @@ def score_real(name: str, stream: list[RealClip], duplicate_of: Verdicts, second
 
 
 def pattern_judge(seed: int, cells: Path) -> Callable[[RealClip, RealClip], bool]:
-    """Truth for a merge across window sets: the best mask shift (searched on pixels) re-rendered from
-    the layout must give the merged result's mask exactly."""
+    """Truth for a merge across window sets: at the best mask shift (searched on pixels), one of the two
+    clips must be, pixel for pixel, the other's layout re-rendered under the moved window. Either way
+    round, both clips are then windows of one drawn layout (the one around that other clip): the
+    clip merged into may show what lies beyond the merged result's window, or the merged result what
+    lies beyond the other's."""
     memo: dict[tuple[str, str], bool] = {}
 
     def judge(a: RealClip, b: RealClip) -> bool:
@@ -373,7 +376,9 @@ def pattern_judge(seed: int, cells: Path) -> Callable[[RealClip, RealClip], bool
             scores = overlap_scores(mask_a, mask_b, 32)
             best = int(np.argmin(scores["ssd"] - 1e-3 * scores["matched"]))
             dy, dx = np.unravel_index(best, scores["ssd"].shape)
-            memo[key] = shows_moved_window(a, b, (int(dx) - 32, int(dy) - 32), seed, cells)
+            shift = (int(dx) - 32, int(dy) - 32)
+            memo[key] = (shows_moved_window(a, b, shift, seed, cells)
+                         or shows_moved_window(b, a, (-shift[0], -shift[1]), seed, cells))
         return memo[key]
 
     return judge
@@ -423,15 +428,15 @@ def run_real(args: argparse.Namespace) -> None:
     print(f"(recall over {rows[0].resimulations} results to merge: in each window set of 4 every result "
           "but one must end merged into a clip of its layout: a member of the set or another clip showing "
           "this layout under a moved window (the set's own 17-31 px window, or a cell repeating the pattern, "
-          "checked by re-rendering the layout); final verdicts, a late duplicate record replacing the unique "
-          "verdict given on arrival (bridges: DedupeSettings.bridge_candidates); 'on arrival': the first "
-          "verdicts only; "
+          "checked by re-rendering the layout around either clip); final verdicts, a late duplicate record "
+          "replacing the unique verdict given on arrival (bridges: DedupeSettings.bridge_candidates); "
+          "'on arrival': the first verdicts only; "
           f"in set: only merges into the set itself count; <= 16 px: recall over the {rows[0].near} results "
           "to merge in the sets each of whose later members has an earlier one at most 16 px away; "
-          "false merges: into another set whose layout differs; same pattern: into another set that shows "
-          "the very same drawn pattern under a moved window; far merged: a window moved 17-31 px from its "
-          "set's original merged into a clip of that set, in brackets those merged into a clip more than "
-          "16 px away; "
+          "false merges: into another set whose layout differs; same pattern: into another set, one of the "
+          "two clips being exactly the other's layout under a moved window; far merged: a window moved "
+          "17-31 px from its set's original merged into a clip of that set, in brackets those merged into a "
+          "clip more than 16 px away; "
           "in-memory store, one process)")
     if args.real_orders > 1:
         real_orders(clips, args, judge)
