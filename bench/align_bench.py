@@ -264,6 +264,9 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
                              Aligner(AlignSettings(**base, ignore_repeats_beyond_range=False)).register),
         "overlap-shift-only": ("ncc+ecc, second look answers a pure shift only (previous default)",
                                Aligner(AlignSettings(**base, whole_overlap_similarity=False)).register),
+        **{f"huber-{k:g}": (f"ncc+ecc, Huber polish at {k:g} robust sigmas",
+                            Aligner(AlignSettings(**base, polish_huber_k=k)).register)
+           for k in (1.5, 2.0, 3.0)},
         "gaussian-print": ("ncc+ecc, gaussian print model (previous default)",
                            Aligner(AlignSettings(**base, print_model="gaussian")).register),
         "better-model": ("ncc+ecc, better-fitting of gaussian and projection",

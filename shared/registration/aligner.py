@@ -118,7 +118,7 @@ class Aligner:
         quality = correlation_after_warp(reference.render()[0], sim_smooth, matrix, inside)
 
         if s.use_ecc and not peak.at_limit:
-            refined = self._refine(reference, sim_smooth, matrix, inside)
+            refined = self._refine(reference, sim_smooth, matrix, inside, s.polish_huber_k)
             if refined is not None and refined.correlation >= quality - 0.005:
                 matrix, method, quality = refined.matrix, "ncc+ecc", refined.correlation
 
@@ -190,7 +190,7 @@ class Aligner:
         identity = np.eye(3)
         matrix, quality = identity, correlation_after_warp(template, resampled, identity, compared)
         if s.use_ecc:
-            refined = self._refine(reference, resampled, identity, compared)
+            refined = self._refine(reference, resampled, identity, compared, 0.0)
             if refined is None:
                 return None
             if self._small_rotation_scale(refined.matrix, sim_f.shape):
@@ -228,7 +228,7 @@ class Aligner:
         shape = (sim_f.shape[0], sim_f.shape[1])
         for _ in range(RECUT_ROUNDS):
             resampled, compared = self._resampled(sim_f, matrix, template)
-            refined = self._refine(reference, resampled, identity, compared)
+            refined = self._refine(reference, resampled, identity, compared, 0.0)
             if refined is None:
                 return None
             matrix = refined.matrix @ matrix
@@ -314,7 +314,7 @@ class Aligner:
             return None
         refined = Refined(fit.matrix, correlation_after_warp(template, sim_smooth, fit.matrix, inside), 0)
         if s.use_ecc:
-            polished = self._refine(reference, sim_smooth, fit.matrix, inside)
+            polished = self._refine(reference, sim_smooth, fit.matrix, inside, s.polish_huber_k)
             if polished is not None and polished.correlation >= refined.correlation:
                 refined = Refined(polished.matrix, polished.correlation, max(polished.iterations, 1))
         warped = warp_to_mask(sim_smooth, refined.matrix)
@@ -346,8 +346,10 @@ class Aligner:
         return ApproximatePrint(basis, printed_fraction, s.blur_sigma_px)
 
     def _refine(self, reference: Reference, sim_smooth: np.ndarray, start: np.ndarray,
-                inside: np.ndarray) -> Refined | None:
-        """ECC from the correlation peak, with model selection for rotation and scale."""
+                inside: np.ndarray, huber_k: float) -> Refined | None:
+        """ECC from the correlation peak, with model selection for rotation and scale; the
+        geometry's polish weighs residuals by Huber's rule at ``huber_k`` (0: plain least
+        squares; the second look uses 0, see ``AlignSettings.polish_huber_k``)."""
         s = self.settings
         shape = (sim_smooth.shape[0], sim_smooth.shape[1])
         if s.ecc_motion == "affine":
@@ -361,25 +363,28 @@ class Aligner:
                 # samples; then the geometry alone polished on every other pixel.
                 before = reference.snapshot()
                 coarse = ecc_similarity(reference, sim_smooth, start, inside, similarity,
-                                        s.ecc_max_iterations, s.ecc_tolerance_px, stride=COARSE_STRIDE)
+                                        s.ecc_max_iterations, s.ecc_tolerance_px, stride=COARSE_STRIDE,
+                                        huber_k=huber_k)
                 if coarse is not None and self._near(coarse.matrix, start, shape):
                     refined = ecc_similarity(reference, sim_smooth, coarse.matrix, inside, similarity,
-                                             s.ecc_max_iterations, s.ecc_tolerance_px, fit_reference=False)
+                                             s.ecc_max_iterations, s.ecc_tolerance_px, fit_reference=False,
+                                             huber_k=huber_k)
                 if refined is None:
                     reference.restore(before)
             if refined is None:
                 refined = ecc_similarity(reference, sim_smooth, start, inside, similarity,
-                                         s.ecc_max_iterations, s.ecc_tolerance_px)
+                                         s.ecc_max_iterations, s.ecc_tolerance_px, huber_k=huber_k)
             if refined is not None and similarity and self._small_rotation_scale(refined.matrix, shape):
                 # The reference stays as the similarity fit left it, or its PSF shape would
                 # absorb the misfit that rotation and scale explain.
                 shift_only = ecc_similarity(reference, sim_smooth, refined.matrix, inside, False,
-                                            s.ecc_max_iterations, s.ecc_tolerance_px, fit_reference=False)
+                                            s.ecc_max_iterations, s.ecc_tolerance_px, fit_reference=False,
+                                            huber_k=huber_k)
                 if shift_only is not None:
                     misfit = max(1.0 - shift_only.correlation, 1e-9)
                     gain = (refined.correlation - shift_only.correlation) / misfit
                     if gain < s.similarity_min_gain or gain < s.similarity_stretch_ratio * self._stretch_gain(
-                            reference, sim_smooth, refined, inside, misfit):
+                            reference, sim_smooth, refined, inside, misfit, huber_k):
                         refined = shift_only
         if refined is None or not plausible(refined.matrix, s.max_rotation_deg, s.max_scale_change):
             return None
@@ -406,7 +411,7 @@ class Aligner:
         template = reference.render()[0]
         shift_quality = correlation_after_warp(template, sim_smooth, matrix, inside)
         free = ecc_similarity(reference, sim_smooth, matrix, inside, True, s.ecc_max_iterations,
-                              s.ecc_tolerance_px, fit_reference=False)
+                              s.ecc_tolerance_px, fit_reference=False, huber_k=s.polish_huber_k)
         if free is None or self._small_rotation_scale(free.matrix, shape):
             return False
         gain = (free.correlation - shift_quality) / max(1.0 - shift_quality, 1e-9)
@@ -433,7 +438,7 @@ class Aligner:
         return lever >= self.settings.similarity_min_spread * 0.5 * math.hypot(*template.shape)
 
     def _stretch_gain(self, reference: Reference, sim_smooth: np.ndarray, similarity: Refined,
-                      inside: np.ndarray, misfit: float) -> float:
+                      inside: np.ndarray, misfit: float, huber_k: float) -> float:
         """Share of the shift-only misfit that a stretch (unequal x and y scale, which a
         farm's window does not produce) explains beyond the similarity: how much a
         parameter the geometry does not need gains from errors of the approximate print
@@ -444,7 +449,7 @@ class Aligner:
             return 0.0
         stretched = ecc_similarity(reference, sim_smooth, similarity.matrix, inside, True,
                                    s.ecc_max_iterations, s.ecc_tolerance_px,
-                                   fit_reference=False, stretch=True)
+                                   fit_reference=False, stretch=True, huber_k=huber_k)
         if stretched is None:
             return 0.0
         return max(0.0, (stretched.correlation - similarity.correlation) / misfit)

@@ -104,7 +104,8 @@ def weighted_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray, inside: np.ndarray,
                    with_rotation_scale: bool, max_iterations: int, tolerance_px: float,
-                   fit_reference: bool = True, stride: int = 2, stretch: bool = False) -> Refined | None:
+                   fit_reference: bool = True, stride: int = 2, stretch: bool = False,
+                   huber_k: float = 0.0) -> Refined | None:
     """Gauss-Newton ECC fit of a similarity (or a pure shift) from ``initial``.
 
     ``moving`` is the smoothed print; ``inside`` marks the mask-frame pixels compared, of
@@ -115,7 +116,12 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
     its threshold from the start, its PSF shape once the geometry has settled (far from
     the answer the shape would absorb misfit that the geometry has to explain). With
     ``stretch`` the x and y scales are fitted apart (a diagnostic: a farm's window does not
-    stretch). Returns ``None`` when there is no pattern to fit.
+    stretch). With ``huber_k`` > 0, the steps that fit the geometry alone (the reference
+    held) weigh each sample by Huber's rule: a residual beyond ``huber_k`` robust standard
+    deviations (1.4826 times the median absolute deviation) counts linearly, not squared,
+    so the few pixels the reference mispredicts most (line ends the approximate print
+    pulls back too little or too far) cannot buy a scale. Returns ``None`` when there is
+    no pattern to fit.
     """
     h, w = moving.shape
     centre = _centre((h, w))
@@ -182,6 +188,9 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
         columns += [-gain * d[vy, vx] for d in ref_derivatives[:n_free]]
         jac = np.stack(columns, axis=1).astype(np.float64)
         residual = gain * ref + offset - values
+        if huber_k > 0.0 and not n_free:
+            root = np.sqrt(huber_weights(residual, huber_k))
+            jac, residual = jac * root[:, None], residual * root
         normal = jac.T @ jac
         diag = np.sqrt(np.diag(normal))
         if diag.min() <= 0.0 or np.linalg.cond(normal / np.outer(diag, diag)) > 1e10:
@@ -209,6 +218,15 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
     matrix = linear_matrix(_linear(params), params[:2], (h, w))
     ref_image, _ = reference.render(0)
     return Refined(matrix, correlation_after_warp(ref_image, moving, matrix, inside), iterations)
+
+
+def huber_weights(residual: np.ndarray, k: float) -> np.ndarray:
+    """Huber's weights of least-squares residuals: 1 within ``k`` robust standard deviations
+    (1.4826 times the median absolute deviation), falling as 1 / |r| beyond."""
+    sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    if sigma <= 0.0:
+        return np.ones_like(residual)
+    return np.minimum(1.0, k * sigma / np.maximum(np.abs(residual), 1e-12))
 
 
 def correlation_after_warp(reference: np.ndarray, moving: np.ndarray, print_to_mask: np.ndarray,

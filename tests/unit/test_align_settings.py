@@ -18,7 +18,8 @@ def test_every_align_setting_reaches_the_registration() -> None:
     """Each ``align_*`` field but the failure policy is a field of :class:`AlignSettings`."""
     names = {n for n in AlignServiceSettings.model_fields if n.startswith("align_")} - {"align_on_failure"}
     assert {"align_whole_overlap", "align_refuse_unpinned_rotation", "align_whole_overlap_floor",
-            "align_ignore_repeats_beyond_range", "align_whole_overlap_similarity"} <= names
+            "align_ignore_repeats_beyond_range", "align_whole_overlap_similarity",
+            "align_polish_huber_k"} <= names
     assert all(n.removeprefix("align_") in AlignSettings.model_fields for n in names)
 
 
@@ -31,6 +32,7 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("LITHOWATCH_ALIGN_ECC_MOTION", "translation")
     monkeypatch.setenv("LITHOWATCH_ALIGN_OPTICS_SIGMA_PX", "3.5")
     monkeypatch.setenv("LITHOWATCH_ALIGN_PRINT_MODEL", "projection")
+    monkeypatch.setenv("LITHOWATCH_ALIGN_POLISH_HUBER_K", "2")
     registration = load_settings(AlignServiceSettings, connection=False).registration()
     assert not registration.whole_overlap and not registration.refuse_unpinned_rotation
     assert not registration.ignore_repeats_beyond_range
@@ -39,6 +41,7 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert registration.ecc_motion == "translation"
     assert registration.optics_sigma_px == 3.5
     assert registration.print_model == "projection"
+    assert registration.polish_huber_k == 2.0
 
 
 def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
