@@ -7,21 +7,11 @@ want, just over 1 px at the corners. Weighted by Huber's rule, those pixels buy 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+from registration_pairs import load_pair
 
 from shared.registration import Aligner, AlignSettings, corner_errors_px
 from shared.registration.refine import huber_weights, similarity_params
-
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def load_pair(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(DATA / name, allow_pickle=False) as pair:
-        mask = pair["mask"].astype(np.float32) / 65535.0
-        printed = pair["printed"].astype(np.float32) / 65535.0
-        return mask, printed, np.asarray(pair["truth"], dtype=np.float64)
 
 
 def answer(mask: np.ndarray, printed: np.ndarray, truth: np.ndarray, huber_k: float) -> tuple[float, float]:

@@ -7,22 +7,12 @@ cut by them, where the first pass does not look.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from registration_pairs import load_pair
 
 import shared.registration.aligner as aligner_module
 from shared.registration import Aligner, AlignSettings, corner_errors_px
-
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def load_pair(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(DATA / name, allow_pickle=False) as pair:
-        mask = pair["mask"].astype(np.float32) / 65535.0
-        printed = pair["printed"].astype(np.float32) / 65535.0
-        return mask, printed, np.asarray(pair["truth"], dtype=np.float64)
 
 
 def corner_error(matrix: np.ndarray, truth: np.ndarray) -> float:
