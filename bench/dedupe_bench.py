@@ -20,6 +20,10 @@ Figures (one run, nothing asserted):
   port, stopped at the end), results/s per process, with a hashing-only
   figure beside it.
 
+With ``--data real`` the same for the SKY130 set (``bench/dedupe_real.py``), and with
+``--audit-pairs`` every pair of that set verified once, whatever the order
+(``bench/dedupe_audit.py``).
+
 Example::
 
     python bench/dedupe_bench.py --layouts 2000 --defects 150
@@ -45,6 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for bench.* too
 
 from app.launcher import free_port, wait_for_port
+from bench.dedupe_audit import audit_pairs
 from bench.dedupe_baselines import Clip, baselines, timed
 from bench.dedupe_real import (
     RealClip,
@@ -440,6 +445,8 @@ def run_real(args: argparse.Namespace) -> None:
           "in-memory store, one process)")
     if args.real_orders > 1:
         real_orders(clips, args, judge)
+    if args.audit_pairs:
+        audit_pairs(clips, to_results(real_to_bench(clips)), judge, DedupeSettings())
 
 
 def core_variants() -> dict[str, DedupeSettings]:
@@ -526,6 +533,9 @@ def main() -> int:
     parser.add_argument("--cells", type=Path, default=SKY130_HD_DIR)
     parser.add_argument("--no-baselines", action="store_true", help="only the dedupe core and pHash")
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis throughput figures")
+    parser.add_argument("--audit-pairs", action="store_true",
+                        help="real: also verify every pair of clips of one layer from different window sets, "
+                             "whatever the order (the default settings; about 2 minutes)")
     parser.add_argument("--retrieval-bound", action="store_true",
                         help="real orders: also the core verifying every candidate within reach (hash radius "
                              "256, 64 by profile, 64 bridges; about 3x the CPU)")

@@ -107,6 +107,21 @@ def test_two_row_ends_that_agree_only_on_a_rail_stay_apart() -> None:
     assert [type(o) for o in outcomes] == [UniqueResult, UniqueResult]
 
 
+def test_two_row_ends_that_share_only_a_cut_corner_merge_unless_the_profile_floor_parts_them() -> None:
+    # two li1 row ends of different rows: one shows the corner of a shape cut by the window's top and left
+    # edges and a bar along its bottom, the other a shape with that corner lower down and a bar along its
+    # left edge.
+    # Moved (6, 10) px, each bar lies within the move of the overlap, so the pixels are a window move's;
+    # 96 drawn pixels, under a tenth of one clip's drawn area, are all that is compared.
+    a, b = ("a", "li1", (13736.28, -72.8)), ("b", "li1", (15802.68, 42236.0))
+    merged = _run(DedupeSettings(), _result(*a), _result(*b))[1]
+    assert isinstance(merged, DuplicateRecord) and merged.details["found_by"] == "profile"
+    assert merged.details["shift_px"] == [6, 10] and merged.details["matched_drawn_px"] == 96
+    assert float(merged.details["drawn_compared_fraction"]) < 0.1
+    parted = _run(DedupeSettings(profile_min_matched_px=100), _result(*a), _result(*b))
+    assert [type(o) for o in parted] == [UniqueResult, UniqueResult]
+
+
 def test_a_copy_whose_move_took_most_of_its_contacts_out_is_judged() -> None:
     # licon contacts at a row end: the copy moved (-13, -5) px shows them whole, the original cut; the
     # overlap holds all of the original's drawn area and under a quarter of the copy's
