@@ -42,7 +42,7 @@ class AlignServiceSettings(StageSettings):
     align_refuse_unpinned_rotation: bool = True
     align_ignore_repeats_beyond_range: bool = True
     align_whole_overlap_similarity: bool = True
-    align_polish_huber_k: float = Field(0.0, ge=0.0, le=100.0)
+    align_polish_huber_k: float = Field(3.0, ge=0.0, le=100.0)
 
     def registration(self) -> AlignSettings:
         """The core's registration settings, built from these once."""

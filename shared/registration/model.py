@@ -68,13 +68,13 @@ class AlignSettings(BaseModel):
     as the bound of the farm's offsets: a repeat of the pattern just beyond it (a row's
     rail contacts one site pitch away) shows as a peak of its own there, and neither it
     nor its flank inside the range is an answer or a competitor. With ``polish_huber_k`` > 0
-    the first pass fits the geometry (the reference held) by Huber-weighted least squares at
-    that many robust standard deviations: the pixels the approximate print mispredicts most,
-    line ends above all, then buy less of a scale a shift does not need (on SKY130 poly
-    gates), at a small cost in sub-pixel accuracy on the generated layouts (see
-    ``docs/alignment.md``); 0 (the default): plain least squares. The second look always
-    uses plain least squares (its cut features along the edges are what pin the answer
-    there; weighed down, two rotated rails-only windows drifted past 1 px).
+    (default 3) the first pass fits the geometry (the reference held) by Huber-weighted least
+    squares at that many robust standard deviations of the residuals on the print's edges:
+    the pixels the approximate print mispredicts most, line ends above all, then buy less of
+    a scale a shift does not need (on SKY130 poly gates; see ``docs/alignment.md``); 0: plain
+    least squares. The second look always uses plain least squares (its cut features along
+    the edges are what pin the answer there; weighed down, two rotated rails-only windows
+    drifted past 1 px).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -104,7 +104,7 @@ class AlignSettings(BaseModel):
     ignore_repeats_beyond_range: bool = True
     whole_overlap_floor: float = Field(0.95, ge=0.0, le=1.0)
     whole_overlap_similarity: bool = True
-    polish_huber_k: float = Field(0.0, ge=0.0, le=100.0)
+    polish_huber_k: float = Field(3.0, ge=0.0, le=100.0)
     min_size_px: int = Field(16, ge=8)
 
     def border_px(self, size_px: int) -> int:

@@ -22,6 +22,10 @@ import numpy as np
 MAX_SHIFT_STEP_PX = 2.0
 MAX_LINEAR_STEP = 0.01
 MODEL_SETTLED = 1e-3  # PSF-shape coefficients moving less than this have settled
+#: the Huber scale is measured on the samples where the print's gradient reaches this share of its
+#: largest: its edges (where flat print meets flat reference the residual is 0 and says nothing)
+HUBER_EDGE_SHARE = 0.2
+HUBER_MIN_EDGE_SAMPLES = 32
 
 
 class Reference(Protocol):
@@ -118,10 +122,10 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
     ``stretch`` the x and y scales are fitted apart (a diagnostic: a farm's window does not
     stretch). With ``huber_k`` > 0, the steps that fit the geometry alone (the reference
     held) weigh each sample by Huber's rule: a residual beyond ``huber_k`` robust standard
-    deviations (1.4826 times the median absolute deviation) counts linearly, not squared,
-    so the few pixels the reference mispredicts most (line ends the approximate print
-    pulls back too little or too far) cannot buy a scale. Returns ``None`` when there is
-    no pattern to fit.
+    deviations (1.4826 times the median absolute deviation of the residuals on the print's
+    edges) counts linearly, not squared, so the few pixels the reference mispredicts most
+    (line ends the approximate print pulls back too little or too far) cannot buy a scale.
+    Returns ``None`` when there is no pattern to fit.
     """
     h, w = moving.shape
     centre = _centre((h, w))
@@ -189,7 +193,9 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
         jac = np.stack(columns, axis=1).astype(np.float64)
         residual = gain * ref + offset - values
         if huber_k > 0.0 and not n_free:
-            root = np.sqrt(huber_weights(residual, huber_k))
+            slope = np.hypot(gx, gy)
+            edges = slope >= HUBER_EDGE_SHARE * slope.max()
+            root = np.sqrt(huber_weights(residual, huber_k, scale_from=edges))
             jac, residual = jac * root[:, None], residual * root
         normal = jac.T @ jac
         diag = np.sqrt(np.diag(normal))
@@ -220,10 +226,16 @@ def ecc_similarity(reference: Reference, moving: np.ndarray, initial: np.ndarray
     return Refined(matrix, correlation_after_warp(ref_image, moving, matrix, inside), iterations)
 
 
-def huber_weights(residual: np.ndarray, k: float) -> np.ndarray:
+def huber_weights(residual: np.ndarray, k: float, scale_from: np.ndarray | None = None) -> np.ndarray:
     """Huber's weights of least-squares residuals: 1 within ``k`` robust standard deviations
-    (1.4826 times the median absolute deviation), falling as 1 / |r| beyond."""
-    sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    (1.4826 times the median absolute deviation), falling as 1 / |r| beyond. ``scale_from`` (a
+    boolean mask of the samples) picks the samples the deviation is measured on, when at least
+    ``HUBER_MIN_EDGE_SAMPLES``: the print's edges, as the flat regions' zero residuals would make
+    it so small that every edge sample counted as an outlier."""
+    sample = residual
+    if scale_from is not None and int(np.count_nonzero(scale_from)) >= HUBER_MIN_EDGE_SAMPLES:
+        sample = residual[scale_from]
+    sigma = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
     if sigma <= 0.0:
         return np.ones_like(residual)
     return np.minimum(1.0, k * sigma / np.maximum(np.abs(residual), 1e-12))

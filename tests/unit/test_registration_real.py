@@ -16,6 +16,7 @@ import pytest
 
 from shared.registration import Aligner, AlignSettings, corner_errors_px, rotation_scale_shift
 from shared.registration.model import Fallback
+from shared.registration.refine import similarity_params
 from toolkit.litho import Layout, LithoSimulator
 from toolkit.litho.cell_rows import (
     SKY130_HD_DIR,
@@ -235,7 +236,7 @@ def test_clumped_contacts_rotated_are_answered_over_the_whole_overlap(
     assert answered.ok and max_corner_error(answered.matrix, truth) > 2.0
 
 
-@pytest.mark.parametrize("index", [2, 5, 6])
+@pytest.mark.parametrize("index", [5, 6])
 def test_gate_row_window_shifted(row_layouts: RowLayouts, index: int) -> None:
     """Poly gates run between the rails: nearly all vertical information is line ends,
     which the print pulls back; the projection print model predicts it."""
@@ -244,6 +245,20 @@ def test_gate_row_window_shifted(row_layouts: RowLayouts, index: int) -> None:
     reg = Aligner(AlignSettings()).register(mask, printed)
     assert reg.ok, reg.reason
     assert max_corner_error(reg.matrix, truth) < 1.0
+
+
+def test_a_gate_window_keeps_the_shrink_its_line_ends_want(row_layouts: RowLayouts) -> None:
+    """Where the approximate print misplaces the gates' line ends, the answer keeps a shrink of
+    about 0.45 %, near 1 px at the corners. Plain least squares leaves this window just under
+    1 px (0.99), the Huber-weighted polish just over (1.03): weighing the line ends down does
+    not remove a scale that every gate's ends want alike (docs/alignment.md)."""
+    truth = rotation_scale_shift(SIZE_PX, (17.0, -5.0))
+    mask, printed = row_print(row_layouts, "poly", 2).pair(truth)
+    for huber_k in (AlignSettings().polish_huber_k, 0.0):
+        reg = Aligner(AlignSettings(polish_huber_k=huber_k)).register(mask, printed)
+        assert reg.ok, reg.reason
+        assert max_corner_error(reg.matrix, truth) < 1.1
+        assert -0.005 < similarity_params(np.asarray(reg.matrix), mask.shape)[2] < -0.004
 
 
 def test_gaussian_print_model_reads_pulled_back_gate_ends_as_a_shrink(row_layouts: RowLayouts) -> None:
