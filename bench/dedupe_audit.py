@@ -28,7 +28,7 @@ from services.dedupe.core import DedupeCore, DedupeSettings
 from services.dedupe.store_memory import InMemoryDedupeStore
 from shared.contracts import SimResult
 from shared.hashing import profile_distances
-from shared.verification.windows import MaskSums, WindowMatch, search_reach, verify_window_match
+from shared.verification.windows import MaskSums, WindowMatch, search_reach
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,8 @@ def audit_pairs(clips: list[RealClip], results: list[SimResult],
         """The core's pixel check of clip ``j`` against clip ``i`` (``unique``: as for a profile
         candidate)."""
         a, b = prepared[i], prepared[j]
-        floor = max(settings.min_matched_px, settings.profile_min_matched_px if unique else 0)
-        return verify_window_match(a.mask_u8, a.print_binary, b.mask_u8, b.print_binary, core.tolerances,
-                                   core.strip_new_max_px, settings.resimulation_shift_px, unique_shift=unique,
-                                   min_matched_drawn_px=floor, sums=(sums[i], sums[j]))
+        return core.verify_pair(a.mask_u8, a.print_binary, b.mask_u8, b.print_binary,
+                                via="profile" if unique else "hash", sums=(sums[i], sums[j]))
 
     start = time.perf_counter()
     found: list[Accepted] = []

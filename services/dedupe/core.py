@@ -74,6 +74,7 @@ from shared.verification import (
     MAX_SHIFT_PX,
     MaskSums,
     PixelTolerances,
+    WindowMatch,
     search_reach,
     verify_window_match,
 )
@@ -312,8 +313,6 @@ class DedupeCore:
         cache: dict[str, tuple[np.ndarray, np.ndarray, MaskSums]] = {}
         query_sums: dict[int, MaskSums] = {}
 
-        s = self.settings
-
         def sums_of(mask: np.ndarray) -> MaskSums:
             return MaskSums.of(mask, search_reach(mask.shape, self.tolerances))
 
@@ -329,15 +328,9 @@ class DedupeCore:
                 cache[candidate.result_id] = arrays
             if id(item) not in query_sums:
                 query_sums[id(item)] = sums_of(query.mask_u8)
-            # a candidate found by profile alone (its hash is unrelated) must register at one shift: a lone
-            # rail agrees all along itself, and with everything else in the strips any two windows would do
-            evidence_px = max(s.min_matched_px, s.bridge_min_matched_px if candidate.bridge else 0,
-                              s.profile_min_matched_px if candidate.via == "profile" else 0)
-            match = verify_window_match(arrays[0], arrays[1], query.mask_u8, query.print_binary,
-                                        self.tolerances, self.strip_new_max_px, s.resimulation_shift_px,
-                                        unique_shift=candidate.via == "profile",
-                                        min_matched_drawn_px=evidence_px,
-                                        sums=(arrays[2], query_sums[id(item)]))
+            match = self.verify_pair(arrays[0], arrays[1], query.mask_u8, query.print_binary,
+                                     via=candidate.via, bridge=candidate.bridge,
+                                     sums=(arrays[2], query_sums[id(item)]))
             if match is None:
                 return None
             return {"hash_kind": self.settings.hash_kind, "hamming_bits": candidate.distance_bits,
@@ -359,6 +352,20 @@ class DedupeCore:
                 decisions.append(Decision(self._outcome(p, verdict),
                                           [self._late_record(v, p.result) for v in verdict.late]))
         return decisions
+
+    def verify_pair(self, mask_a: np.ndarray, print_a: np.ndarray, mask_b: np.ndarray, print_b: np.ndarray,
+                    *, via: str = "hash", bridge: bool = False,
+                    sums: tuple[MaskSums | None, MaskSums | None] = (None, None)) -> WindowMatch | None:
+        """The pixel check of result ``b`` against candidate ``a`` (8-bit masks, binary prints), as a
+        candidate found ``via`` hash or profile, and as a bridge or not, with the evidence each needs."""
+        s = self.settings
+        # a candidate found by profile alone (its hash is unrelated) must register at one shift: a lone
+        # rail agrees all along itself, and with everything else in the strips any two windows would do
+        evidence_px = max(s.min_matched_px, s.bridge_min_matched_px if bridge else 0,
+                          s.profile_min_matched_px if via == "profile" else 0)
+        return verify_window_match(mask_a, print_a, mask_b, print_b, self.tolerances, self.strip_new_max_px,
+                                   s.resimulation_shift_px, unique_shift=via == "profile",
+                                   min_matched_drawn_px=evidence_px, sums=sums)
 
     def _late_record(self, verdict: Verdict, found_by: SimResult) -> LateDuplicate:
         """The duplicate record of an earlier result ``found_by`` showed to be a window of its layout
