@@ -31,6 +31,14 @@ on pixels (:meth:`DedupeSettings.tolerances`):
   an identical mask (a focus or dose excursion that bridges or pinches); mask
   defects are already caught by the mask comparison.
 
+Candidates that the hash does not order well (those found by row and column
+profile, and a duplicate's bridge candidates: see
+:meth:`DedupeStore.check_and_insert_batch`) are verified best first by a coarse
+score of the two masks over their whole overlap
+(:func:`shared.verification.coarse_overlap_mismatch`, 4 px blocks; about a
+twentieth of a pixel check), so the few verified are the likeliest
+(``rank_by_overlap``, ``profile_shortlist``).
+
 So the hash only needs recall; false merges are ruled out by the pixels. A
 window moved by a fraction of a pixel changes the anti-aliased mask edges and
 is not recognised (it stays unique: the safe side).
@@ -75,6 +83,8 @@ from shared.verification import (
     MaskSums,
     PixelTolerances,
     WindowMatch,
+    coarse_overlap_mismatch,
+    coarse_overlap_sums,
     search_reach,
     verify_window_match,
 )
@@ -82,6 +92,9 @@ from shared.verification import (
 PAYLOAD_MAGIC = b"LWD1"
 #: more candidates a duplicate is verified against for late duplicates (``DedupeSettings.bridge_candidates``)
 BRIDGE_CANDIDATES_DEFAULT = 16
+#: results nearest by profile read and ranked by overlap before the best are verified
+#: (``DedupeSettings.profile_shortlist``)
+PROFILE_SHORTLIST_DEFAULT = 48
 ImageLoadFn = Callable[[ImageRef], np.ndarray]
 Outcome = UniqueResult | DuplicateRecord | InputError
 
@@ -100,6 +113,13 @@ class DedupeSettings(BaseModel):
     # when no hash candidate is a duplicate: this many of the store's newest results nearest by row and
     # column profile are verified too (sparse clips whose window move changed both hashes); 0: off
     profile_candidates: int = Field(12, ge=0, le=64)
+    # bridge and profile candidates are verified in the order of a coarse score of the two masks over
+    # their whole overlap (shared.verification.coarse_overlap_mismatch, 4 px blocks): rows of contacts along
+    # the rails, alike by hash and by profile, are told apart; False: nearest by profile first
+    rank_by_overlap: bool = True
+    # with rank_by_overlap: this many results nearest by profile are read and ranked, and the
+    # profile_candidates best verified (at least profile_candidates)
+    profile_shortlist: int = Field(PROFILE_SHORTLIST_DEFAULT, ge=0, le=256)
     verify_max_shift_px: int = Field(32, ge=0, le=MAX_SHIFT_PX)  # relative window shift searched
     mask_tolerance_levels: int = Field(MASK_TOLERANCE_LEVELS, ge=0, le=255)  # 8-bit levels of mask noise
     mask_mismatch_max_px: int = Field(4, ge=0)
@@ -125,6 +145,10 @@ class DedupeSettings(BaseModel):
     # drawn in both clips; 0: no floor. 256 (one contact at 4 nm/px) refuses a lone contact matched to a
     # lone contact of another layout, at a cost in recall (docs/dedupe.md, "Fewer false merges")
     profile_min_matched_px: int = Field(0, ge=0)
+    # a candidate found by profile alone that compares fewer mask pixels drawn in both clips than this, and
+    # under a quarter of one clip's drawn pixels (the rest left to the window move), is refused: a corner
+    # of a shape cut by the window's edge agrees with many; 0: off. 128 px: half a contact at 4 nm/px
+    profile_thin_match_px: int = Field(128, ge=0)
     # every match, however it was found, must compare at least this many mask pixels drawn in both
     # clips; 0: no floor. Clips that show less are kept unique: a farm that would rather score a sparse
     # re-simulation again than merge two layouts that agree on a few contacts (docs/dedupe.md, "No
@@ -308,29 +332,54 @@ class DedupeCore:
                 prepared.append(exc)
         ready = [p for p in prepared if isinstance(p, _Prepared)]
         queries = {id(p.item): p for p in ready}
-        # Decoded once per batch, with what the shift search needs of each mask (see MaskSums): a
-        # result is verified against many candidates, and a candidate against many results.
-        cache: dict[str, tuple[np.ndarray, np.ndarray, MaskSums]] = {}
+        # Decoded once per batch, with what the shift search and the ranking need of each mask (see
+        # MaskSums): a result is verified against many candidates, and a candidate against many results.
+        cache: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+        sums: dict[str, MaskSums] = {}  # candidates' (by id), made when first verified
         query_sums: dict[int, MaskSums] = {}
+        coarse: dict[str, MaskSums] = {}  # candidates' coarse masks for ranking (by id)
+        query_coarse: dict[int, MaskSums] = {}
 
         def sums_of(mask: np.ndarray) -> MaskSums:
             return MaskSums.of(mask, search_reach(mask.shape, self.tolerances))
 
+        def arrays_of(candidate: Candidate) -> tuple[np.ndarray, np.ndarray] | None:
+            if candidate.result_id not in cache:
+                try:
+                    cache[candidate.result_id] = decode_payload(candidate.payload)
+                except ImageError:  # never a duplicate: the pixel check cannot run
+                    cache[candidate.result_id] = None
+            return cache[candidate.result_id]
+
+        def coarse_of(mask: np.ndarray) -> MaskSums:
+            return coarse_overlap_sums(mask, search_reach(mask.shape, self.tolerances))
+
+        def rank(item: DedupeItem, candidates: Sequence[Candidate]) -> list[float]:
+            if id(item) not in query_coarse:
+                query_coarse[id(item)] = coarse_of(queries[id(item)].mask_u8)
+            keys = []
+            for candidate in candidates:
+                arrays = arrays_of(candidate)
+                if arrays is None:
+                    keys.append(2.0)  # last: it cannot be verified
+                    continue
+                if candidate.result_id not in coarse:
+                    coarse[candidate.result_id] = coarse_of(arrays[0])
+                keys.append(coarse_overlap_mismatch(coarse[candidate.result_id], query_coarse[id(item)]))
+            return keys
+
         def verify(item: DedupeItem, candidate: Candidate) -> dict[str, Any] | None:
             query = queries[id(item)]
-            arrays = cache.get(candidate.result_id)
+            arrays = arrays_of(candidate)
             if arrays is None:
-                try:
-                    mask, printed = decode_payload(candidate.payload)
-                except ImageError:
-                    return None
-                arrays = (mask, printed, sums_of(mask))
-                cache[candidate.result_id] = arrays
+                return None
+            if candidate.result_id not in sums:
+                sums[candidate.result_id] = sums_of(arrays[0])
             if id(item) not in query_sums:
                 query_sums[id(item)] = sums_of(query.mask_u8)
             match = self.verify_pair(arrays[0], arrays[1], query.mask_u8, query.print_binary,
                                      via=candidate.via, bridge=candidate.bridge,
-                                     sums=(arrays[2], query_sums[id(item)]))
+                                     sums=(sums[candidate.result_id], query_sums[id(item)]))
             if match is None:
                 return None
             return {"hash_kind": self.settings.hash_kind, "hamming_bits": candidate.distance_bits,
@@ -341,6 +390,8 @@ class DedupeCore:
             hamming_radius=self.settings.hamming_radius, max_candidates=self.settings.max_candidates,
             profile_candidates=self.settings.profile_candidates,
             bridge_candidates=self.settings.bridge_candidates,
+            profile_shortlist=self.settings.profile_shortlist,
+            rank=rank if self.settings.rank_by_overlap else None,
         ) if ready else []
         by_item = {id(p.item): v for p, v in zip(ready, verdicts, strict=True)}
         decisions: list[Decision] = []
@@ -365,7 +416,8 @@ class DedupeCore:
                           s.profile_min_matched_px if via == "profile" else 0)
         return verify_window_match(mask_a, print_a, mask_b, print_b, self.tolerances, self.strip_new_max_px,
                                    s.resimulation_shift_px, unique_shift=via == "profile",
-                                   min_matched_drawn_px=evidence_px, sums=sums)
+                                   min_matched_drawn_px=evidence_px, sums=sums,
+                                   thin_match_px=s.profile_thin_match_px if via == "profile" else 0)
 
     def _late_record(self, verdict: Verdict, found_by: SimResult) -> LateDuplicate:
         """The duplicate record of an earlier result ``found_by`` showed to be a window of its layout

@@ -8,7 +8,12 @@ import redis
 from pydantic import Field
 
 from services.dedupe import NAME
-from services.dedupe.core import BRIDGE_CANDIDATES_DEFAULT, DedupeCore, DedupeSettings
+from services.dedupe.core import (
+    BRIDGE_CANDIDATES_DEFAULT,
+    PROFILE_SHORTLIST_DEFAULT,
+    DedupeCore,
+    DedupeSettings,
+)
 from services.dedupe.stage import DedupeStage
 from services.dedupe.store import BAND_MAX_MEMBERS_DEFAULT, RECENT_POOL_DEFAULT
 from services.dedupe.store_redis import RedisDedupeStore
@@ -34,13 +39,19 @@ class DedupeServiceSettings(StageSettings):
     # (sparse clips whose window move changed both hashes); dedupe_profile_candidates of them are verified
     dedupe_recent_pool: int = Field(RECENT_POOL_DEFAULT, ge=0, le=100_000)
     dedupe_profile_candidates: int = Field(12, ge=0, le=64)
-    # a duplicate is also verified against this many more candidates (by hash and by profile together,
-    # nearest by profile first): an earlier result kept as unique that it matches too becomes its late
-    # duplicate; 0: off
+    # a duplicate is also verified against this many more candidates (by hash and by profile together):
+    # an earlier result kept as unique that it matches too becomes its late duplicate; 0: off
     dedupe_bridge_candidates: int = Field(BRIDGE_CANDIDATES_DEFAULT, ge=0, le=64)
+    # bridge and profile candidates are verified best first by a coarse score of the masks over their whole
+    # overlap (False: nearest by profile first); dedupe_profile_shortlist nearest by profile are ranked so
+    dedupe_rank_by_overlap: bool = True
+    dedupe_profile_shortlist: int = Field(PROFILE_SHORTLIST_DEFAULT, ge=0, le=256)
     # a candidate found by profile alone must compare at least this many mask pixels drawn in both clips
     # (256: no lone contact matched to a lone contact); 0: no floor
     dedupe_profile_min_matched_px: int = Field(0, ge=0)
+    # a candidate found by profile alone comparing fewer mask pixels drawn in both clips than this and under a
+    # quarter of one clip's drawn pixels is refused (a cut corner agrees with many); 0: off
+    dedupe_profile_thin_match_px: int = Field(128, ge=0)
     # every match must compare at least this many mask pixels drawn in both clips; clips showing less stay
     # unique (no lone contacts or sparse rows merged across layouts, at a cost in recall); 0: no floor
     dedupe_min_matched_px: int = Field(0, ge=0)
@@ -54,7 +65,10 @@ class DedupeServiceSettings(StageSettings):
             resimulation_shift_px=self.dedupe_resimulation_shift_px,
             profile_candidates=self.dedupe_profile_candidates if self.dedupe_recent_pool else 0,
             bridge_candidates=self.dedupe_bridge_candidates,
+            rank_by_overlap=self.dedupe_rank_by_overlap,
+            profile_shortlist=self.dedupe_profile_shortlist,
             profile_min_matched_px=self.dedupe_profile_min_matched_px,
+            profile_thin_match_px=self.dedupe_profile_thin_match_px,
             min_matched_px=self.dedupe_min_matched_px,
         )
 

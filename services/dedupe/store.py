@@ -214,11 +214,15 @@ class Verdict:
 Verifier = Callable[[DedupeItem, Candidate], "dict[str, Any] | None"]
 """Confirms a candidate: details of the match when it is a duplicate, None otherwise."""
 
+Ranker = Callable[[DedupeItem, Sequence[Candidate]], Sequence[float]]
+"""Orders candidates before they are verified: one key per candidate, the smallest likeliest to match."""
+
 
 class DedupeStore(Protocol):
     def check_and_insert_batch(self, items: Sequence[DedupeItem], verify: Verifier, *,
                                hamming_radius: int, max_candidates: int,
-                               profile_candidates: int = 0, bridge_candidates: int = 0) -> list[Verdict]: ...
+                               profile_candidates: int = 0, bridge_candidates: int = 0,
+                               profile_shortlist: int = 0, rank: Ranker | None = None) -> list[Verdict]: ...
 
 
 @dataclass
@@ -295,6 +299,14 @@ def _read_pool(raws: Any, now_seconds: float, ttl_seconds: float,
     return out
 
 
+def _in_order(item: DedupeItem, candidates: list[Candidate], rank: Ranker | None) -> list[Candidate]:
+    """``candidates`` in ``rank``'s order (ties keep their order); as they are without one."""
+    if rank is None or len(candidates) < 2:
+        return candidates
+    keys = rank(item, candidates)
+    return [candidates[k] for k in sorted(range(len(candidates)), key=lambda k: keys[k])]
+
+
 class BandDedupeStore(ABC):
     """The decision logic, shared by every backend; backends supply three round trips."""
 
@@ -306,16 +318,20 @@ class BandDedupeStore(ABC):
 
     def check_and_insert_batch(self, items: Sequence[DedupeItem], verify: Verifier, *,
                                hamming_radius: int, max_candidates: int,
-                               profile_candidates: int = 0, bridge_candidates: int = 0) -> list[Verdict]:
+                               profile_candidates: int = 0, bridge_candidates: int = 0,
+                               profile_shortlist: int = 0, rank: Ranker | None = None) -> list[Verdict]:
         """Verdicts for a batch. A result none of whose ``max_candidates`` nearest hash candidates is a
         duplicate is verified, besides, against the ``profile_candidates`` results nearest by profile
         (:func:`shared.hashing.profile_distances`) among the store's newest ``recent_pool`` of its
         namespace and the batch's earlier results: a sparse clip whose window move brought in or took
-        out much of what it shows, so that neither hash found it.
+        out much of what it shows, so that neither hash found it. With ``rank``, the
+        ``profile_shortlist`` nearest by profile (at least ``profile_candidates``) are read and the
+        ``profile_candidates`` that ``rank`` puts first are verified.
 
         Bridges (``bridge_candidates`` > 0): a duplicate is verified against up to that many more of
         its hash candidates after the one it matched, and as many of those nearest by profile
-        (:attr:`Candidate.bridge`). One that matches too and was judged unique is a window of the same
+        (:attr:`Candidate.bridge`), in ``rank``'s order where given. One that matches too and was judged
+        unique is a window of the same
         layout that arrived before the result linking the two (two re-simulations moved opposite
         ways, both before their original, show each other new content): it becomes a duplicate of
         this result. An earlier result of the same batch is decided so before anything is
@@ -344,8 +360,8 @@ class BandDedupeStore(ABC):
                 nearest = sorted((d, rid) for rid, d in near.items() if d <= hamming_radius)
                 store_candidates[i] = nearest[:max_candidates]
                 if profile_candidates > 0 and item.profile:
-                    profile_options[i] = self._by_profile(item, found.recent, store_candidates[i],
-                                                          profile_candidates)
+                    shortlist = max(profile_candidates, profile_shortlist if rank is not None else 0)
+                    profile_options[i] = self._by_profile(item, found.recent, store_candidates[i], shortlist)
         wanted = sorted({rid for nearest in store_candidates for _, rid in nearest}
                         | {rid for options in profile_options for _, rid, _ in options})
         payloads = self._payloads(wanted) if wanted else {}
@@ -376,11 +392,11 @@ class BandDedupeStore(ABC):
             if verdict.status == "unique" and profile_candidates > 0 and item.profile:
                 tried = {rid for _, rid, _ in ranked[:max_candidates]}
                 verdict = self._verify_by_profile(item, verify, profile_options[i], payloads, batch_uniques,
-                                                  tried, profile_candidates) or verdict
+                                                  tried, profile_candidates, rank) or verdict
             if verdict.status == "perceptual" and bridge_candidates > 0:
                 seen = {rid for _, rid, _ in ranked[:matched_at + 1]} | {verdict.duplicate_of or ""}
                 later = self._bridge_candidates(item, ranked[matched_at + 1:], profile_options[i], payloads,
-                                                batch_uniques, lookups[i].recent, seen)
+                                                batch_uniques, lookups[i].recent, seen, rank)
                 links = self._bridges(item, verify, later[:bridge_candidates])
                 if links:  # the chain reads in _resolve_bridges are for results that bridge something
                     bridged[i] = links
@@ -416,10 +432,11 @@ class BandDedupeStore(ABC):
     def _bridge_candidates(self, item: DedupeItem, hash_left: Sequence[tuple[int, str, bytes]],
                            options: list[tuple[float, str, int]], payloads: dict[str, bytes],
                            batch_uniques: Sequence[DedupeItem], recent: list[tuple[str, int, bytes]],
-                           seen: set[str]) -> list[Candidate]:
+                           seen: set[str], rank: Ranker | None = None) -> list[Candidate]:
         """The candidates a duplicate has not tried (its hash candidates after the one it matched, those
-        nearest by profile), nearest by profile first: a window moved the other way shares little of
-        its hash with this one, and its profile ranks it better than the hash distance does."""
+        nearest by profile), in ``rank``'s order where given, else nearest by profile first: a window
+        moved the other way shares little of its hash with this one, and its profile ranks it better
+        than the hash distance does (but rows of contacts along the rails look alike by either)."""
         by_profile = self._by_profile_ranked(item, options, payloads, batch_uniques, seen, bridge=True)
         profiles = {rid: profile for rid, _, profile in recent if len(profile) == len(item.profile)}
         listed = {c.result_id for _, c in by_profile}
@@ -431,8 +448,9 @@ class BandDedupeStore(ABC):
             ranked += [(float(distances[j]), Candidate(rid, d, payload, bridge=True))
                        for j, (d, rid, payload) in enumerate(known)]
         ranked.sort(key=lambda entry: (entry[0], entry[1].result_id))
-        return [c for _, c in ranked] + [Candidate(rid, d, payload, bridge=True)
-                                         for d, rid, payload in left if rid not in profiles]
+        found = [c for _, c in ranked] + [Candidate(rid, d, payload, bridge=True)
+                                          for d, rid, payload in left if rid not in profiles]
+        return _in_order(item, found, rank)
 
     @staticmethod
     def _bridges(item: DedupeItem, verify: Verifier, candidates: Sequence[Candidate]) -> list[Verdict]:
@@ -539,10 +557,12 @@ class BandDedupeStore(ABC):
 
     def _verify_by_profile(self, item: DedupeItem, verify: Verifier, options: list[tuple[float, str, int]],
                            payloads: dict[str, bytes], batch_uniques: Sequence[DedupeItem], tried: set[str],
-                           limit: int) -> Verdict | None:
-        """The first of the ``limit`` results nearest by profile (stored ones and the batch's earlier ones)
-        that ``verify`` confirms, as a verdict; None when none does."""
-        for _, candidate in self._by_profile_ranked(item, options, payloads, batch_uniques, tried)[:limit]:
+                           limit: int, rank: Ranker | None = None) -> Verdict | None:
+        """The first of the ``limit`` results nearest by profile (stored ones and the batch's earlier ones),
+        or of the ``limit`` that ``rank`` puts first among them all, that ``verify`` confirms, as a
+        verdict; None when none does."""
+        nearest = [c for _, c in self._by_profile_ranked(item, options, payloads, batch_uniques, tried)]
+        for candidate in _in_order(item, nearest, rank)[:limit]:
             details = verify(item, candidate)
             if details is not None:
                 return Verdict(item.result_id, "perceptual", candidate.result_id, candidate.distance_bits,

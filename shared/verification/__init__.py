@@ -20,13 +20,20 @@ with ``b[y, x] == a[y + dy, x + dx]``.
 - :mod:`.descriptors`: :func:`register_by_descriptors` (ORB, RANSAC) when the
   translation search cannot register the masks.
 - :mod:`.hashes`: hash distances of registered overlaps; :mod:`.coarse`: a
-  cheap ranking of candidates by coarse cross-correlation.
+  cheap ranking of candidates by coarse cross-correlation, or by coarse
+  agreement over the whole overlap.
 """
 
 from __future__ import annotations
 
 from shared.verification.blind_spot import blind_spot_conflict
-from shared.verification.coarse import coarse_ncc, downsample_mask
+from shared.verification.coarse import (
+    OVERLAP_BLOCK_PX,
+    coarse_ncc,
+    coarse_overlap_mismatch,
+    coarse_overlap_sums,
+    downsample_mask,
+)
 from shared.verification.descriptors import (
     DescriptorParams,
     DescriptorRegistration,
@@ -70,6 +77,7 @@ from shared.verification.windows import (
 __all__ = [
     "MASK_TOLERANCE_LEVELS",
     "MAX_SHIFT_PX",
+    "OVERLAP_BLOCK_PX",
     "DescriptorParams",
     "DescriptorRegistration",
     "MaskSums",
@@ -82,6 +90,8 @@ __all__ = [
     "WindowMatch",
     "blind_spot_conflict",
     "coarse_ncc",
+    "coarse_overlap_mismatch",
+    "coarse_overlap_sums",
     "downsample_mask",
     "drop_slivers",
     "edge_distance",

@@ -258,14 +258,18 @@ def window_matches(
     unique_shift: bool = False,
     min_matched_drawn_px: int = 0,
     sums: tuple[MaskSums | None, MaskSums | None] = (None, None),
+    thin_match_px: int = 0,
 ) -> Iterator[WindowMatch]:
     """Each shift (from :func:`candidate_shifts`) at which the masks agree on the overlap, with its prints
     judged and its strips measured (:func:`strip_features` with ``explained_px``); ``strip_new_max_px``
     None: the strips are measured, never refused on. ``unique_shift``: none when the registration is
     ambiguous (only a rail, or another pattern that agrees all along one axis, was compared).
     ``min_matched_drawn_px``: a shift at which fewer mask pixels are drawn in both clips compared too
-    little to tell two layouts apart (one contact matches any lone contact) and is passed over. ``sums``:
-    the masks' :class:`MaskSums` where already computed (see :func:`search_reach`)."""
+    little to tell two layouts apart (one contact matches any lone contact) and is passed over.
+    ``thin_match_px``: so is a shift at which fewer are drawn in both *and* under ``MIN_DRAWN_COMPARED`` of
+    one clip's drawn pixels lie in the overlap (a cut corner agreeing while the rest of the clip is left
+    to the window move). ``sums``: the masks' :class:`MaskSums` where already computed (see
+    :func:`search_reach`)."""
     if mask_a.shape != mask_b.shape or print_a.shape != mask_a.shape or print_b.shape != mask_b.shape:
         return
     shape = (int(mask_a.shape[0]), int(mask_a.shape[1]))
@@ -291,6 +295,8 @@ def window_matches(
             continue
         drawn_compared = min(int(np.count_nonzero(mask_a[in_a] > 127)) / drawn_a,
                              int(np.count_nonzero(mask_b[in_b] > 127)) / drawn_b)
+        if matched < thin_match_px and drawn_compared < MIN_DRAWN_COMPARED:
+            continue
         yield WindowMatch((dx, dy), mismatch, judge_windows(mask_a, print_a, print_b, in_a, in_b, tolerances),
                           compared, drawn_compared, strip, matched)
 
@@ -306,16 +312,18 @@ def verify_window_match(
     unique_shift: bool = False,
     min_matched_drawn_px: int = 0,
     sums: tuple[MaskSums | None, MaskSums | None] = (None, None),
+    thin_match_px: int = 0,
 ) -> WindowMatch | None:
     """The first shift (most drawn area agreeing, then smallest) at which ``b`` is ``a`` seen through a
     moved window, prints accepted and (unless ``strip_new_max_px`` is None) no new feature in a strip;
-    ``unique_shift``: only when no other shift agrees nearly as well; ``sums``: see :func:`window_matches`."""
+    ``unique_shift``: only when no other shift agrees nearly as well; ``min_matched_drawn_px``,
+    ``thin_match_px`` and ``sums``: see :func:`window_matches`."""
     return next(
         (
             m
             for m in window_matches(
                 mask_a, print_a, mask_b, print_b, tolerances, strip_new_max_px, explained_px, unique_shift,
-                min_matched_drawn_px, sums,
+                min_matched_drawn_px, sums, thin_match_px,
             )
             if m.prints.accepted
         ),

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from services.dedupe.core import DedupeCore, DedupeSettings, decode_payload, encode_payload
-from services.dedupe.store import Candidate, DedupeItem, Verdict, _Lookup
+from services.dedupe.store import Candidate, DedupeItem, Ranker, Verdict, _Lookup
 from services.dedupe.store_memory import InMemoryDedupeStore
 from shared.contracts import DuplicateRecord, ImageRef, SimResult, UniqueResult
 from shared.errors import ConfigError, ImageError, InputError
-from shared.hashing import hamming_distance, spectral_hash, split_bands
+from shared.hashing import PROFILE_BYTES, hamming_distance, spectral_hash, split_bands
 from shared.imageref import make_image_ref
 from shared.imaging import ImageFormat, sha256_hex, to_uint8
 from shared.verification import verify_shifted_match
@@ -392,3 +392,41 @@ def test_two_part_items_measure_the_nearer_part() -> None:
     assert item.distance_bits((far << 256) | near) == 2
     assert item.distance_bits((near << 256) | far) == 2
     assert item.distance_bits((far << 256) | far) == 256
+
+
+def _profiled_item(result_id: str, value: int, level: int) -> DedupeItem:
+    """An item with a flat profile at ``level``: its profile distance to another grows with the gap."""
+    return replace(synthetic_item(result_id, value), profile=bytes([level]) * PROFILE_BYTES)
+
+
+def test_the_profile_shortlist_is_ranked_and_only_the_best_are_verified() -> None:
+    rng = np.random.default_rng(3)
+    stored = [_profiled_item(f"s{k}", int.from_bytes(rng.bytes(32), "big"), 100 + 5 * k) for k in range(30)]
+    query = _profiled_item("q", int.from_bytes(rng.bytes(32), "big"), 100)  # no band shared with any
+
+    def decide(rank: Ranker | None, shortlist: int) -> tuple[Verdict, list[str]]:
+        store = InMemoryDedupeStore()
+        store.check_and_insert_batch(stored, lambda i, c: None, hamming_radius=0, max_candidates=1)
+        offered: list[str] = []
+
+        def only_s20(item: DedupeItem, candidate: Candidate) -> dict[str, object] | None:
+            offered.append(candidate.result_id)
+            return {"ok": 1} if candidate.result_id == "s20" else None
+
+        (verdict,) = store.check_and_insert_batch([query], only_s20, hamming_radius=0, max_candidates=1,
+                                                  profile_candidates=4, profile_shortlist=shortlist,
+                                                  rank=rank)
+        return verdict, offered
+
+    def s20_first(item: DedupeItem, candidates: Sequence[Candidate]) -> list[float]:
+        return [0.0 if c.result_id == "s20" else 1.0 for c in candidates]
+
+    # nearest by profile: s0..s3 are verified, s20 (21st by profile) is never offered
+    verdict, offered = decide(None, 48)
+    assert verdict.status == "unique" and offered == ["s0", "s1", "s2", "s3"]
+    # ranked: the 24 nearest by profile are read, s20 is put first and matched
+    verdict, offered = decide(s20_first, 24)
+    assert (verdict.status, verdict.duplicate_of, offered) == ("perceptual", "s20", ["s20"])
+    # a shortlist too short to hold it: the four best of those read are verified, in rank order (ties kept)
+    verdict, offered = decide(s20_first, 16)
+    assert verdict.status == "unique" and offered == ["s0", "s1", "s2", "s3"]

@@ -107,19 +107,69 @@ def test_two_row_ends_that_agree_only_on_a_rail_stay_apart() -> None:
     assert [type(o) for o in outcomes] == [UniqueResult, UniqueResult]
 
 
-def test_two_row_ends_that_share_only_a_cut_corner_merge_unless_the_profile_floor_parts_them() -> None:
+def test_two_row_ends_that_share_only_a_cut_corner_stay_apart() -> None:
     # two li1 row ends of different rows: one shows the corner of a shape cut by the window's top and left
     # edges and a bar along its bottom, the other a shape with that corner lower down and a bar along its
     # left edge.
     # Moved (6, 10) px, each bar lies within the move of the overlap, so the pixels are a window move's;
     # 96 drawn pixels, under a tenth of one clip's drawn area, are all that is compared.
     a, b = ("a", "li1", (13736.28, -72.8)), ("b", "li1", (15802.68, 42236.0))
-    merged = _run(DedupeSettings(), _result(*a), _result(*b))[1]
+    parted = _run(DedupeSettings(), _result(*a), _result(*b))
+    assert [type(o) for o in parted] == [UniqueResult, UniqueResult]
+    # without the rule on thin profile matches they merge, unless a floor on every profile match parts them
+    merged = _run(DedupeSettings(profile_thin_match_px=0), _result(*a), _result(*b))[1]
     assert isinstance(merged, DuplicateRecord) and merged.details["found_by"] == "profile"
     assert merged.details["shift_px"] == [6, 10] and merged.details["matched_drawn_px"] == 96
     assert float(merged.details["drawn_compared_fraction"]) < 0.1
-    parted = _run(DedupeSettings(profile_min_matched_px=100), _result(*a), _result(*b))
-    assert [type(o) for o in parted] == [UniqueResult, UniqueResult]
+    floored = _run(DedupeSettings(profile_thin_match_px=0, profile_min_matched_px=100), _result(*a),
+                   _result(*b))
+    assert [type(o) for o in floored] == [UniqueResult, UniqueResult]
+
+
+def test_a_lone_contact_found_by_profile_is_not_a_thin_match() -> None:
+    # an mcon block-edge window showing a few contacts cut by the window's edges (0.2 % of the clip
+    # printed) and the same window moved (-13, 13) px: 70 drawn pixels compared, but over a quarter of
+    # either clip's drawn area, which the rule on thin matches accepts and a floor of 100 px refuses
+    original, moved = ("o", "mcon", (15576.48, 17100.0)), ("m", "mcon", (15524.48, 17152.0))
+    found = _run(DedupeSettings(), _result(*original), _result(*moved))[1]
+    assert isinstance(found, DuplicateRecord) and found.details["found_by"] == "profile"
+    assert found.details["matched_drawn_px"] == 70 and float(found.details["drawn_compared_fraction"]) > 0.25
+    floored = _run(DedupeSettings(profile_min_matched_px=100), _result(*original), _result(*moved))
+    assert [type(o) for o in floored] == [UniqueResult, UniqueResult]
+
+
+#: mcon windows of other rows showing rows of contacts along the rails, nearer by profile to the linking
+#: window below than its own copy is (window corners in nm, from the dedupe bench's real set, seed 0)
+RAIL_ROWS = ((6144.0, 45279.2), (13436.0, 32164.0), (1056.0, 41269.6), (6144.0, 2004.0), (11300.0, 16125.6),
+             (5108.0, 27116.0), (5120.0, 27164.0), (7204.0, 53330.4), (7168.0, 53330.4), (7168.0, 57356.0),
+             (13312.0, 35215.2), (1024.0, 35215.2), (6188.0, 45215.2), (7168.0, 3010.4), (5152.0, 27100.0),
+             (5060.0, 27224.0), (972.0, 41249.6), (8192.0, 7036.0), (1076.0, 18166.4))
+
+
+@pytest.fixture(scope="module")
+def rails_stream() -> list[SimResult]:
+    """An mcon window kept, its copy moved 30 px away (no match), 19 rows of contacts of other cells, then
+    the original between the two: it matches the kept one and must bridge to the copy."""
+    return [_result("kept", "mcon", (2056.0, 35279.2)), _result("opposite", "mcon", (2008.0, 35159.2)),
+            *(_result(f"row-{k}", "mcon", at) for k, at in enumerate(RAIL_ROWS)),
+            _result("linking", "mcon", (2048.0, 35215.2))]
+
+
+def test_a_copy_among_look_alike_rows_of_contacts_is_bridged_by_overlap_rank(
+        rails_stream: list[SimResult]) -> None:
+    def late_of_the_linking_result(settings: DedupeSettings) -> list[str]:
+        core = DedupeCore(InMemoryDedupeStore(), settings)
+        decisions = [decision for result in rails_stream for decision in core.decide_batch([result])]
+        assert isinstance(decisions[1].outcome, UniqueResult)  # 30 px from the kept one
+        linking = decisions[-1]
+        assert isinstance(linking.outcome, DuplicateRecord) and linking.outcome.duplicate_of == "kept"
+        return [late.record.result_id for late in linking.late]
+
+    # nearest by profile first (the previous order), the copy ranks past the 16 bridge candidates
+    assert late_of_the_linking_result(DedupeSettings(rank_by_overlap=False)) == []
+    # by the coarse score over the whole overlap it ranks among the first four
+    assert late_of_the_linking_result(DedupeSettings()) == ["opposite"]
+    assert late_of_the_linking_result(DedupeSettings(bridge_candidates=4)) == ["opposite"]
 
 
 def test_a_copy_whose_move_took_most_of_its_contacts_out_is_judged() -> None:
@@ -150,9 +200,13 @@ def test_a_floor_on_what_a_profile_candidate_compares_refuses_thinner_evidence(
 def test_the_service_passes_the_profile_floor_to_the_core() -> None:
     from services.dedupe.main import DedupeServiceSettings
 
-    assert DedupeServiceSettings().core_settings().profile_min_matched_px == 0
-    chosen = DedupeServiceSettings(dedupe_profile_min_matched_px=256).core_settings()
-    assert chosen.profile_min_matched_px == 256
+    default = DedupeServiceSettings().core_settings()
+    assert (default.profile_min_matched_px, default.profile_thin_match_px) == (0, 128)
+    assert (default.rank_by_overlap, default.profile_shortlist) == (True, 48)
+    chosen = DedupeServiceSettings(dedupe_profile_min_matched_px=256, dedupe_profile_thin_match_px=0,
+                                   dedupe_rank_by_overlap=False, dedupe_profile_shortlist=24).core_settings()
+    assert (chosen.profile_min_matched_px, chosen.profile_thin_match_px) == (256, 0)
+    assert (chosen.rank_by_overlap, chosen.profile_shortlist) == (False, 24)
 
 
 def test_an_evidence_floor_on_every_match_keeps_thinner_clips_unique() -> None:

@@ -12,6 +12,8 @@ from shared.verification import (
     PrintJudgement,
     blind_spot_conflict,
     coarse_ncc,
+    coarse_overlap_mismatch,
+    coarse_overlap_sums,
     downsample_mask,
     drop_slivers,
     judge_prints,
@@ -283,6 +285,44 @@ def test_coarse_ncc_ranks_the_same_layout_above_another() -> None:
     assert coarse_ncc(query[:32], query, 56, 4) == -1.0
     flat = np.zeros((64, 64), np.float32)
     assert coarse_ncc(flat, flat, 56, 4) == 1.0 and coarse_ncc(query, flat, 56, 4) == 0.0
+
+
+def _rail_row(pitch_px: int, offset_px: int, size: int = 256) -> np.ndarray:
+    """Contacts 16 px wide along the top and bottom borders, ``pitch_px`` apart: a row's rails."""
+    mask = np.zeros((size, size), dtype=np.uint8)
+    for x in range(offset_px % pitch_px, size, pitch_px):
+        mask[2:18, x:x + 16] = 255
+        mask[size - 18:size - 2, x:x + 16] = 255
+    return mask
+
+
+def test_coarse_overlap_mismatch_ranks_a_moved_window_first_where_the_centre_is_empty() -> None:
+    canvas = random_layout(12)
+    query = coarse_overlap_sums(u8(window(canvas, (13, -9))), 32)
+    assert query.max_shift_px == 8 and query.values.shape == (64, 64)
+    same = coarse_overlap_mismatch(coarse_overlap_sums(u8(window(canvas)), 32), query)
+    other = coarse_overlap_mismatch(coarse_overlap_sums(u8(window(random_layout(13))), 32), query)
+    assert same < 0.1 < 0.3 < other
+    # rows of contacts along the rails only (the central template is empty): the same row moved 6 px
+    # against rows of another pitch
+    rails = coarse_overlap_sums(_rail_row(42, 0), 32)
+    moved = coarse_overlap_mismatch(coarse_overlap_sums(_rail_row(42, 6), 32), rails)
+    denser = coarse_overlap_mismatch(coarse_overlap_sums(_rail_row(34, 0), 32), rails)
+    assert moved < 0.1 < denser
+    blank = coarse_overlap_sums(np.zeros((256, 256), np.uint8), 32)
+    assert coarse_overlap_mismatch(blank, blank) == 0.0 and coarse_overlap_mismatch(rails, blank) == 1.0
+    assert coarse_overlap_mismatch(coarse_overlap_sums(_rail_row(42, 0, 128), 32), rails) == 1.0
+
+
+def test_coarse_overlap_mismatch_does_not_score_a_sliver_of_overlap() -> None:
+    # moved 28 px, the two overlap on one contact each and nothing else: the rest of either lies in its
+    # strip outside the overlap, so under a quarter of either mask's drawn area would be compared
+    a = np.zeros((256, 256), np.uint8)
+    b = np.zeros((256, 256), np.uint8)
+    a[120:136, 240:256] = b[120:136, 212:228] = 255
+    a[20:236, 0:24] = 255
+    b[20:236, 232:256] = 255
+    assert coarse_overlap_mismatch(coarse_overlap_sums(a, 32), coarse_overlap_sums(b, 32)) > 0.5
 
 
 def test_hash_distances_of_identical_overlaps_are_zero() -> None:
