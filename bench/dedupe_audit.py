@@ -38,7 +38,7 @@ class Accepted:
     a: RealClip
     b: RealClip
     match: WindowMatch
-    unique: bool  # also accepted at a unique shift (as a profile candidate)
+    unique: bool  # also accepted as a profile candidate (one shift only, no thin match)
     right: bool  # the judge finds the two clips windows of one layout
 
 
@@ -77,8 +77,8 @@ def audit_pairs(clips: list[RealClip], results: list[SimResult],
           f"sets ({len(clips)} clips), each verified once ({seconds:.0f} s)")
     print(f"  accepted at the best shift (as a hash candidate): {len(found)}, of which judged to be windows "
           f"of one layout {len(found) - len(hash_wrong)}, wrong {len(hash_wrong)}")
-    print(f"  accepted at a unique shift (as a profile candidate): {len(uniques)}, of which judged to be "
-          f"windows of one layout {len(uniques) - len(unique_wrong)}, wrong {len(unique_wrong)}")
+    print(f"  accepted as a profile candidate (a unique shift, no thin match): {len(uniques)}, of which "
+          f"judged to be windows of one layout {len(uniques) - len(unique_wrong)}, wrong {len(unique_wrong)}")
     if hash_wrong:
         by_id = {c.result_id: k for k, c in enumerate(clips)}
         pool = [p.item.profile for p in prepared]
@@ -92,7 +92,7 @@ def audit_pairs(clips: list[RealClip], results: list[SimResult],
             rank = int(np.count_nonzero(distances < distances[j])) + 1
             m = f.match
             print(f"    {f.a.result_id} ~ {f.b.result_id}: shift {m.shift_px}, {m.matched_drawn_px} px drawn "
-                  f"in both, drawn compared {m.drawn_compared_fraction:.3f}, unique shift "
+                  f"in both, drawn compared {m.drawn_compared_fraction:.3f}, as a profile candidate "
                   f"{'yes' if f.unique else 'no'}; Hamming {bits} bits, profile distance "
                   f"{distances[j]:.3f} (rank {rank} of {len(clips) - 1})")
     return found
