@@ -330,13 +330,13 @@ class BandDedupeStore(ABC):
 
         Bridges (``bridge_candidates`` > 0): a duplicate is verified against up to that many more of
         its hash candidates after the one it matched, and as many of those nearest by profile
-        (:attr:`Candidate.bridge`), in ``rank``'s order where given. One that matches too and was judged
-        unique is a window of the same
-        layout that arrived before the result linking the two (two re-simulations moved opposite
-        ways, both before their original, show each other new content): it becomes a duplicate of
-        this result. An earlier result of the same batch is decided so before anything is
-        produced; one decided in an earlier batch gets a *late* verdict (stored over its unique one and
-        returned in this result's :attr:`Verdict.late`, for a late duplicate record)."""
+        (:attr:`Candidate.bridge`), in ``rank``'s order where given. One that matches too and was
+        judged unique is a window of the same layout that arrived before the result linking the two
+        (two re-simulations moved opposite ways, both before their original, show each other new
+        content): it becomes a duplicate of this result. An earlier result of the same batch is
+        decided so before anything is produced; one decided in an earlier batch gets a *late* verdict
+        (stored over its unique one and returned in this result's :attr:`Verdict.late`, for a late
+        duplicate record)."""
         lookups = self._lookup(items)
         verdicts: list[Verdict | None] = [None] * len(items)
         store_candidates: list[list[tuple[int, str]]] = [[] for _ in items]
