@@ -243,6 +243,8 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
     known_optics = litho.LithoSimulator(size_px=args.size_px, nm_per_px=args.nm_per_px)
     return {
         "default": ("ncc+ecc (default: sift fallback)", Aligner(AlignSettings(**base)).register),
+        "repeats-refused": ("ncc+ecc, ambiguous peaks refused (previous default)",
+                            Aligner(AlignSettings(**base, repeat_misfit_ratio=0.0)).register),
         "least-squares": ("ncc+ecc, plain least-squares polish (previous default)",
                           Aligner(AlignSettings(**before)).register),
         **{f"{kind}-fallback": (f"default, {kind} fallback",

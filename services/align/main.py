@@ -43,6 +43,9 @@ class AlignServiceSettings(StageSettings):
     align_ignore_repeats_beyond_range: bool = True
     align_whole_overlap_similarity: bool = True
     align_polish_huber_k: float = Field(3.0, ge=0.0, le=100.0)
+    # an ambiguous peak is answered when refinement fits one repeat this share of the others' misfit or
+    # better (periodic gates); 0: refused
+    align_repeat_misfit_ratio: float = Field(0.05, ge=0.0, le=1.0)
 
     def registration(self) -> AlignSettings:
         """The core's registration settings, built from these once."""
@@ -65,6 +68,7 @@ class AlignServiceSettings(StageSettings):
             ignore_repeats_beyond_range=self.align_ignore_repeats_beyond_range,
             whole_overlap_similarity=self.align_whole_overlap_similarity,
             polish_huber_k=self.align_polish_huber_k,
+            repeat_misfit_ratio=self.align_repeat_misfit_ratio,
         )
 
 

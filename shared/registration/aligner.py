@@ -30,6 +30,8 @@ from shared.errors import ContractError
 from shared.imaging import validate_image
 from shared.registration.correlation import (
     PeakResult,
+    contending_peaks,
+    ncc_scores,
     ncc_translation,
     outside_flanks,
     overlap_ncc_scores,
@@ -65,6 +67,8 @@ RECUT_ROUNDS = 5  # second look: re-cuts of the print under the estimate before 
 RECUT_SETTLED_PX = 0.02  # a re-cut moving the image centre less than this has settled
 HERE_PX = 1.5  # the uniqueness check: how near the answer the best score must lie
 AXIS_SCALE_AGREEMENT = 0.005  # second look: the largest scale residual of the better-fitting axis
+ReferenceState = tuple[float, np.ndarray, np.ndarray]  # Reference.snapshot()
+MAX_CONTENDERS = 4  # an ambiguous peak is decided by refinement among at most this many local maxima
 
 
 def warp_to_mask(simulated: np.ndarray, matrix: np.ndarray, border: float = 0.0) -> np.ndarray:
@@ -122,6 +126,13 @@ class Aligner:
             if refined is not None and refined.correlation >= quality - 0.005:
                 matrix, method, quality = refined.matrix, "ncc+ecc", refined.correlation
 
+        decided = False
+        if (s.repeat_misfit_ratio > 0.0 and s.use_ecc and quality >= s.quality_floor
+                and self._ambiguous(peak)):
+            chosen = self._decide_between_repeats(reference, fresh, sim_smooth, inside)
+            if chosen is not None:
+                matrix, quality, decided, method = chosen.matrix, chosen.correlation, True, "ncc+ecc"
+
         residual_px: float | None = None
         if (quality < s.quality_floor or peak.at_limit) and s.fallback != "none":
             found = self._keypoint_fallback(reference, sim_smooth, inside)
@@ -131,7 +142,7 @@ class Aligner:
                 method = s.fallback if refined.iterations == 0 else f"{s.fallback}+ecc"
                 residual_px = fit.residual_px
 
-        reason = self._refusal(quality, peak)
+        reason = self._refusal(quality, peak, decided)
         compact = not reason and method == "ncc+ecc" and self._compact_shift(reference, matrix, inside)
         if (compact and s.refuse_unpinned_rotation
                 and self._unpinned_rotation_scale(reference, sim_smooth, matrix, inside)):
@@ -296,6 +307,39 @@ class Aligner:
         best_here = float(scores[distance <= HERE_PX].max())
         elsewhere = float(scores[distance > s.ambiguity_radius_px].max(initial=-1.0))
         return best_here >= float(scores.max()) - 1e-9 and elsewhere < s.ambiguity_ratio * best_here
+
+    def _decide_between_repeats(self, reference: Reference, fresh: ReferenceState, sim_smooth: np.ndarray,
+                                inside: np.ndarray) -> Refined | None:
+        """The answer to a first pass whose peak is ambiguous, where refinement tells the repeats apart:
+        the peak and each local maximum contending with it (:func:`contending_peaks`) refined alike from
+        ``fresh`` (the reference as first fitted), and the best kept when its misfit (1 - correlation)
+        is at most ``repeat_misfit_ratio`` of every other's; the reference is left as the best's fit.
+        ``None`` (refused as ambiguous) for a ridge, more than ``MAX_CONTENDERS`` contenders, a best that
+        does not refine or lies on the search limit, or misfits too alike (a true repeat)."""
+        s = self.settings
+        reference.restore(fresh)
+        scores, margin = ncc_scores(reference.render()[0], sim_smooth, s.max_shift_px)
+        peaks = contending_peaks(scores, s.ambiguity_ratio, s.ambiguity_radius_px, MAX_CONTENDERS)
+        if peaks is None:
+            return None
+        last_y, last_x = scores.shape[0] - 1, scores.shape[1] - 1
+        fits: list[tuple[float, Refined | None, ReferenceState, bool]] = []
+        for iy, ix in peaks:
+            reference.restore(fresh)
+            start = translation_matrix(float(margin - ix), float(margin - iy))
+            refined = self._refine(reference, sim_smooth, start, inside, s.polish_huber_k)
+            correlation = (refined.correlation if refined is not None
+                           else correlation_after_warp(reference.render()[0], sim_smooth, start, inside))
+            fits.append((correlation, refined, reference.snapshot(), iy in (0, last_y) or ix in (0, last_x)))
+        fits.sort(key=lambda fit: -fit[0])
+        best, refined, snapshot, at_limit = fits[0]
+        misfit = max(1.0 - best, 1e-9)
+        if refined is None or at_limit or any(misfit > s.repeat_misfit_ratio * max(1.0 - other, 1e-9)
+                                              for other, *_ in fits[1:]):
+            reference.restore(fresh)
+            return None
+        reference.restore(snapshot)
+        return refined
 
     def _ambiguous(self, peak: PeakResult) -> bool:
         s = self.settings
@@ -467,11 +511,13 @@ class Aligner:
         corner_px = 0.5 * float(np.hypot(*shape)) * float(np.hypot(a, b))
         return corner_px < SHIFT_ONLY_MAX_CORNER_PX
 
-    def _refusal(self, quality: float, peak: PeakResult) -> str:
+    def _refusal(self, quality: float, peak: PeakResult, decided: bool = False) -> str:
+        """Why an answer is refused ("" when it is not); ``decided``: an ambiguous peak that refinement
+        told apart from its repeats (:meth:`_decide_between_repeats`)."""
         s = self.settings
         if quality < s.quality_floor:
             return f"quality {quality:.3f} below floor {s.quality_floor:.3f}"
-        if peak.peak > 0.0 and peak.second_peak >= s.ambiguity_ratio * peak.peak:
+        if not decided and peak.peak > 0.0 and peak.second_peak >= s.ambiguity_ratio * peak.peak:
             return (f"ambiguous correlation peak ({peak.second_peak:.3f} vs {peak.peak:.3f}): "
                     "periodic or line-only pattern")
         if peak.at_limit:

@@ -56,14 +56,39 @@ def ncc_translation(reference: np.ndarray, moving: np.ndarray, max_shift_px: int
     Both images are smooth float32 arrays of one shape. ``second_peak`` is the best
     score farther than ``ambiguity_radius_px`` from the peak.
     """
+    scores, margin = ncc_scores(reference, moving, max_shift_px)
+    x, y, found = _subpixel_peak(scores, ambiguity_radius_px)
+    # The template (reference pixel q + margin) sits on print pixel q + (x, y).
+    return PeakResult(margin - x, margin - y, found.peak, found.second_peak, found.at_limit)
+
+
+def ncc_scores(reference: np.ndarray, moving: np.ndarray, max_shift_px: int) -> tuple[np.ndarray, int]:
+    """The score map :func:`ncc_translation` takes its peak from, and its margin: cell ``(iy, ix)``
+    scores the shift ``(margin - ix, margin - iy)``."""
     h, w = reference.shape
     margin = search_margin_px((h, w), max_shift_px)
     template = np.ascontiguousarray(reference[margin : h - margin, margin : w - margin])
     scores = cv2.matchTemplate(moving, template, cv2.TM_CCOEFF_NORMED)
-    scores = np.nan_to_num(scores, nan=-1.0, posinf=-1.0, neginf=-1.0)
-    x, y, found = _subpixel_peak(scores, ambiguity_radius_px)
-    # The template (reference pixel q + margin) sits on print pixel q + (x, y).
-    return PeakResult(margin - x, margin - y, found.peak, found.second_peak, found.at_limit)
+    return np.nan_to_num(scores, nan=-1.0, posinf=-1.0, neginf=-1.0), margin
+
+
+def contending_peaks(scores: np.ndarray, ratio: float, radius_px: float,
+                     most: int) -> list[tuple[int, int]] | None:
+    """The local maxima of a score map whose peak is ambiguous, best first, the peak among them: those
+    that the cells scoring at least ``ratio`` of the peak farther than ``radius_px`` from it climb to
+    (:func:`climbed_peaks`). ``None`` when such a cell climbs to the peak itself (a ridge: lines
+    crossing the clip score alike all along their length, so no peak stands apart), or when there are
+    more than ``most`` (a plateau, or a grid of repeats)."""
+    flat = scores.ravel()
+    best = int(np.argmax(flat))
+    iy, ix = divmod(best, scores.shape[1])
+    yy, xx = np.indices(scores.shape)
+    far = ((yy - iy) ** 2 + (xx - ix) ** 2 > radius_px**2) & (scores >= ratio * flat[best])
+    reached = set(int(i) for i in climbed_peaks(scores)[far])
+    if best in reached or len(reached) + 1 > most:
+        return None
+    ordered = [best, *sorted(reached, key=lambda i: -float(flat[i]))]
+    return [divmod(i, scores.shape[1]) for i in ordered]
 
 
 def _subpixel_peak(scores: np.ndarray, ambiguity_radius_px: float) -> tuple[float, float, PeakResult]:

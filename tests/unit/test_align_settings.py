@@ -19,7 +19,7 @@ def test_every_align_setting_reaches_the_registration() -> None:
     names = {n for n in AlignServiceSettings.model_fields if n.startswith("align_")} - {"align_on_failure"}
     assert {"align_whole_overlap", "align_refuse_unpinned_rotation", "align_whole_overlap_floor",
             "align_ignore_repeats_beyond_range", "align_whole_overlap_similarity",
-            "align_polish_huber_k"} <= names
+            "align_polish_huber_k", "align_repeat_misfit_ratio"} <= names
     assert all(n.removeprefix("align_") in AlignSettings.model_fields for n in names)
 
 
@@ -33,6 +33,7 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("LITHOWATCH_ALIGN_OPTICS_SIGMA_PX", "3.5")
     monkeypatch.setenv("LITHOWATCH_ALIGN_PRINT_MODEL", "projection")
     monkeypatch.setenv("LITHOWATCH_ALIGN_POLISH_HUBER_K", "2")
+    monkeypatch.setenv("LITHOWATCH_ALIGN_REPEAT_MISFIT_RATIO", "0")
     registration = load_settings(AlignServiceSettings, connection=False).registration()
     assert not registration.whole_overlap and not registration.refuse_unpinned_rotation
     assert not registration.ignore_repeats_beyond_range
@@ -42,6 +43,7 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert registration.optics_sigma_px == 3.5
     assert registration.print_model == "projection"
     assert registration.polish_huber_k == 2.0
+    assert registration.repeat_misfit_ratio == 0.0
 
 
 def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
