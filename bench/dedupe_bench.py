@@ -563,6 +563,7 @@ def run_generated(args: argparse.Namespace) -> None:
     rows = [score("dedupe core (spectral + pixel check)", stream, dup_of)]
     times = {rows[0].name: core_seconds}
     for name, chosen in (("dedupe core, previous default", PREVIOUS),
+                         ("dedupe core, coarse masks made per batch", DedupeSettings(coarse_cache_mib=0)),
                          ("dedupe core, no bridges", DedupeSettings(bridge_candidates=0)),
                          (f"dedupe core, evidence floor {EVIDENCE_FLOOR_PX} px",
                           DedupeSettings(min_matched_px=EVIDENCE_FLOOR_PX))):

@@ -64,6 +64,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from services.dedupe import NAME as STAGE
+from services.dedupe.decoded import CoarseSums, payload_key
 from services.dedupe.store import Candidate, DedupeItem, DedupeStore, Verdict
 from shared.contracts import DuplicateRecord, Hashes, ImageRef, Labels, SimResult, UniqueResult
 from shared.errors import ConfigError, ImageError, InputError
@@ -154,6 +155,9 @@ class DedupeSettings(BaseModel):
     # re-simulation again than merge two layouts that agree on a few contacts (docs/dedupe.md, "No
     # false merges: an evidence floor on every match")
     min_matched_px: int = Field(0, ge=0)
+    # stored results' coarse masks for the ranking (about 30 KB a 256 px clip) are kept from batch to
+    # batch, least recently used out past this budget (services.dedupe.decoded); 0: made again each batch
+    coarse_cache_mib: int = Field(128, ge=0)
 
     def namespace(self) -> str:
         kind = f"{self.hash_kind}+centred" if self.centred_keys else self.hash_kind
@@ -278,6 +282,7 @@ class DedupeCore:
         self.tolerances = self.settings.tolerances()
         s = self.settings
         self.strip_new_max_px = None if s.windows_are_duplicates else s.strip_new_max_px
+        self.coarse = CoarseSums(s.coarse_cache_mib * 2**20)  # the ranking's, kept across batches
 
     def prepare(self, result: SimResult) -> _Prepared:
         """Decode and hash one result (raises InputError for undecodable or mismatched images)."""
@@ -332,12 +337,12 @@ class DedupeCore:
                 prepared.append(exc)
         ready = [p for p in prepared if isinstance(p, _Prepared)]
         queries = {id(p.item): p for p in ready}
-        # Decoded once per batch, with what the shift search and the ranking need of each mask (see
-        # MaskSums): a result is verified against many candidates, and a candidate against many results.
+        # Decoded once per batch, with what the shift search needs of each mask (see MaskSums): a result
+        # is verified against many candidates, and a candidate against many results. The ranking's coarse
+        # masks are kept from batch to batch (self.coarse).
         cache: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
         sums: dict[str, MaskSums] = {}  # candidates' (by id), made when first verified
         query_sums: dict[int, MaskSums] = {}
-        coarse: dict[str, MaskSums] = {}  # candidates' coarse masks for ranking (by id)
         query_coarse: dict[int, MaskSums] = {}
 
         def sums_of(mask: np.ndarray) -> MaskSums:
@@ -354,18 +359,21 @@ class DedupeCore:
         def coarse_of(mask: np.ndarray) -> MaskSums:
             return coarse_overlap_sums(mask, search_reach(mask.shape, self.tolerances))
 
+        def candidate_coarse(candidate: Candidate) -> MaskSums | None:
+            def make() -> MaskSums | None:
+                arrays = arrays_of(candidate)
+                return None if arrays is None else coarse_of(arrays[0])
+            return self.coarse.get(payload_key(candidate.result_id, candidate.payload), make)
+
         def rank(item: DedupeItem, candidates: Sequence[Candidate]) -> list[float]:
             if id(item) not in query_coarse:
                 query_coarse[id(item)] = coarse_of(queries[id(item)].mask_u8)
+            query = query_coarse[id(item)]
             keys = []
             for candidate in candidates:
-                arrays = arrays_of(candidate)
-                if arrays is None:
-                    keys.append(2.0)  # last: it cannot be verified
-                    continue
-                if candidate.result_id not in coarse:
-                    coarse[candidate.result_id] = coarse_of(arrays[0])
-                keys.append(coarse_overlap_mismatch(coarse[candidate.result_id], query_coarse[id(item)]))
+                coarse = candidate_coarse(candidate)
+                # last when it cannot be decoded: it cannot be verified
+                keys.append(2.0 if coarse is None else coarse_overlap_mismatch(coarse, query))
             return keys
 
         def verify(item: DedupeItem, candidate: Candidate) -> dict[str, Any] | None:
@@ -394,6 +402,11 @@ class DedupeCore:
             rank=rank if self.settings.rank_by_overlap else None,
         ) if ready else []
         by_item = {id(p.item): v for p, v in zip(ready, verdicts, strict=True)}
+        for stored in ready:  # stored now: candidates of later results, their coarse masks already made
+            verdict = by_item[id(stored.item)]
+            if verdict.status == "unique" and not verdict.replayed and id(stored.item) in query_coarse:
+                self.coarse.put(payload_key(stored.item.result_id, stored.item.payload),
+                                query_coarse[id(stored.item)])
         decisions: list[Decision] = []
         for p in prepared:
             if isinstance(p, InputError):

@@ -92,8 +92,8 @@ def _box_sums(values: np.ndarray, max_shift_px: int) -> np.ndarray:
     d = np.arange(-max_shift_px, max_shift_px + 1)
     y0, y1 = np.maximum(0, d), h + np.minimum(0, d)
     x0, x1 = np.maximum(0, d), w + np.minimum(0, d)
-    return (integral[np.ix_(y1, x1)] - integral[np.ix_(y0, x1)]
-            - integral[np.ix_(y1, x0)] + integral[np.ix_(y0, x0)])
+    rows = integral[y1] - integral[y0]  # per dy, the column sums over its rows (prefix-summed along x)
+    return np.asarray(rows[:, x1] - rows[:, x0])
 
 
 @dataclass(frozen=True, eq=False)
