@@ -126,8 +126,8 @@ class Aligner:
             if refined is not None and refined.correlation >= quality - 0.005:
                 matrix, method, quality = refined.matrix, "ncc+ecc", refined.correlation
 
-        decided = False
-        if (s.repeat_misfit_ratio > 0.0 and s.use_ecc and quality >= s.quality_floor
+        decided = False  # an ambiguous peak that refinement told apart from its repeats
+        if (s.repeat_misfit_ratio > 0.0 and s.use_ecc and quality >= s.quality_floor and not peak.at_limit
                 and self._ambiguous(peak)):
             chosen = self._decide_between_repeats(reference, fresh, sim_smooth, inside)
             if chosen is not None:
@@ -138,7 +138,7 @@ class Aligner:
             found = self._keypoint_fallback(reference, sim_smooth, inside)
             if found is not None and found[1].correlation > quality:
                 fit, refined, check = found
-                matrix, quality, peak = refined.matrix, refined.correlation, check
+                matrix, quality, peak, decided = refined.matrix, refined.correlation, check, False
                 method = s.fallback if refined.iterations == 0 else f"{s.fallback}+ecc"
                 residual_px = fit.residual_px
 
@@ -314,13 +314,16 @@ class Aligner:
         the peak and each local maximum contending with it (:func:`contending_peaks`) refined alike from
         ``fresh`` (the reference as first fitted), and the best kept when its misfit (1 - correlation)
         is at most ``repeat_misfit_ratio`` of every other's; the reference is left as the best's fit.
-        ``None`` (refused as ambiguous) for a ridge, more than ``MAX_CONTENDERS`` contenders, a best that
-        does not refine or lies on the search limit, or misfits too alike (a true repeat)."""
+        ``None`` (refused as ambiguous; the reference left as it came) for a ridge, more than
+        ``MAX_CONTENDERS`` contenders, a best that does not refine or lies on the search limit, or
+        misfits too alike (a true repeat)."""
         s = self.settings
+        entry = reference.snapshot()
         reference.restore(fresh)
         scores, margin = ncc_scores(reference.render()[0], sim_smooth, s.max_shift_px)
         peaks = contending_peaks(scores, s.ambiguity_ratio, s.ambiguity_radius_px, MAX_CONTENDERS)
         if peaks is None:
+            reference.restore(entry)
             return None
         last_y, last_x = scores.shape[0] - 1, scores.shape[1] - 1
         fits: list[tuple[float, Refined | None, ReferenceState, bool]] = []
@@ -336,7 +339,7 @@ class Aligner:
         misfit = max(1.0 - best, 1e-9)
         if refined is None or at_limit or any(misfit > s.repeat_misfit_ratio * max(1.0 - other, 1e-9)
                                               for other, *_ in fits[1:]):
-            reference.restore(fresh)
+            reference.restore(entry)
             return None
         reference.restore(snapshot)
         return refined
