@@ -343,6 +343,7 @@ class DedupeCore:
         cache: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
         sums: dict[str, MaskSums] = {}  # candidates' (by id), made when first verified
         query_sums: dict[int, MaskSums] = {}
+        coarse: dict[str, MaskSums | None] = {}  # candidates' coarse masks for ranking (by id)
         query_coarse: dict[int, MaskSums] = {}
 
         def sums_of(mask: np.ndarray) -> MaskSums:
@@ -363,7 +364,10 @@ class DedupeCore:
             def make() -> MaskSums | None:
                 arrays = arrays_of(candidate)
                 return None if arrays is None else coarse_of(arrays[0])
-            return self.coarse.get(payload_key(candidate.result_id, candidate.payload), make)
+            if candidate.result_id not in coarse:  # held for the batch, whatever the cache keeps
+                coarse[candidate.result_id] = self.coarse.get(
+                    payload_key(candidate.result_id, candidate.payload), make)
+            return coarse[candidate.result_id]
 
         def rank(item: DedupeItem, candidates: Sequence[Candidate]) -> list[float]:
             if id(item) not in query_coarse:
