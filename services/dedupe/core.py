@@ -375,9 +375,9 @@ class DedupeCore:
             query = query_coarse[id(item)]
             keys = []
             for candidate in candidates:
-                coarse = candidate_coarse(candidate)
+                theirs = candidate_coarse(candidate)
                 # last when it cannot be decoded: it cannot be verified
-                keys.append(2.0 if coarse is None else coarse_overlap_mismatch(coarse, query))
+                keys.append(2.0 if theirs is None else coarse_overlap_mismatch(theirs, query))
             return keys
 
         def verify(item: DedupeItem, candidate: Candidate) -> dict[str, Any] | None:

@@ -33,9 +33,11 @@ from shared.registration.correlation import (
     contending_peaks,
     ncc_scores,
     ncc_translation,
+    on_edge,
     outside_flanks,
     overlap_ncc_scores,
     overlap_ncc_translation,
+    peak_of,
 )
 from shared.registration.images import (
     AerialModel,
@@ -116,7 +118,8 @@ class Aligner:
         fresh = reference.snapshot()
         sim_smooth = gaussian(sim_f, s.blur_sigma_px)
         inside = interior(mask_f.shape, s.border_px(min(mask_f.shape)))
-        peak = ncc_translation(reference.render()[0], sim_smooth, s.max_shift_px, s.ambiguity_radius_px)
+        scores, margin = ncc_scores(reference.render()[0], sim_smooth, s.max_shift_px)
+        peak = peak_of(scores, margin, s.ambiguity_radius_px)
         matrix = translation_matrix(peak.dx_px, peak.dy_px)
         method = "ncc"
         quality = correlation_after_warp(reference.render()[0], sim_smooth, matrix, inside)
@@ -129,7 +132,7 @@ class Aligner:
         decided = False  # an ambiguous peak that refinement told apart from its repeats
         if (s.repeat_misfit_ratio > 0.0 and s.use_ecc and quality >= s.quality_floor and not peak.at_limit
                 and self._ambiguous(peak)):
-            chosen = self._decide_between_repeats(reference, fresh, sim_smooth, inside)
+            chosen = self._decide_between_repeats(reference, fresh, sim_smooth, inside, scores, margin)
             if chosen is not None:
                 matrix, quality, decided, method = chosen.matrix, chosen.correlation, True, "ncc+ecc"
 
@@ -309,23 +312,21 @@ class Aligner:
         return best_here >= float(scores.max()) - 1e-9 and elsewhere < s.ambiguity_ratio * best_here
 
     def _decide_between_repeats(self, reference: Reference, fresh: ReferenceState, sim_smooth: np.ndarray,
-                                inside: np.ndarray) -> Refined | None:
+                                inside: np.ndarray, scores: np.ndarray, margin: int) -> Refined | None:
         """The answer to a first pass whose peak is ambiguous, where refinement tells the repeats apart:
-        the peak and each local maximum contending with it (:func:`contending_peaks`) refined alike from
-        ``fresh`` (the reference as first fitted), and the best kept when its misfit (1 - correlation)
+        the peak and each local maximum of its score map (``scores``, ``margin``: :func:`ncc_scores`)
+        contending with it (:func:`contending_peaks`) refined alike from ``fresh`` (the reference as
+        first fitted), and the best kept when its misfit (1 - correlation)
         is at most ``repeat_misfit_ratio`` of every other's; the reference is left as the best's fit.
         ``None`` (refused as ambiguous; the reference left as it came) for a ridge, more than
         ``MAX_CONTENDERS`` contenders, a best that does not refine or lies on the search limit, or
         misfits too alike (a true repeat)."""
         s = self.settings
         entry = reference.snapshot()
-        reference.restore(fresh)
-        scores, margin = ncc_scores(reference.render()[0], sim_smooth, s.max_shift_px)
         peaks = contending_peaks(scores, s.ambiguity_ratio, s.ambiguity_radius_px, MAX_CONTENDERS)
         if peaks is None:
             reference.restore(entry)
             return None
-        last_y, last_x = scores.shape[0] - 1, scores.shape[1] - 1
         fits: list[tuple[float, Refined | None, ReferenceState, bool]] = []
         for iy, ix in peaks:
             reference.restore(fresh)
@@ -333,7 +334,7 @@ class Aligner:
             refined = self._refine(reference, sim_smooth, start, inside, s.polish_huber_k)
             correlation = (refined.correlation if refined is not None
                            else correlation_after_warp(reference.render()[0], sim_smooth, start, inside))
-            fits.append((correlation, refined, reference.snapshot(), iy in (0, last_y) or ix in (0, last_x)))
+            fits.append((correlation, refined, reference.snapshot(), on_edge(scores, iy, ix)))
         fits.sort(key=lambda fit: -fit[0])
         best, refined, snapshot, at_limit = fits[0]
         misfit = max(1.0 - best, 1e-9)

@@ -56,7 +56,11 @@ def ncc_translation(reference: np.ndarray, moving: np.ndarray, max_shift_px: int
     Both images are smooth float32 arrays of one shape. ``second_peak`` is the best
     score farther than ``ambiguity_radius_px`` from the peak.
     """
-    scores, margin = ncc_scores(reference, moving, max_shift_px)
+    return peak_of(*ncc_scores(reference, moving, max_shift_px), ambiguity_radius_px)
+
+
+def peak_of(scores: np.ndarray, margin: int, ambiguity_radius_px: float) -> PeakResult:
+    """The subpixel peak of a map from :func:`ncc_scores` (with its margin), as a shift."""
     x, y, found = _subpixel_peak(scores, ambiguity_radius_px)
     # The template (reference pixel q + margin) sits on print pixel q + (x, y).
     return PeakResult(margin - x, margin - y, found.peak, found.second_peak, found.at_limit)
@@ -96,10 +100,14 @@ def _subpixel_peak(scores: np.ndarray, ambiguity_radius_px: float) -> tuple[floa
     its score, the best far from it and whether it lies on the map's edge (its shift is 0)."""
     flat_index = int(np.argmax(scores))
     iy, ix = flat_index // scores.shape[1], flat_index % scores.shape[1]
-    last_y, last_x = scores.shape[0] - 1, scores.shape[1] - 1
     found = PeakResult(0.0, 0.0, float(scores[iy, ix]), _best_elsewhere(scores, iy, ix, ambiguity_radius_px),
-                       at_limit=iy in (0, last_y) or ix in (0, last_x))
+                       at_limit=on_edge(scores, iy, ix))
     return (*_subpixel_at(scores, iy, ix), found)
+
+
+def on_edge(scores: np.ndarray, iy: int, ix: int) -> bool:
+    """Whether cell ``(iy, ix)`` lies on the map's edge: its shift is at the search limit."""
+    return iy in (0, scores.shape[0] - 1) or ix in (0, scores.shape[1] - 1)
 
 
 def _subpixel_at(scores: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
