@@ -182,6 +182,15 @@ def encode_payload(mask_u8: np.ndarray, print_binary: np.ndarray) -> bytes:
     return PAYLOAD_MAGIC + struct.pack(">III", h, w, len(mask_z)) + mask_z + print_z
 
 
+def _decoded_or_none(payload: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """A stored candidate's payload decoded; None when it cannot be (never a duplicate then: the pixel
+    check cannot run)."""
+    try:
+        return decode_payload(payload)
+    except ImageError:
+        return None
+
+
 def decode_payload(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(8-bit mask, boolean print) from :func:`encode_payload` bytes."""
     if not payload.startswith(PAYLOAD_MAGIC) or len(payload) < 16:
@@ -351,10 +360,7 @@ class DedupeCore:
 
         def arrays_of(candidate: Candidate) -> tuple[np.ndarray, np.ndarray] | None:
             if candidate.result_id not in cache:
-                try:
-                    cache[candidate.result_id] = decode_payload(candidate.payload)
-                except ImageError:  # never a duplicate: the pixel check cannot run
-                    cache[candidate.result_id] = None
+                cache[candidate.result_id] = _decoded_or_none(candidate.payload)
             return cache[candidate.result_id]
 
         def coarse_of(mask: np.ndarray) -> MaskSums:
@@ -362,7 +368,9 @@ class DedupeCore:
 
         def candidate_coarse(candidate: Candidate) -> MaskSums | None:
             def make() -> MaskSums | None:
-                arrays = arrays_of(candidate)
+                # decoded for the ranking alone, not held: of the dozens ranked, a few are verified
+                arrays = (cache[candidate.result_id] if candidate.result_id in cache
+                          else _decoded_or_none(candidate.payload))
                 return None if arrays is None else coarse_of(arrays[0])
             if candidate.result_id not in coarse:  # held for the batch, whatever the cache keeps
                 coarse[candidate.result_id] = self.coarse.get(
