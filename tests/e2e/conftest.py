@@ -37,10 +37,17 @@ def publish_library(stack: EmbeddedStack, assets: DemoAssets) -> int:
 
 
 @pytest.fixture
-def pipeline(stack: EmbeddedStack, e2e_assets: DemoAssets, tmp_path: Path) -> Iterator[Pipeline]:
+def pipeline_env_extra() -> dict[str, str]:
+    """Settings a test module adds to every service's environment (override it there)."""
+    return {}
+
+
+@pytest.fixture
+def pipeline(stack: EmbeddedStack, e2e_assets: DemoAssets, tmp_path: Path,
+             pipeline_env_extra: dict[str, str]) -> Iterator[Pipeline]:
     """Every stage as its own process against a fresh broker and Redis, library published, all ready."""
     publish_library(stack, e2e_assets)
-    running = Pipeline(stack, service_env=service_env(e2e_assets, tmp_path))
+    running = Pipeline(stack, service_env={**service_env(e2e_assets, tmp_path), **pipeline_env_extra})
     try:
         running.start_all(list(STAGES))
         running.wait_ready(240)
