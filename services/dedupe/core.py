@@ -35,8 +35,8 @@ Candidates that the hash does not order well (those found by row and column
 profile, and a duplicate's bridge candidates: see
 :meth:`DedupeStore.check_and_insert_batch`) are verified best first by a coarse
 score of the two masks over their whole overlap
-(:func:`shared.verification.coarse_overlap_mismatch`, 4 px blocks; about a
-twentieth of a pixel check), so the few verified are the likeliest
+(:func:`shared.verification.coarse_overlap_mismatches`, 4 px blocks; about a
+thirtieth of a pixel check), so the few verified are the likeliest
 (``rank_by_overlap``, ``profile_shortlist``).
 
 So the hash only needs recall; false merges are ruled out by the pixels. A
@@ -81,10 +81,11 @@ from shared.imaging import to_uint8
 from shared.verification import (
     MASK_TOLERANCE_LEVELS,
     MAX_SHIFT_PX,
+    CoarseMask,
     MaskSums,
     PixelTolerances,
     WindowMatch,
-    coarse_overlap_mismatch,
+    coarse_overlap_mismatches,
     coarse_overlap_sums,
     search_reach,
     verify_window_match,
@@ -115,7 +116,7 @@ class DedupeSettings(BaseModel):
     # column profile are verified too (sparse clips whose window move changed both hashes); 0: off
     profile_candidates: int = Field(12, ge=0, le=64)
     # bridge and profile candidates are verified in the order of a coarse score of the two masks over
-    # their whole overlap (shared.verification.coarse_overlap_mismatch, 4 px blocks): rows of contacts along
+    # their whole overlap (shared.verification.coarse_overlap_mismatches, 4 px blocks): rows of contacts along
     # the rails, alike by hash and by profile, are told apart; False: nearest by profile first
     rank_by_overlap: bool = True
     # with rank_by_overlap: this many results nearest by profile are read and ranked, and the
@@ -155,7 +156,7 @@ class DedupeSettings(BaseModel):
     # re-simulation again than merge two layouts that agree on a few contacts (docs/dedupe.md, "No
     # false merges: an evidence floor on every match")
     min_matched_px: int = Field(0, ge=0)
-    # stored results' coarse masks for the ranking (about 30 KB a 256 px clip) are kept from batch to
+    # stored results' coarse masks for the ranking (about 26 KB a 256 px clip) are kept from batch to
     # batch, least recently used out past this budget (services.dedupe.decoded); 0: made again each batch
     coarse_cache_mib: int = Field(128, ge=0)
 
@@ -352,8 +353,8 @@ class DedupeCore:
         cache: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
         sums: dict[str, MaskSums] = {}  # candidates' (by id), made when first verified
         query_sums: dict[int, MaskSums] = {}
-        coarse: dict[str, MaskSums | None] = {}  # candidates' coarse masks for ranking (by id)
-        query_coarse: dict[int, MaskSums] = {}
+        coarse: dict[str, CoarseMask | None] = {}  # candidates' coarse masks for ranking (by id)
+        query_coarse: dict[int, CoarseMask] = {}
 
         def sums_of(mask: np.ndarray) -> MaskSums:
             return MaskSums.of(mask, search_reach(mask.shape, self.tolerances))
@@ -363,11 +364,11 @@ class DedupeCore:
                 cache[candidate.result_id] = _decoded_or_none(candidate.payload)
             return cache[candidate.result_id]
 
-        def coarse_of(mask: np.ndarray) -> MaskSums:
+        def coarse_of(mask: np.ndarray) -> CoarseMask:
             return coarse_overlap_sums(mask, search_reach(mask.shape, self.tolerances))
 
-        def candidate_coarse(candidate: Candidate) -> MaskSums | None:
-            def make() -> MaskSums | None:
+        def candidate_coarse(candidate: Candidate) -> CoarseMask | None:
+            def make() -> CoarseMask | None:
                 # decoded for the ranking alone, not held: of the dozens ranked, a few are verified
                 arrays = (cache[candidate.result_id] if candidate.result_id in cache
                           else _decoded_or_none(candidate.payload))
@@ -380,13 +381,11 @@ class DedupeCore:
         def rank(item: DedupeItem, candidates: Sequence[Candidate]) -> list[float]:
             if id(item) not in query_coarse:
                 query_coarse[id(item)] = coarse_of(queries[id(item)].mask_u8)
-            query = query_coarse[id(item)]
-            keys = []
-            for candidate in candidates:
-                theirs = candidate_coarse(candidate)
-                # last when it cannot be decoded: it cannot be verified
-                keys.append(2.0 if theirs is None else coarse_overlap_mismatch(theirs, query))
-            return keys
+            theirs = [candidate_coarse(candidate) for candidate in candidates]
+            decodable = [coarse for coarse in theirs if coarse is not None]
+            scores = iter(coarse_overlap_mismatches(decodable, query_coarse[id(item)]).tolist())
+            # last when it cannot be decoded: it cannot be verified
+            return [2.0 if coarse is None else next(scores) for coarse in theirs]
 
         def verify(item: DedupeItem, candidate: Candidate) -> dict[str, Any] | None:
             query = queries[id(item)]

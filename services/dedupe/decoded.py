@@ -2,11 +2,11 @@
 
 A stored result stays a candidate for many later results (the newest nearest by
 profile are ranked for every result no hash candidate matched), and each batch
-would otherwise decode its payload again and redo the coarse sums the ranking
-compares (:func:`shared.verification.coarse_overlap_sums`, about 0.3 ms with the
-decode). :class:`CoarseSums` keeps them, least recently used first out, within a
-byte budget: about 30 KB a 256 px clip, so the default 128 MiB holds some 4,000
-results, more than the recent pool the ranking reads. The pixel check's own sums
+would otherwise decode its payload again and redo the coarse mask the ranking
+compares (:func:`shared.verification.coarse_overlap_sums`: its sums and spectrum,
+about 0.3 ms with the decode). :class:`CoarseSums` keeps them, least recently used
+first out, within a byte budget: about 26 KB a 256 px clip, so the default 128 MiB
+holds some 5,000 results, more than the recent pool the ranking reads. The pixel check's own sums
 (about 0.5 MB a clip) are made per batch.
 
 An entry is keyed by the result id *and* the length and a checksum of its payload,
@@ -19,7 +19,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 
-from shared.verification import MaskSums
+from shared.verification import CoarseMask
 
 Key = tuple[str, int, int]
 UNDECODABLE_BYTES = 64  # what an entry saying "cannot be decoded" is counted as
@@ -29,10 +29,8 @@ def payload_key(result_id: str, payload: bytes) -> Key:
     return result_id, len(payload), zlib.crc32(payload)
 
 
-def sums_bytes(sums: MaskSums | None) -> int:
-    if sums is None:
-        return UNDECODABLE_BYTES
-    return sums.padded.nbytes + sums.drawn.nbytes + sums.squares.nbytes
+def sums_bytes(sums: CoarseMask | None) -> int:
+    return UNDECODABLE_BYTES if sums is None else sums.nbytes
 
 
 class CoarseSums:
@@ -41,7 +39,7 @@ class CoarseSums:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[Key, MaskSums | None] = OrderedDict()
+        self._entries: OrderedDict[Key, CoarseMask | None] = OrderedDict()
         self._sizes: dict[Key, int] = {}
         self.bytes = 0
         self.hits = 0
@@ -50,7 +48,7 @@ class CoarseSums:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: Key, make: Callable[[], MaskSums | None]) -> MaskSums | None:
+    def get(self, key: Key, make: Callable[[], CoarseMask | None]) -> CoarseMask | None:
         """The sums under ``key``, made by ``make`` when absent and kept."""
         if key in self._entries:
             self.hits += 1
@@ -61,7 +59,7 @@ class CoarseSums:
         self.put(key, sums)
         return sums
 
-    def put(self, key: Key, sums: MaskSums | None) -> None:
+    def put(self, key: Key, sums: CoarseMask | None) -> None:
         """Keep ``sums`` under ``key`` (a result about to be stored: made while it was verified)."""
         if key in self._entries or self.max_bytes <= 0:
             return

@@ -55,7 +55,7 @@ class DedupeServiceSettings(StageSettings):
     # every match must compare at least this many mask pixels drawn in both clips; clips showing less stay
     # unique (no lone contacts or sparse rows merged across layouts, at a cost in recall); 0: no floor
     dedupe_min_matched_px: int = Field(0, ge=0)
-    # stored results' coarse masks for the overlap ranking kept from batch to batch (about 30 KB each,
+    # stored results' coarse masks for the overlap ranking kept from batch to batch (about 26 KB each,
     # least recently used out past this budget); 0: made again in each batch
     dedupe_coarse_cache_mib: int = Field(128, ge=0)
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 from shared.verification.blind_spot import blind_spot_conflict
 from shared.verification.coarse import (
     OVERLAP_BLOCK_PX,
+    CoarseMask,
     coarse_ncc,
     coarse_overlap_mismatch,
+    coarse_overlap_mismatches,
     coarse_overlap_sums,
     downsample_mask,
 )
@@ -78,6 +80,7 @@ __all__ = [
     "MASK_TOLERANCE_LEVELS",
     "MAX_SHIFT_PX",
     "OVERLAP_BLOCK_PX",
+    "CoarseMask",
     "DescriptorParams",
     "DescriptorRegistration",
     "MaskSums",
@@ -91,6 +94,7 @@ __all__ = [
     "blind_spot_conflict",
     "coarse_ncc",
     "coarse_overlap_mismatch",
+    "coarse_overlap_mismatches",
     "coarse_overlap_sums",
     "downsample_mask",
     "drop_slivers",

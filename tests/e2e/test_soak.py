@@ -60,8 +60,8 @@ SOAK_TIMEOUT_SECONDS = int(float(os.environ.get("LITHOWATCH_SOAK_SECONDS", "60")
 
 @pytest.fixture
 def pipeline_env_extra() -> dict[str, str]:
-    """The dedupe stage's cache of coarse masks (128 MiB by default, some 4,000 results, filling at
-    about 9 MiB a minute at this rate) made small enough to fill within the warm-up."""
+    """The dedupe stage's cache of coarse masks (128 MiB by default, some 5,000 results, filling at
+    about 8 MiB a minute at this rate) made small enough to fill within the warm-up."""
     return {"LITHOWATCH_DEDUPE_COARSE_CACHE_MIB": "2"}
 
 

@@ -13,6 +13,7 @@ from shared.verification import (
     blind_spot_conflict,
     coarse_ncc,
     coarse_overlap_mismatch,
+    coarse_overlap_mismatches,
     coarse_overlap_sums,
     downsample_mask,
     drop_slivers,
@@ -32,6 +33,7 @@ from shared.verification import (
     topology_change,
     verify_shifted_match,
 )
+from shared.verification.windows import overlap_scores
 
 WINDOW_PX = 256
 PAD_PX = 48
@@ -299,7 +301,7 @@ def _rail_row(pitch_px: int, offset_px: int, size: int = 256) -> np.ndarray:
 def test_coarse_overlap_mismatch_ranks_a_moved_window_first_where_the_centre_is_empty() -> None:
     canvas = random_layout(12)
     query = coarse_overlap_sums(u8(window(canvas, (13, -9))), 32)
-    assert query.max_shift_px == 8 and query.values.shape == (64, 64)
+    assert query.max_shift_px == 8 and query.shape == (64, 64)
     same = coarse_overlap_mismatch(coarse_overlap_sums(u8(window(canvas)), 32), query)
     other = coarse_overlap_mismatch(coarse_overlap_sums(u8(window(random_layout(13))), 32), query)
     assert same < 0.1 < 0.3 < other
@@ -312,6 +314,37 @@ def test_coarse_overlap_mismatch_ranks_a_moved_window_first_where_the_centre_is_
     blank = coarse_overlap_sums(np.zeros((256, 256), np.uint8), 32)
     assert coarse_overlap_mismatch(blank, blank) == 0.0 and coarse_overlap_mismatch(rails, blank) == 1.0
     assert coarse_overlap_mismatch(coarse_overlap_sums(_rail_row(42, 0, 128), 32), rails) == 1.0
+
+
+def test_coarse_overlap_mismatches_of_a_batch_equal_the_overlap_scores_of_each_pair() -> None:
+    """The batched FFT correlation against the direct definition (windows.overlap_scores on the
+    coarse masks), for windows of one layout moved, other layouts, rails, a blank mask and one of
+    another shape (1, unscored)."""
+    canvas = random_layout(14)
+    masks = [u8(window(canvas, shift)) for shift in [(0, 0), (13, -9), (-30, 22), (5, 31)]]
+    masks += [u8(window(random_layout(15))), _rail_row(42, 6), _rail_row(34, 0),
+              np.zeros((256, 256), np.uint8)]
+    query_mask = u8(window(canvas, (7, 3)))
+    query = coarse_overlap_sums(query_mask, 32)
+    coarse = [coarse_overlap_sums(m, 32) for m in masks] + [coarse_overlap_sums(_rail_row(42, 0, 128), 32)]
+    batched = coarse_overlap_mismatches(coarse, query)
+
+    def direct(mask: np.ndarray) -> float:
+        small = [np.clip(np.rint(downsample_mask(m.astype(np.float32) / 255.0, 4) * 255.0), 0, 255)
+                 .astype(np.uint8) for m in (mask, query_mask)]
+        totals = [float(m.astype(np.float64).sum()) / 255.0 for m in small]
+        if min(totals) <= 0.0:
+            return 0.0 if max(totals) <= 0.0 else 1.0
+        scores = overlap_scores(small[0], small[1], 8)
+        drawn = scores["drawn_a"] + scores["drawn_b"]
+        compared = np.maximum(scores["drawn_a"] / totals[0], scores["drawn_b"] / totals[1]) >= 0.25
+        relative = np.where(compared & (drawn > 0), scores["ssd"] / np.maximum(drawn, 1e-9), 1.0)
+        return float(min(1.0, relative.min()))
+
+    expected = [direct(m) for m in masks] + [1.0]
+    assert np.allclose(batched, expected, atol=1e-5)
+    assert [coarse_overlap_mismatch(c, query) for c in coarse] == pytest.approx(list(batched), abs=1e-9)
+    assert batched[0] < 0.1 and batched[-2] == 1.0 and len(coarse_overlap_mismatches([], query)) == 0
 
 
 def test_coarse_overlap_mismatch_does_not_score_a_sliver_of_overlap() -> None:
