@@ -50,7 +50,14 @@ from shared.registration.images import (
     is_blank,
 )
 from shared.registration.keypoints import KeypointFit, keypoint_homography
-from shared.registration.model import AlignSettings, PrintModel, Registration, not_ok, translation_matrix
+from shared.registration.model import (
+    AlignSettings,
+    PrintModel,
+    Registration,
+    corner_errors_px,
+    not_ok,
+    translation_matrix,
+)
 from shared.registration.projection import projection_basis
 from shared.registration.refine import (
     Reference,
@@ -68,6 +75,7 @@ COARSE_STRIDE = 4  # sampling of the coarse ECC pass (the fine pass uses every o
 RECUT_ROUNDS = 5  # second look: re-cuts of the print under the estimate before it must have settled
 RECUT_SETTLED_PX = 0.02  # a re-cut moving the image centre less than this has settled
 HERE_PX = 1.5  # the uniqueness check: how near the answer the best score must lie
+RETURN_PX = 0.5  # second look: how near the answer a refinement from the check's nearby best must settle
 AXIS_SCALE_AGREEMENT = 0.005  # second look: the largest scale residual of the better-fitting axis
 ReferenceState = tuple[float, np.ndarray, np.ndarray]  # Reference.snapshot()
 MAX_CONTENDERS = 4  # an ambiguous peak is decided by refinement among at most this many local maxima
@@ -225,9 +233,33 @@ class Aligner:
         # Checked again like a keypoint answer: the print warped by it must fit best where it
         # is, and clearly better than one repeat away (a rotation makes repeats score unequally
         # before it is undone).
-        if not self._unique_in_range(template, sim_f, matrix, peak):
+        unique, near = self._unique_in_range(template, sim_f, matrix, peak)
+        if not unique and (near is None or not self._settles_back(reference, sim_f, matrix, near, template)):
             return None
         return matrix, quality, peak
+
+    def _settles_back(self, reference: Reference, sim_f: np.ndarray, matrix: np.ndarray,
+                      near: tuple[float, float], template: np.ndarray) -> bool:
+        """Whether the second look, started again where the uniqueness check scored best (``near``, a
+        lag within ``ambiguity_radius_px`` of the answer ``matrix``, taken either way), settles back
+        within ``RETURN_PX`` of the answer. Then that score's offset is the whole overlap's bias, not
+        a better fit: on a rails-only clip the contacts the clip's edges cut make the check score
+        2 px away in y a little higher than at an answer 0.2-0.6 px from the truth. The reference
+        is left as it came."""
+        state = reference.snapshot()
+        shape = (sim_f.shape[0], sim_f.shape[1])
+        try:
+            for sign in (1.0, -1.0):
+                start = translation_matrix(sign * near[0], sign * near[1]) @ matrix
+                settled = self._recut_similarity(reference, sim_f, start, template)
+                reference.restore(state)
+                if settled is None:
+                    continue
+                if float(np.max(corner_errors_px(settled[0], matrix, shape))) <= RETURN_PX:
+                    return True
+            return False
+        finally:
+            reference.restore(state)
 
     def _recut_similarity(self, reference: Reference, sim_f: np.ndarray, matrix: np.ndarray,
                           template: np.ndarray) -> tuple[np.ndarray, float] | None:
@@ -285,11 +317,12 @@ class Aligner:
         return resampled, compared
 
     def _unique_in_range(self, template: np.ndarray, sim_f: np.ndarray, matrix: np.ndarray,
-                         peak: PeakResult) -> bool:
+                         peak: PeakResult) -> tuple[bool, tuple[float, float] | None]:
         """Whether the print warped by ``matrix`` fits best where it is and clearly better than
         at any other shift the search could have answered (with a rotation undone, repeats that
         scored unequally before may tie). A repeat beyond the search range does not count, nor
-        does its flank inside it."""
+        does its flank inside it. Second, where only the first fails and the best score lies
+        within ``ambiguity_radius_px`` (nothing farther competes), its lag ``(x, y)``; else ``None``."""
         s = self.settings
         h, w = sim_f.shape
         reach = min(2 * s.max_shift_px + 1, min(h, w) // 2 - 1)
@@ -309,7 +342,12 @@ class Aligner:
         distance = np.hypot(lag[None, :], lag[:, None])
         best_here = float(scores[distance <= HERE_PX].max())
         elsewhere = float(scores[distance > s.ambiguity_radius_px].max(initial=-1.0))
-        return best_here >= float(scores.max()) - 1e-9 and elsewhere < s.ambiguity_ratio * best_here
+        if elsewhere >= s.ambiguity_ratio * best_here:
+            return False, None
+        if best_here >= float(scores.max()) - 1e-9:
+            return True, None
+        iy, ix = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        return False, (float(lag[ix]), float(lag[iy]))
 
     def _decide_between_repeats(self, reference: Reference, fresh: ReferenceState, sim_smooth: np.ndarray,
                                 inside: np.ndarray, scores: np.ndarray, margin: int) -> Refined | None:
