@@ -212,7 +212,7 @@ class Aligner:
         identity = np.eye(3)
         matrix, quality = identity, correlation_after_warp(template, resampled, identity, compared)
         if s.use_ecc:
-            refined = self._refine(reference, resampled, identity, compared, 0.0)
+            refined = self._refine(reference, resampled, identity, compared, 0.0, edge_drift=True)
             if refined is None:
                 return None
             if self._small_rotation_scale(refined.matrix, sim_f.shape):
@@ -274,7 +274,7 @@ class Aligner:
         shape = (sim_f.shape[0], sim_f.shape[1])
         for _ in range(RECUT_ROUNDS):
             resampled, compared = self._resampled(sim_f, matrix, template)
-            refined = self._refine(reference, resampled, identity, compared, 0.0)
+            refined = self._refine(reference, resampled, identity, compared, 0.0, edge_drift=True)
             if refined is None:
                 return None
             matrix = refined.matrix @ matrix
@@ -432,7 +432,7 @@ class Aligner:
         return ApproximatePrint(basis, printed_fraction, s.blur_sigma_px)
 
     def _refine(self, reference: Reference, sim_smooth: np.ndarray, start: np.ndarray,
-                inside: np.ndarray, huber_k: float) -> Refined | None:
+                inside: np.ndarray, huber_k: float, edge_drift: bool = False) -> Refined | None:
         """ECC from the correlation peak, with model selection for rotation and scale; the
         geometry's polish weighs residuals by Huber's rule at ``huber_k`` (0: plain least
         squares; the second look uses 0, see ``AlignSettings.polish_huber_k``)."""
@@ -451,7 +451,7 @@ class Aligner:
                 coarse = ecc_similarity(reference, sim_smooth, start, inside, similarity,
                                         s.ecc_max_iterations, s.ecc_tolerance_px, stride=COARSE_STRIDE,
                                         huber_k=huber_k)
-                if coarse is not None and self._near(coarse.matrix, start, shape):
+                if coarse is not None and self._near(coarse.matrix, start, shape, edge_drift):
                     refined = ecc_similarity(reference, sim_smooth, coarse.matrix, inside, similarity,
                                              s.ecc_max_iterations, s.ecc_tolerance_px, fit_reference=False,
                                              huber_k=huber_k)
@@ -474,7 +474,7 @@ class Aligner:
                         refined = shift_only
         if refined is None or not plausible(refined.matrix, s.max_rotation_deg, s.max_scale_change):
             return None
-        if not self._near(refined.matrix, start, shape):
+        if not self._near(refined.matrix, start, shape, edge_drift):
             return None
         return refined
 
@@ -541,10 +541,18 @@ class Aligner:
         return max(0.0, (stretched.correlation - similarity.correlation) / misfit)
 
     @staticmethod
-    def _near(matrix: np.ndarray, start: np.ndarray, shape: tuple[int, int]) -> bool:
-        """Whether a refinement kept the image centre within ``MAX_REFINE_DRIFT_PX`` of the peak."""
-        drift = similarity_params(matrix, shape)[:2] - similarity_params(start, shape)[:2]
-        return float(np.hypot(*drift)) <= MAX_REFINE_DRIFT_PX
+    def _near(matrix: np.ndarray, start: np.ndarray, shape: tuple[int, int],
+              edge_drift: bool = False) -> bool:
+        """Whether a refinement kept the image centre within ``MAX_REFINE_DRIFT_PX`` of the peak; with
+        ``edge_drift`` (the second look) plus what the rotation and scale it found move a point half
+        the clip from the centre: the whole overlap's shift peak of a rotated or scaled print whose
+        pattern lies along the clip's edges (a row's rail contacts) is off by up to that much."""
+        params = similarity_params(matrix, shape)
+        drift = float(np.hypot(*(params[:2] - similarity_params(start, shape)[:2])))
+        allowed = MAX_REFINE_DRIFT_PX
+        if edge_drift:
+            allowed += float(np.hypot(params[2], params[3])) * 0.5 * max(shape)
+        return drift <= allowed
 
     @staticmethod
     def _small_rotation_scale(matrix: np.ndarray, shape: tuple[int, int]) -> bool:
