@@ -6,8 +6,8 @@ would otherwise decode its payload again and redo the coarse mask the ranking
 compares (:func:`shared.verification.coarse_overlap_sums`: its sums and spectrum,
 about 0.3 ms with the decode). :class:`CoarseSums` keeps them, least recently used
 first out, within a byte budget: about 26 KB a 256 px clip, so the default 128 MiB
-holds some 5,000 results, more than the recent pool the ranking reads. The pixel check's own sums
-(about 0.5 MB a clip) are made per batch.
+holds some 5,000 results, more than the recent pool the ranking reads. The pixel
+check's own sums (about 0.5 MB a clip) are made per batch.
 
 An entry is keyed by the result id *and* the length and a checksum of its payload,
 so a payload that differs under the same id is never ranked by another's pixels.

@@ -248,18 +248,13 @@ class Aligner:
         is left as it came."""
         state = reference.snapshot()
         shape = (sim_f.shape[0], sim_f.shape[1])
-        try:
-            for sign in (1.0, -1.0):
-                start = translation_matrix(sign * near[0], sign * near[1]) @ matrix
-                settled = self._recut_similarity(reference, sim_f, start, template)
-                reference.restore(state)
-                if settled is None:
-                    continue
-                if float(np.max(corner_errors_px(settled[0], matrix, shape))) <= RETURN_PX:
-                    return True
-            return False
-        finally:
+        for sign in (1.0, -1.0):
+            start = translation_matrix(sign * near[0], sign * near[1]) @ matrix
+            settled = self._recut_similarity(reference, sim_f, start, template)
             reference.restore(state)
+            if settled is not None and corner_errors_px(settled[0], matrix, shape).max() <= RETURN_PX:
+                return True
+        return False
 
     def _recut_similarity(self, reference: Reference, sim_f: np.ndarray, matrix: np.ndarray,
                           template: np.ndarray) -> tuple[np.ndarray, float] | None:

@@ -13,8 +13,8 @@ rank 10 instead of 1 still finds it.
   bridge and profile candidates). One query against all its candidates at once:
   each mask's spectrum is taken once (:class:`CoarseMask`), and of the correlation
   of a query with each candidate only the lags within the reach are transformed
-  back (two batched matrix products), about a fifth of the cost of a
-  ``matchTemplate`` call per pair.
+  back (two batched matrix products): about 22 us a pair against 83 scored pair
+  by pair with ``matchTemplate``.
 """
 
 from __future__ import annotations

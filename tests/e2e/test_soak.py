@@ -5,7 +5,7 @@ Every few seconds it records each service's resident memory (``VmRSS`` from
 ``/proc/PID/status``), the consumer lag each service exports on ``/metrics`` and the
 backlog (published minus accounted). After a warm-up, the slope of a linear fit of
 each series must stay under a bound; the slopes are printed. Bounded caches are given a
-budget they fill within the warm-up (the dedupe stage's coarse masks: 2 MiB, about 70
+budget they fill within the warm-up (the dedupe stage's coarse masks: 2 MiB, about 80
 results), so what grows after it is not a cache filling to its budget but a leak.
 """
 
