@@ -453,10 +453,12 @@ def run_real(args: argparse.Namespace) -> None:
 
 
 def core_variants() -> dict[str, DedupeSettings]:
-    """The dedupe core's settings run on the real set: the default beside the previous default, no
-    bridges, the lenient mode, and the opt-in evidence floor on every match."""
+    """The dedupe core's settings run on the real set: the default beside the previous default, every
+    ranked candidate verified (no coarse gate), no bridges, the lenient mode, and the opt-in evidence floor
+    on every match."""
     return {"strict (default)": DedupeSettings(),
             "strict, previous default": PREVIOUS,
+            "strict, no coarse gate": DedupeSettings(coarse_gate=False),
             "strict, no bridges": DedupeSettings(bridge_candidates=0),
             "windows_are_duplicates": DedupeSettings(windows_are_duplicates=True),
             f"strict, evidence floor {EVIDENCE_FLOOR_PX} px":
@@ -563,6 +565,7 @@ def run_generated(args: argparse.Namespace) -> None:
     rows = [score("dedupe core (spectral + pixel check)", stream, dup_of)]
     times = {rows[0].name: core_seconds}
     for name, chosen in (("dedupe core, previous default", PREVIOUS),
+                         ("dedupe core, no coarse gate", DedupeSettings(coarse_gate=False)),
                          ("dedupe core, coarse masks made per batch", DedupeSettings(coarse_cache_mib=0)),
                          ("dedupe core, no bridges", DedupeSettings(bridge_candidates=0)),
                          (f"dedupe core, evidence floor {EVIDENCE_FLOOR_PX} px",

@@ -46,6 +46,10 @@ class DedupeServiceSettings(StageSettings):
     # overlap (False: nearest by profile first); dedupe_profile_shortlist nearest by profile are ranked so
     dedupe_rank_by_overlap: bool = True
     dedupe_profile_shortlist: int = Field(PROFILE_SHORTLIST_DEFAULT, ge=0, le=256)
+    # a ranked candidate scoring above twice what the blocks' phase alone costs the query, plus this slack,
+    # is not verified on pixels (it cannot be a window of the query's layout); False: every one is
+    dedupe_coarse_gate: bool = True
+    dedupe_coarse_gate_slack: float = Field(0.15, ge=0.0, le=1.0)
     # a candidate found by profile alone must compare at least this many mask pixels drawn in both clips
     # (256: no lone contact matched to a lone contact); 0: no floor
     dedupe_profile_min_matched_px: int = Field(0, ge=0)
@@ -70,6 +74,8 @@ class DedupeServiceSettings(StageSettings):
             bridge_candidates=self.dedupe_bridge_candidates,
             rank_by_overlap=self.dedupe_rank_by_overlap,
             profile_shortlist=self.dedupe_profile_shortlist,
+            coarse_gate=self.dedupe_coarse_gate,
+            coarse_gate_slack=self.dedupe_coarse_gate_slack,
             profile_min_matched_px=self.dedupe_profile_min_matched_px,
             profile_thin_match_px=self.dedupe_profile_thin_match_px,
             min_matched_px=self.dedupe_min_matched_px,

@@ -72,6 +72,7 @@ lock is taken. Exact duplicates have no such window (``SET NX``).
 from __future__ import annotations
 
 import json
+import math
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -215,7 +216,8 @@ Verifier = Callable[[DedupeItem, Candidate], "dict[str, Any] | None"]
 """Confirms a candidate: details of the match when it is a duplicate, None otherwise."""
 
 Ranker = Callable[[DedupeItem, Sequence[Candidate]], Sequence[float]]
-"""Orders candidates before they are verified: one key per candidate, the smallest likeliest to match."""
+"""Orders candidates before they are verified: one key per candidate, the smallest likeliest to match;
+``math.inf`` for one that cannot match (it is not verified)."""
 
 
 class DedupeStore(Protocol):
@@ -300,11 +302,13 @@ def _read_pool(raws: Any, now_seconds: float, ttl_seconds: float,
 
 
 def _in_order(item: DedupeItem, candidates: list[Candidate], rank: Ranker | None) -> list[Candidate]:
-    """``candidates`` in ``rank``'s order (ties keep their order); as they are without one."""
-    if rank is None or len(candidates) < 2:
+    """``candidates`` in ``rank``'s order (ties keep their order), less those it says cannot match; as
+    they are without one."""
+    if rank is None or not candidates:
         return candidates
     keys = rank(item, candidates)
-    return [candidates[k] for k in sorted(range(len(candidates)), key=lambda k: keys[k])]
+    return [candidates[k] for k in sorted(range(len(candidates)), key=lambda k: keys[k])
+            if keys[k] != math.inf]
 
 
 class BandDedupeStore(ABC):

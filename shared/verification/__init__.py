@@ -34,6 +34,7 @@ from shared.verification.coarse import (
     coarse_overlap_mismatch,
     coarse_overlap_mismatches,
     coarse_overlap_sums,
+    coarse_phase_mismatch,
     downsample_mask,
 )
 from shared.verification.descriptors import (
@@ -96,6 +97,7 @@ __all__ = [
     "coarse_overlap_mismatch",
     "coarse_overlap_mismatches",
     "coarse_overlap_sums",
+    "coarse_phase_mismatch",
     "downsample_mask",
     "drop_slivers",
     "edge_distance",

@@ -15,6 +15,10 @@ rank 10 instead of 1 still finds it.
   of a query with each candidate only the lags within the reach are transformed
   back (two batched matrix products): about 22 us a pair against 83 scored pair
   by pair with ``matchTemplate``.
+- :func:`coarse_phase_mismatch`: what the blocks' phase alone costs a window of
+  one layout moved by whole pixels (the mask against itself moved half a block):
+  the dedupe stage's bound on the score of a true duplicate, so a candidate
+  scoring far above it is not worth a pixel check.
 """
 
 from __future__ import annotations
@@ -150,3 +154,25 @@ def _inverse_at_lags(fft_shape: tuple[int, int], reach: int) -> tuple[np.ndarray
 def coarse_overlap_mismatch(a: CoarseMask, b: CoarseMask) -> float:
     """:func:`coarse_overlap_mismatches` of one pair (``a`` the candidate, ``b`` the query)."""
     return float(coarse_overlap_mismatches([a], b)[0])
+
+
+def coarse_phase_mismatch(mask: np.ndarray, max_shift_px: int, block_px: int = OVERLAP_BLOCK_PX,
+                          own: CoarseMask | None = None) -> float:
+    """The largest :func:`coarse_overlap_mismatches` of an 8-bit ``mask`` against itself moved half a
+    block along x, along y and along both (zero-filled where moved out); ``own``: the mask's
+    :func:`coarse_overlap_sums` with the same arguments, when made already.
+
+    A window of the same layout moved by whole pixels agrees with the mask at some shift, but its blocks
+    are cut at another phase, so its coarse score is not 0. The phase costs most at half a block; how
+    much depends on the features (4 px lines, or contacts the size of a block, cost most), so the mask
+    measures it on itself."""
+    half = block_px // 2
+    h, w = mask.shape
+    moved = []
+    for dy, dx in ((0, half), (half, 0), (half, half)):
+        shifted = np.zeros_like(mask)
+        shifted[: h - dy, : w - dx] = mask[dy:, dx:]
+        moved.append(coarse_overlap_sums(shifted, max_shift_px, block_px))
+    if own is None:
+        own = coarse_overlap_sums(mask, max_shift_px, block_px)
+    return float(coarse_overlap_mismatches(moved, own).max())

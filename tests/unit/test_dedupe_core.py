@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import cv2
 import numpy as np
@@ -430,3 +432,51 @@ def test_the_profile_shortlist_is_ranked_and_only_the_best_are_verified() -> Non
     # a shortlist too short to hold it: the four best of those read are verified, in rank order (ties kept)
     verdict, offered = decide(s20_first, 16)
     assert verdict.status == "unique" and offered == ["s0", "s1", "s2", "s3"]
+
+
+def test_a_candidate_ranked_as_unable_to_match_is_not_verified() -> None:
+    stored = [_profiled_item(f"s{k}", k + 1, 100 + 5 * k) for k in range(6)]
+    query = _profiled_item("q", 2**200, 100)  # no band shared with any
+    store = InMemoryDedupeStore()
+    store.check_and_insert_batch(stored, lambda i, c: None, hamming_radius=0, max_candidates=1)
+    offered: list[str] = []
+
+    def none_match(item: DedupeItem, candidate: Candidate) -> dict[str, object] | None:
+        offered.append(candidate.result_id)
+        return None
+
+    def only_even(item: DedupeItem, candidates: Sequence[Candidate]) -> list[float]:
+        return [float(c.result_id[1:]) if int(c.result_id[1:]) % 2 == 0 else math.inf for c in candidates]
+
+    (verdict,) = store.check_and_insert_batch([query], none_match, hamming_radius=0, max_candidates=1,
+                                              profile_candidates=4, profile_shortlist=6, rank=only_even)
+    assert verdict.status == "unique" and offered == ["s0", "s2", "s4"]
+
+
+def test_the_coarse_gate_skips_the_pixel_checks_of_other_layouts_and_keeps_every_duplicate() -> None:
+    """Distinct layouts of one family: without the gate each unique result is checked on pixels against
+    the profile candidates; with it, only against those whose coarse score could be a window of its
+    layout. The moved windows are found either way."""
+    canvases = [Canvas(layout("contacts", seed)) for seed in range(8)]
+    results = [result(f"o{k}", *canvas.window()) for k, canvas in enumerate(canvases)]
+    results += [result(f"m{k}", *canvas.window((k + 3, -2 * k - 1), dose=1.02))
+                for k, canvas in enumerate(canvases)]
+
+    def run(gate: bool) -> tuple[list[str | None], int]:
+        core = DedupeCore(InMemoryDedupeStore(), DedupeSettings(coarse_gate=gate))
+        checks = 0
+        verify_pair = core.verify_pair
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal checks
+            checks += 1
+            return verify_pair(*args, **kwargs)
+
+        core.verify_pair = counted  # type: ignore[method-assign]
+        outcomes = [outcome for r in results for outcome in core.process_batch([r])]
+        return [o.duplicate_of if isinstance(o, DuplicateRecord) else None for o in outcomes], checks
+
+    gated, gated_checks = run(True)
+    every, every_checks = run(False)
+    assert gated == every == [None] * 8 + [f"o{k}" for k in range(8)]
+    assert 4 * gated_checks < every_checks

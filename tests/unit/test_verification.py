@@ -15,6 +15,7 @@ from shared.verification import (
     coarse_overlap_mismatch,
     coarse_overlap_mismatches,
     coarse_overlap_sums,
+    coarse_phase_mismatch,
     downsample_mask,
     drop_slivers,
     judge_prints,
@@ -345,6 +346,36 @@ def test_coarse_overlap_mismatches_of_a_batch_equal_the_overlap_scores_of_each_p
     assert np.allclose(batched, expected, atol=1e-5)
     assert [coarse_overlap_mismatch(c, query) for c in coarse] == pytest.approx(list(batched), abs=1e-9)
     assert batched[0] < 0.1 and batched[-2] == 1.0 and len(coarse_overlap_mismatches([], query)) == 0
+
+
+def _scattered_squares(seed: int, side_px: int, count: int) -> np.ndarray:
+    """A float [0, 1] mask of ``count`` squares ``side_px`` wide placed at random."""
+    rng = np.random.default_rng(seed)
+    size_px = WINDOW_PX + 2 * PAD_PX
+    canvas = np.zeros((size_px, size_px), np.float32)
+    for y, x in rng.integers(0, size_px - side_px, size=(count, 2)):
+        canvas[y : y + side_px, x : x + side_px] = 1.0
+    return canvas
+
+
+@pytest.mark.parametrize("canvas", [random_layout(14), _scattered_squares(2, 4, 300),
+                                    _scattered_squares(3, 16, 60)],
+                         ids=["rectangles", "contacts-4px", "contacts-16px"])
+def test_a_window_moved_by_whole_pixels_scores_near_its_own_phase_cost_another_layout_far_above(
+        canvas: np.ndarray) -> None:
+    """Windows of one layout moved by every phase of a 4 px block (and farther) score within the cost the
+    query measures on itself at half a block (twice it, plus the dedupe gate's margin); another layout
+    scores above that gate. Contacts 4 px wide cost most, and their gate is the widest."""
+    query = u8(window(canvas))
+    phase = coarse_phase_mismatch(query, 32)
+    moved = [u8(window(canvas, (dx + ox, dy + oy))) for dx in range(4) for dy in range(4)
+             for ox, oy in ((0, 0), (9, -13), (-15, 16))]
+    own = coarse_overlap_sums(query, 32)
+    scores = coarse_overlap_mismatches([coarse_overlap_sums(m, 32) for m in moved], own)
+    assert phase > 0.0 and scores.max() <= 2.0 * phase + 0.05
+    other = coarse_overlap_mismatch(coarse_overlap_sums(u8(window(random_layout(15))), 32), own)
+    assert other > 2.0 * phase + 0.15
+    assert coarse_phase_mismatch(query, 32, own=own) == phase
 
 
 def test_coarse_overlap_mismatch_does_not_score_a_sliver_of_overlap() -> None:
