@@ -49,7 +49,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -193,6 +193,31 @@ def real_pairs(args: argparse.Namespace) -> Iterator[Pair]:
                                     args.max_shift_px, rng)
 
 
+PRINT_BORDERS = {"constant": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT,
+                 "replicate": cv2.BORDER_REPLICATE}
+
+
+def warped_in_frame(pairs: list[Pair], border: str) -> list[Pair]:
+    """The pairs with each warped print made from its window's own unwarped print (the ``none``
+    pair before it) warped inside the clip's frame, the part it does not cover filled by
+    ``border`` (OpenCV's border mode: ``constant`` leaves it blank): what a known warp applied
+    to delivered prints gives, instead of real pattern from the larger simulated window."""
+    out: list[Pair] = []
+    unwarped: np.ndarray | None = None
+    for pair in pairs:
+        if pair.case == "none":
+            unwarped = pair.simulated
+            out.append(pair)
+            continue
+        assert unwarped is not None, "each window's pairs start with its unwarped pair"
+        size = pair.mask.shape[::-1]
+        simulated = cv2.warpPerspective(unwarped, pair.truth, size,
+                                        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                                        borderMode=PRINT_BORDERS[border], borderValue=0.0)
+        out.append(replace(pair, simulated=np.clip(simulated, 0.0, 1.0).astype(np.float32)))
+    return out
+
+
 def cached_pairs(kind: str, make: Callable[[], Iterator[Pair]], params: dict[str, object],
                  cache: Path) -> list[Pair]:
     """The pairs of one data set, read from ``cache`` when made before with the same parameters."""
@@ -243,6 +268,8 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
     known_optics = litho.LithoSimulator(size_px=args.size_px, nm_per_px=args.nm_per_px)
     return {
         "default": ("ncc+ecc (default: sift fallback)", Aligner(AlignSettings(**base)).register),
+        "flat-centre-correlated": ("ncc+ecc, a flat centre correlated too (previous default)",
+                                   Aligner(AlignSettings(**base, min_centre_contrast=0.0)).register),
         "repeats-refused": ("ncc+ecc, ambiguous peaks refused (previous default)",
                             Aligner(AlignSettings(**base, repeat_misfit_ratio=0.0)).register),
         "least-squares": ("ncc+ecc, plain least-squares polish (previous default)",
@@ -376,7 +403,8 @@ def evaluate(label: str, pairs: list[Pair], chosen: dict[str, tuple[str, Method]
     families = sorted({p.family for p in pairs})
     n_warped = sum(p.case != "none" for p in pairs)
     print(f"\n=== {label}: {n_warped} warped pairs ({n_ident} identifiable) from {len(families)} families, "
-          f"{args.size_px} px, search {args.search_px} px, seed {args.seed}")
+          f"{args.size_px} px, search {args.search_px} px, "
+          f"seed{'s' if len(args.seeds) > 1 else ''} {','.join(map(str, args.seeds))}")
     tallies: dict[tuple[str, str, str], Tally] = defaultdict(Tally)
     for name, register in chosen.values():
         unwarped: Registration | None = None
@@ -415,6 +443,34 @@ def evaluate(label: str, pairs: list[Pair], chosen: dict[str, tuple[str, Method]
         negative_control(pairs, default_register)
 
 
+def seeded_pairs(args: argparse.Namespace, kind: str, make: Callable[[], Iterator[Pair]],
+                 params: dict[str, object]) -> list[Pair]:
+    """The pairs of one data set for every seed of ``args.seeds``, pooled (``make`` reads ``args.seed``),
+    with the print's border as ``args.print_border`` asks."""
+    pooled: list[Pair] = []
+    for seed in args.seeds:
+        args.seed = seed
+        common = {"pairs_version": 2, "size_px": args.size_px, "max_shift_px": args.max_shift_px,
+                  "nm_per_px": args.nm_per_px, "seed": seed}
+        pairs = cached_pairs(kind, make, {**common, **params}, args.cache)
+        pooled += pairs if args.print_border == "context" else warped_in_frame(pairs, args.print_border)
+    return pooled
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0"``, ``"0,3,5"`` or ``"0-7"`` (both ends included) as a list of seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            seeds += list(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"seeds {text!r}: expected e.g. 0, 0,3,5 or 0-7") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"seeds {text!r}: no seed given")
+    return seeds
+
+
 def run(args: argparse.Namespace) -> None:
     cv2.setNumThreads(1)
     start = time.perf_counter()
@@ -424,17 +480,16 @@ def run(args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(every)}")
     chosen = {k: every[k] for k in keys}
-    common = {"pairs_version": 2, "size_px": args.size_px, "max_shift_px": args.max_shift_px,
-              "nm_per_px": args.nm_per_px, "seed": args.seed}
+    label = "" if args.print_border == "context" else f", print warped in frame ({args.print_border} border)"
     if args.data in ("generated", "both"):
-        params = {**common, "pairs_per_family": args.pairs_per_family}
-        pairs = cached_pairs("generated", lambda: generate_pairs(args), params, args.cache)
-        evaluate("generated", pairs, chosen, args)
+        pairs = seeded_pairs(args, "generated", lambda: generate_pairs(args),
+                             {"pairs_per_family": args.pairs_per_family})
+        evaluate(f"generated{label}", pairs, chosen, args)
     if args.data in ("real", "both"):
-        params = {**common, "windows": args.real_windows_per_family, "shift": args.real_shift_px,
-                  "layers": REAL_LAYERS, "shrink": REAL_SHRINK}
-        pairs = cached_pairs("real", lambda: real_pairs(args), params, args.cache)
-        evaluate("real (SKY130 rows)", pairs, chosen, args)
+        pairs = seeded_pairs(args, "real", lambda: real_pairs(args),
+                             {"windows": args.real_windows_per_family, "shift": args.real_shift_px,
+                              "layers": REAL_LAYERS, "shrink": REAL_SHRINK})
+        evaluate(f"real (SKY130 rows){label}", pairs, chosen, args)
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s (the machine was shared with other work)")
 
 
@@ -454,11 +509,16 @@ def main() -> None:
                         help="the aligner's search range; below the true shifts it exercises the keypoint "
                         "fallback (the data stay cached)")
     parser.add_argument("--nm-per-px", type=float, default=4.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", "--seeds", dest="seeds", type=parse_seeds, default=[0],
+                        help="the data's seed, or several pooled into one evaluation: 0,3,5 or 0-7")
     parser.add_argument("--methods", default="all", help="comma-separated method keys (the first is scored "
                         "against the bars), or 'all'")
     parser.add_argument("--no-negative-control", dest="negative_control", action="store_false",
                         help="skip registering each print against another layout's mask")
+    parser.add_argument("--print-border", choices=("context", *PRINT_BORDERS), default="context",
+                        help="where the warped print's border comes from: 'context' (default) real pattern "
+                        "of the larger simulated window; otherwise the window's own print warped in frame, "
+                        "the uncovered part filled by that OpenCV border mode ('constant': blank)")
     parser.add_argument("--cache", type=Path, default=ROOT / ".lithowatch" / "bench" / "align")
     args = parser.parse_args()
     if args.search_px is None:

@@ -46,6 +46,9 @@ class AlignServiceSettings(StageSettings):
     # an ambiguous peak is answered when refinement fits one repeat this share of the others' misfit or
     # better (periodic gates); 0: refused
     align_repeat_misfit_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    # where the centre the first pass compares holds under this share of the approximate print's contrast
+    # (the pattern lies along the clip's edges), the keypoints and the second look answer; 0: off
+    align_min_centre_contrast: float = Field(0.05, ge=0.0, le=1.0)
 
     def registration(self) -> AlignSettings:
         """The core's registration settings, built from these once."""
@@ -69,6 +72,7 @@ class AlignServiceSettings(StageSettings):
             whole_overlap_similarity=self.align_whole_overlap_similarity,
             polish_huber_k=self.align_polish_huber_k,
             repeat_misfit_ratio=self.align_repeat_misfit_ratio,
+            min_centre_contrast=self.align_min_centre_contrast,
         )
 
 

@@ -126,13 +126,15 @@ class Aligner:
         fresh = reference.snapshot()
         sim_smooth = gaussian(sim_f, s.blur_sigma_px)
         inside = interior(mask_f.shape, s.border_px(min(mask_f.shape)))
-        scores, margin = ncc_scores(reference.render()[0], sim_smooth, s.max_shift_px)
+        template = reference.render()[0]
+        scores, margin = ncc_scores(template, sim_smooth, s.max_shift_px)
         peak = peak_of(scores, margin, s.ambiguity_radius_px)
         matrix = translation_matrix(peak.dx_px, peak.dy_px)
         method = "ncc"
-        quality = correlation_after_warp(reference.render()[0], sim_smooth, matrix, inside)
+        centre_flat = self._centre_flat(template, margin)
+        quality = 0.0 if centre_flat else correlation_after_warp(template, sim_smooth, matrix, inside)
 
-        if s.use_ecc and not peak.at_limit:
+        if s.use_ecc and not peak.at_limit and not centre_flat:
             refined = self._refine(reference, sim_smooth, matrix, inside, s.polish_huber_k)
             if refined is not None and refined.correlation >= quality - 0.005:
                 matrix, method, quality = refined.matrix, "ncc+ecc", refined.correlation
@@ -377,6 +379,16 @@ class Aligner:
             return None
         reference.restore(snapshot)
         return refined
+
+    def _centre_flat(self, template: np.ndarray, margin: int) -> bool:
+        """Whether the centre the first pass compares (``template`` inside ``margin``) has under
+        ``min_centre_contrast`` of the whole template's contrast: nothing there to correlate."""
+        share = self.settings.min_centre_contrast
+        h, w = template.shape
+        if share <= 0.0 or min(h, w) <= 2 * margin:
+            return False
+        centre = float(template[margin : h - margin, margin : w - margin].std())
+        return centre < share * float(template.std())
 
     def _ambiguous(self, peak: PeakResult) -> bool:
         s = self.settings

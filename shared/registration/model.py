@@ -82,7 +82,13 @@ class AlignSettings(BaseModel):
     alike fit 26 to 94 times better at the true one once rotation, scale and the print's
     threshold are fitted (line ends and gate bends differ); the emulator's contact arrays,
     true repeats, fitted up to 13 times better at a wrong one, so a twentieth is asked.
-    0: an ambiguous peak is refused.
+    0: an ambiguous peak is refused. The first pass compares the reference's centre (inside
+    the search margin); where the centre's contrast (standard deviation) is below
+    ``min_centre_contrast`` of the whole reference's, the pattern lies along the clip's edges
+    and the centre holds only the blur tails of features outside it, which the normalised
+    correlation scales up to a pattern: a print warped in its frame with a blank border then
+    matched them pixels off at a correlation of 0.99. Such a print goes straight to the
+    keypoint fallback and the second look. 0: off.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -114,6 +120,7 @@ class AlignSettings(BaseModel):
     whole_overlap_similarity: bool = True
     polish_huber_k: float = Field(3.0, ge=0.0, le=100.0)
     repeat_misfit_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    min_centre_contrast: float = Field(0.05, ge=0.0, le=1.0)
     min_size_px: int = Field(16, ge=8)
 
     def border_px(self, size_px: int) -> int:

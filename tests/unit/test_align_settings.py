@@ -19,7 +19,7 @@ def test_every_align_setting_reaches_the_registration() -> None:
     names = {n for n in AlignServiceSettings.model_fields if n.startswith("align_")} - {"align_on_failure"}
     assert {"align_whole_overlap", "align_refuse_unpinned_rotation", "align_whole_overlap_floor",
             "align_ignore_repeats_beyond_range", "align_whole_overlap_similarity",
-            "align_polish_huber_k", "align_repeat_misfit_ratio"} <= names
+            "align_polish_huber_k", "align_repeat_misfit_ratio", "align_min_centre_contrast"} <= names
     assert all(n.removeprefix("align_") in AlignSettings.model_fields for n in names)
 
 
@@ -34,6 +34,7 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("LITHOWATCH_ALIGN_PRINT_MODEL", "projection")
     monkeypatch.setenv("LITHOWATCH_ALIGN_POLISH_HUBER_K", "2")
     monkeypatch.setenv("LITHOWATCH_ALIGN_REPEAT_MISFIT_RATIO", "0")
+    monkeypatch.setenv("LITHOWATCH_ALIGN_MIN_CENTRE_CONTRAST", "0")
     registration = load_settings(AlignServiceSettings, connection=False).registration()
     assert not registration.whole_overlap and not registration.refuse_unpinned_rotation
     assert not registration.ignore_repeats_beyond_range
@@ -44,6 +45,7 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert registration.print_model == "projection"
     assert registration.polish_huber_k == 2.0
     assert registration.repeat_misfit_ratio == 0.0
+    assert registration.min_centre_contrast == 0.0
 
 
 def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
