@@ -268,6 +268,8 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[str, Method]]:
     known_optics = litho.LithoSimulator(size_px=args.size_px, nm_per_px=args.nm_per_px)
     return {
         "default": ("ncc+ecc (default: sift fallback)", Aligner(AlignSettings(**base)).register),
+        "mask-repeats-answered": ("ncc+ecc, a mask repeating in range answered (previous default)",
+                                  Aligner(AlignSettings(**base, refuse_mask_repeats=False)).register),
         "flat-centre-correlated": ("ncc+ecc, a flat centre correlated too (previous default)",
                                    Aligner(AlignSettings(**base, min_centre_contrast=0.0)).register),
         "repeats-refused": ("ncc+ecc, ambiguous peaks refused (previous default)",

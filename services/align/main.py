@@ -49,6 +49,8 @@ class AlignServiceSettings(StageSettings):
     # where the centre the first pass compares holds under this share of the approximate print's contrast
     # (the pattern lies along the clip's edges), the keypoints and the second look answer; 0: off
     align_min_centre_contrast: float = Field(0.05, ge=0.0, le=1.0)
+    # the second look refuses where the mask matches itself one repeat away within the search range
+    align_refuse_mask_repeats: bool = True
 
     def registration(self) -> AlignSettings:
         """The core's registration settings, built from these once."""
@@ -73,6 +75,7 @@ class AlignServiceSettings(StageSettings):
             polish_huber_k=self.align_polish_huber_k,
             repeat_misfit_ratio=self.align_repeat_misfit_ratio,
             min_centre_contrast=self.align_min_centre_contrast,
+            refuse_mask_repeats=self.align_refuse_mask_repeats,
         )
 
 

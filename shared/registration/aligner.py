@@ -232,6 +232,9 @@ class Aligner:
         matrix = matrix @ start
         if quality < s.whole_overlap_floor:
             return None
+        # the reference as the refinement left it (threshold and PSF shape fitted to this print)
+        if s.refuse_mask_repeats and self._mask_repeats_in_range(reference.render()[0], peak):
+            return None
         # Checked again like a keypoint answer: the print warped by it must fit best where it
         # is, and clearly better than one repeat away (a rotation makes repeats score unequally
         # before it is undone).
@@ -321,10 +324,30 @@ class Aligner:
         does its flank inside it. Second, where only the first fails and the best score lies
         within ``ambiguity_radius_px`` (nothing farther competes), its lag ``(x, y)``; else ``None``."""
         s = self.settings
-        h, w = sim_f.shape
-        reach = min(2 * s.max_shift_px + 1, min(h, w) // 2 - 1)
+        reach = self._lag_reach(sim_f.shape)
         warped, covered = self._resampled(sim_f, matrix, template)
-        scores = overlap_ncc_scores(template, warped, reach, covered)
+        scores = self._answers_in_range(overlap_ncc_scores(template, warped, reach, covered), peak)
+        lag = np.arange(-reach, reach + 1, dtype=np.float64)
+        distance = np.hypot(lag[None, :], lag[:, None])
+        best_here = float(scores[distance <= HERE_PX].max())
+        elsewhere = float(scores[distance > s.ambiguity_radius_px].max(initial=-1.0))
+        if elsewhere >= s.ambiguity_ratio * best_here:
+            return False, None
+        if best_here >= float(scores.max()) - 1e-9:
+            return True, None
+        iy, ix = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        return False, (float(lag[ix]), float(lag[iy]))
+
+    def _lag_reach(self, shape: tuple[int, ...]) -> int:
+        """How far the second look's checks shift the two images against each other."""
+        return min(2 * self.settings.max_shift_px + 1, min(shape[0], shape[1]) // 2 - 1)
+
+    def _answers_in_range(self, scores: np.ndarray, peak: PeakResult) -> np.ndarray:
+        """A map of scores over residual lags from the answer at ``peak`` (index ``[v + reach, u + reach]``
+        for lag ``(u, v)``) with -1 wherever the lag moves the answer to a shift the search could not
+        have given: beyond its range, or on the flank of a repeat beyond it."""
+        s = self.settings
+        reach = (scores.shape[0] - 1) // 2
         lag = np.arange(-reach, reach + 1, dtype=np.float64)
         # Residual shift u moves the answer to peak + u: only those within the search range count.
         in_x = np.abs(lag + peak.dx_px) <= s.max_shift_px + 1
@@ -335,16 +358,20 @@ class Aligner:
         counted = in_y[:, None] & in_x[None, :]
         if s.ignore_repeats_beyond_range:
             counted &= ~outside_flanks(scores, inside, s.ambiguity_radius_px)
-        scores = np.where(counted, scores, -1.0)
-        distance = np.hypot(lag[None, :], lag[:, None])
-        best_here = float(scores[distance <= HERE_PX].max())
-        elsewhere = float(scores[distance > s.ambiguity_radius_px].max(initial=-1.0))
-        if elsewhere >= s.ambiguity_ratio * best_here:
-            return False, None
-        if best_here >= float(scores.max()) - 1e-9:
-            return True, None
-        iy, ix = np.unravel_index(int(np.argmax(scores)), scores.shape)
-        return False, (float(lag[ix]), float(lag[iy]))
+        return np.where(counted, scores, -1.0)
+
+    def _mask_repeats_in_range(self, template: np.ndarray, peak: PeakResult) -> bool:
+        """Whether the reference matches itself over its whole overlap, at ``ambiguity_ratio`` or
+        better, at a lag ``ambiguity_radius_px`` or more away that moves the answer at ``peak`` to
+        another shift the search could give (see :meth:`_answers_in_range`). The clip then repeats
+        within the search's reach, and only what lies beyond its edges, in the print and not in the
+        mask, could tell the two answers apart."""
+        s = self.settings
+        reach = self._lag_reach(template.shape)
+        scores = self._answers_in_range(overlap_ncc_scores(template, template, reach), peak)
+        lag = np.arange(-reach, reach + 1, dtype=np.float64)
+        far = np.hypot(lag[None, :], lag[:, None]) > s.ambiguity_radius_px
+        return float(scores[far].max(initial=-1.0)) >= s.ambiguity_ratio
 
     def _decide_between_repeats(self, reference: Reference, fresh: ReferenceState, sim_smooth: np.ndarray,
                                 inside: np.ndarray, scores: np.ndarray, margin: int) -> Refined | None:

@@ -88,7 +88,13 @@ class AlignSettings(BaseModel):
     and the centre holds only the blur tails of features outside it, which the normalised
     correlation scales up to a pattern: a print warped in its frame with a blank border then
     matched them pixels off at a correlation of 0.99. Such a print goes straight to the
-    keypoint fallback and the second look. 0: off.
+    keypoint fallback and the second look. 0: off. With ``refuse_mask_repeats`` the second look
+    gives no answer where the approximate print matches itself over its whole overlap (at
+    ``ambiguity_ratio``) one repeat away, at a lag that moves the answer to another shift
+    within the search range: only what lies beyond the clip's edges, in the print and not in the
+    mask, could tell the two apart (a row's rail contacts moved more than about 10 px along the
+    row). A print warped in its frame with a blank border was answered a repeat (42.5 px) off
+    there.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -121,6 +127,7 @@ class AlignSettings(BaseModel):
     polish_huber_k: float = Field(3.0, ge=0.0, le=100.0)
     repeat_misfit_ratio: float = Field(0.05, ge=0.0, le=1.0)
     min_centre_contrast: float = Field(0.05, ge=0.0, le=1.0)
+    refuse_mask_repeats: bool = True
     min_size_px: int = Field(16, ge=8)
 
     def border_px(self, size_px: int) -> int:

@@ -19,7 +19,8 @@ def test_every_align_setting_reaches_the_registration() -> None:
     names = {n for n in AlignServiceSettings.model_fields if n.startswith("align_")} - {"align_on_failure"}
     assert {"align_whole_overlap", "align_refuse_unpinned_rotation", "align_whole_overlap_floor",
             "align_ignore_repeats_beyond_range", "align_whole_overlap_similarity",
-            "align_polish_huber_k", "align_repeat_misfit_ratio", "align_min_centre_contrast"} <= names
+            "align_polish_huber_k", "align_repeat_misfit_ratio", "align_min_centre_contrast",
+            "align_refuse_mask_repeats"} <= names
     assert all(n.removeprefix("align_") in AlignSettings.model_fields for n in names)
 
 
@@ -35,6 +36,7 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("LITHOWATCH_ALIGN_POLISH_HUBER_K", "2")
     monkeypatch.setenv("LITHOWATCH_ALIGN_REPEAT_MISFIT_RATIO", "0")
     monkeypatch.setenv("LITHOWATCH_ALIGN_MIN_CENTRE_CONTRAST", "0")
+    monkeypatch.setenv("LITHOWATCH_ALIGN_REFUSE_MASK_REPEATS", "false")
     registration = load_settings(AlignServiceSettings, connection=False).registration()
     assert not registration.whole_overlap and not registration.refuse_unpinned_rotation
     assert not registration.ignore_repeats_beyond_range
@@ -46,6 +48,7 @@ def test_switches_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert registration.polish_huber_k == 2.0
     assert registration.repeat_misfit_ratio == 0.0
     assert registration.min_centre_contrast == 0.0
+    assert not registration.refuse_mask_repeats
 
 
 def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -110,3 +110,17 @@ def test_a_print_whose_centre_shows_nothing_skips_the_first_pass(name: str, off_
     correlated = Aligner(AlignSettings(min_centre_contrast=0.0)).register(mask, printed)
     assert correlated.ok and correlated.method == "ncc"
     assert corner_error(correlated.matrix, truth) > off_px
+
+
+def test_a_rails_print_is_not_answered_one_repeat_off_where_the_mask_repeats_in_range() -> None:
+    """Rails only, moved 11.6 px along the row (the next repeat of the rails' contacts, 42.5 px
+    away, lies in the +-32 px search) and warped inside its own frame with a blank border: the blank
+    strip made the second look's own uniqueness check prefer the wrong repeat, answered 42.6 px off.
+    The mask's approximate print matches itself one repeat away in range, so the answer could only
+    come from what lies beyond the clip's edges: refused."""
+    mask, printed, truth = load_pair("sky130_mcon_rails_blank_repeat_shift.npz")
+    reg = Aligner(AlignSettings()).register(mask, printed)
+    assert not reg.ok
+    answered = Aligner(AlignSettings(refuse_mask_repeats=False)).register(mask, printed)
+    assert answered.ok and answered.method == "overlap+ecc"
+    assert corner_error(answered.matrix, truth) > 40.0
