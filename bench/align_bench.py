@@ -109,11 +109,17 @@ def make_pair(family: str, case: str, big_mask: np.ndarray, big_print: np.ndarra
     mask = np.ascontiguousarray(big_mask[pad_px : pad_px + size_px, pad_px : pad_px + size_px])
     to_big = np.eye(3)
     to_big[:2, 2] = pad_px
-    simulated = cv2.warpPerspective(big_print, to_big @ truth, (size_px, size_px),
-                                    flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                                    borderMode=cv2.BORDER_REFLECT)
-    return Pair(family, case, mask, np.clip(simulated, 0.0, 1.0).astype(np.float32), truth,
-                identifiable(mask, max_shift_px))
+    simulated = delivered(big_print, to_big @ truth, size_px, cv2.BORDER_REFLECT)
+    return Pair(family, case, mask, simulated, truth, identifiable(mask, max_shift_px))
+
+
+def delivered(printed: np.ndarray, print_to_image: np.ndarray, size_px: int, border: int) -> np.ndarray:
+    """The delivered print: ``printed`` resampled so that pixel p shows ``printed(print_to_image @ p)``
+    (bicubic), what falls outside it filled by OpenCV's ``border`` mode, clipped to [0, 1]."""
+    out = cv2.warpPerspective(printed, print_to_image, (size_px, size_px),
+                              flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=border,
+                              borderValue=0.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def window_pairs(family: str, big_mask: np.ndarray, big_print: np.ndarray, size_px: int, pad_px: int,
@@ -210,11 +216,8 @@ def warped_in_frame(pairs: list[Pair], border: str) -> list[Pair]:
             out.append(pair)
             continue
         assert unwarped is not None, "each window's pairs start with its unwarped pair"
-        size = pair.mask.shape[::-1]
-        simulated = cv2.warpPerspective(unwarped, pair.truth, size,
-                                        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                                        borderMode=PRINT_BORDERS[border], borderValue=0.0)
-        out.append(replace(pair, simulated=np.clip(simulated, 0.0, 1.0).astype(np.float32)))
+        simulated = delivered(unwarped, pair.truth, pair.mask.shape[0], PRINT_BORDERS[border])
+        out.append(replace(pair, simulated=simulated))
     return out
 
 

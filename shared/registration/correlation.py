@@ -127,10 +127,11 @@ def _spectra(images: list[np.ndarray], shape: tuple[int, int]) -> list[np.ndarra
     return [scipy.fft.rfft2(image, shape) for image in images]
 
 
-def _lagged_sum(padded: np.ndarray, template: np.ndarray, shape: tuple[int, int], lags: int) -> np.ndarray:
-    """``out[v, u] = sum_q padded_image[q + (v, u)] * template_image[q]`` for lags 0..``lags`` - 1, from
-    the images' spectra (``_spectra`` at ``shape``, at least the padded image's size: no lag wraps)."""
-    return np.asarray(scipy.fft.irfft2(padded * np.conj(template), shape)[:lags, :lags], dtype=np.float64)
+def _lagged_sum(f_padded: np.ndarray, f_template: np.ndarray, shape: tuple[int, int],
+                lags: int) -> np.ndarray:
+    """``out[v, u] = sum_q padded[q + (v, u)] * template[q]`` for lags 0..``lags`` - 1, from the two
+    images' spectra (``_spectra`` at ``shape``, at least the padded image's size: no lag wraps)."""
+    return np.asarray(scipy.fft.irfft2(f_padded * np.conj(f_template), shape)[:lags, :lags], dtype=np.float64)
 
 
 def overlap_ncc_scores(reference: np.ndarray, moving: np.ndarray, margin: int,
